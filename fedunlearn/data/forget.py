@@ -1,0 +1,57 @@
+"""Which training samples a deletion request names: a random fraction, whole classes, or indices."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from fedunlearn.config import check_range
+from fedunlearn.errors import DataError
+
+
+@dataclass(frozen=True)
+class ForgetConfig:
+    kind: Literal["random", "class", "indices"] = "random"
+    fraction: float = 0.1          # kind = "random": share of the training set to forget
+    classes: tuple[int, ...] = ()  # kind = "class": every training sample of these labels
+    indices: tuple[int, ...] = ()  # kind = "indices": explicit training-set positions
+
+    def __post_init__(self):
+        check_range("forget.fraction", self.fraction, 0.0, 1.0)
+
+
+def select_forget(labels: np.ndarray, cfg: ForgetConfig, seed: int) -> np.ndarray:
+    """Sorted, unique training indices to forget; raises DataError on an impossible request."""
+    n = len(labels)
+    if cfg.kind == "random":
+        count = int(round(cfg.fraction * n))
+        if count == 0 or count >= n:
+            raise DataError(f"forget.fraction={cfg.fraction} selects {count} of {n} samples; choose a value that leaves both sets non-empty")
+        return np.sort(np.random.default_rng(seed).choice(n, size=count, replace=False))
+    if cfg.kind == "class":
+        if not cfg.classes:
+            raise DataError("forget.kind = 'class' needs forget.classes, e.g. classes = [0]")
+        present = set(np.unique(labels).tolist())
+        missing = [c for c in cfg.classes if c not in present]
+        if missing:
+            raise DataError(f"forget.classes {missing} do not occur in the training labels {sorted(present)}")
+        return np.flatnonzero(np.isin(labels, cfg.classes))
+    idx = np.asarray(cfg.indices, dtype=np.int64)
+    if idx.size == 0:
+        raise DataError("forget.kind = 'indices' needs forget.indices, e.g. indices = [0, 5, 17]")
+    bad = idx[(idx < 0) | (idx >= n)]
+    if bad.size:
+        raise DataError(f"forget.indices {bad[:5].tolist()} out of range: the training set has {n} samples (valid 0..{n - 1})")
+    if len(np.unique(idx)) != len(idx):
+        raise DataError("forget.indices contains duplicates")
+    if len(idx) >= n:
+        raise DataError("forget.indices names every training sample; nothing would remain to train on")
+    return np.sort(idx)
+
+
+def complement(n: int, forget: np.ndarray) -> np.ndarray:
+    mask = np.ones(n, dtype=bool)
+    mask[forget] = False
+    return np.flatnonzero(mask)

@@ -1,0 +1,61 @@
+"""report.json (the resolved config, one result per method, extras) and a readable report.md."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+COLUMNS = ["method", "test_acc", "retain_acc", "forget_acc", "mia_efficacy", "mia_auc",
+           "js_to_retrain", "l2_to_retrain", "avg_gap", "wall_s", "speedup"]
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        if math.isnan(value) or math.isinf(value):
+            return str(value)
+        return f"{value:.4f}" if abs(value) < 10 else f"{value:.1f}"
+    return str(value)
+
+
+def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
+    columns = columns or [c for c in COLUMNS if any(c in r for r in rows)]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(_fmt(row.get(c, "")) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, float) and (math.isnan(obj) or math.isinf(obj)):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def write_report(out_dir: str | Path, title: str, config: dict, results: list[dict],
+                 extra: dict | None = None, notes: list[str] | None = None,
+                 columns: list[str] | None = None, plots: list[str] | None = None) -> Path:
+    """Writes report.json and report.md into out_dir; returns the path of report.md."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {"title": title, "config": config, "results": results, **(extra or {})}
+    (out / "report.json").write_text(json.dumps(_json_safe(payload), indent=2))
+    md = [f"# {title}", "", markdown_table(results, columns), ""]
+    md += [f"- {n}" for n in notes or []]
+    md += ["", *[f"![{Path(p).stem}]({Path(p).name})" for p in plots or []]]
+    md += ["", "## Config", "", "```json", json.dumps(config, indent=2), "```", ""]
+    (out / "report.md").write_text("\n".join(md))
+    return out / "report.md"
+
+
+def load_report(out_dir: str | Path) -> dict:
+    path = Path(out_dir) / "report.json"
+    if not path.is_file():
+        from fedunlearn.errors import FedUnlearnError
+        raise FedUnlearnError(f"no report.json in '{out_dir}'; run `fedunlearn run CONFIG --out {out_dir}` first")
+    return json.loads(path.read_text())

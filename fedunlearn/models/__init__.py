@@ -1,0 +1,73 @@
+"""Models by name: an MLP, a small CNN and torchvision's ResNet-18 adapted to small images."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from fedunlearn.errors import unknown_choice
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "cnn"
+    hidden: int = 128        # width of the dense hidden layer(s)
+    batchnorm: bool = False  # CNN only; ResNet-18 always has BatchNorm
+
+
+class MLP(nn.Module):
+    def __init__(self, input_shape, num_classes: int, hidden: int = 128):
+        super().__init__()
+        dim = int(torch.tensor(input_shape).prod())
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(dim, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class CNN(nn.Module):
+    """Two conv blocks and two dense layers: the model of the federated-unlearning prototypes."""
+
+    def __init__(self, input_shape, num_classes: int, hidden: int = 128, batchnorm: bool = False):
+        super().__init__()
+        channels = input_shape[0]
+
+        def block(cin, cout):
+            layers = [nn.Conv2d(cin, cout, 3, padding=1)]
+            if batchnorm:
+                layers.append(nn.BatchNorm2d(cout))
+            return layers + [nn.ReLU(), nn.MaxPool2d(2)]
+
+        self.features = nn.Sequential(*block(channels, 32), *block(32, 64), nn.Flatten())
+        with torch.no_grad():
+            flat = self.features(torch.zeros(1, *input_shape)).shape[1]
+        self.classifier = nn.Sequential(nn.Linear(flat, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+def resnet18(input_shape, num_classes: int) -> nn.Module:
+    """ResNet-18 with a 3x3 stem and no max-pool, as usual for 28-32 pixel images."""
+    import torchvision
+
+    model = torchvision.models.resnet18(weights=None, num_classes=num_classes)
+    model.conv1 = nn.Conv2d(input_shape[0], 64, kernel_size=3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    return model
+
+
+MODELS = {
+    "mlp": lambda shape, k, cfg: MLP(shape, k, cfg.hidden),
+    "cnn": lambda shape, k, cfg: CNN(shape, k, cfg.hidden, cfg.batchnorm),
+    "resnet18": lambda shape, k, cfg: resnet18(shape, k),
+}
+
+
+def build_model(cfg: ModelConfig, input_shape, num_classes: int) -> nn.Module:
+    if cfg.name not in MODELS:
+        raise unknown_choice("model", cfg.name, MODELS)
+    return MODELS[cfg.name](tuple(input_shape), num_classes, cfg)

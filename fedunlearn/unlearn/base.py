@@ -1,0 +1,37 @@
+"""What every centralized unlearning method receives, and the shape of its answer.
+
+A method is a module with a frozen dataclass `Config` (defaults that work) and a function
+`unlearn(task, cfg) -> (model, stats)`: plain PyTorch, runnable and testable without Ray.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedunlearn.data.datasets import ArrayDataset
+from fedunlearn.training import TrainConfig
+
+
+@dataclass
+class UnlearnTask:
+    original: nn.Module                # trained on retain + forget; methods must not modify it
+    retain: ArrayDataset
+    forget: ArrayDataset
+    train_cfg: TrainConfig             # the original model's recipe (retrain reuses it exactly)
+    make_model: Callable[[], nn.Module]  # a fresh, untrained model of the same architecture
+    num_classes: int
+    device: torch.device
+    seed: int = 0
+    # Positions of retain / forget samples in the original training set (SISA needs them).
+    retain_idx: np.ndarray | None = None
+    forget_idx: np.ndarray | None = None
+    workdir: str = ""                  # where a method may keep checkpoints between requests
+    extras: dict = field(default_factory=dict)
+
+
+Stats = dict  # free-form numbers a method reports (steps, epsilons, retrained shards, ...)
