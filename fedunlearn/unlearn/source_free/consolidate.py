@@ -1,0 +1,136 @@
+"""Phase 2 of source-free unlearning (seed 000, "Towards Source-Free Machine Unlearning"):
+consolidation. A student, initialised from a start model, is distilled from a teacher on
+synthetic samples of the retained classes, minimising KL(p_teacher || p_student), plus an
+optional lambda * forget term supplied by the caller.
+
+The teacher is any function from inputs to probabilities, so the caller chooses what the
+student learns from: the original model, a reference model without the forgotten data, or a
+mix of the two (`mixed_teacher`). The forget term is any function of the student returning a
+scalar; it is where knowledge that must go is named (a quadratic penalty from a departing
+client's statistics, for instance).
+
+BatchNorm layers stay in eval mode throughout: synthetic batches have other statistics than
+real data, and updating the running statistics on them would drift the model (measured).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedunlearn.config import check_range
+from fedunlearn.training import clone, seed_everything
+from fedunlearn.unlearn.source_free.generator import Generator, draw_labels
+
+Teacher = Callable[[torch.Tensor], torch.Tensor]   # inputs -> probabilities
+ForgetTerm = Callable[[nn.Module], torch.Tensor]   # student -> scalar loss
+
+
+@dataclass(frozen=True)
+class ConsolidateConfig:
+    steps: int = 200
+    batch_size: int = 64
+    lr: float = 1e-3             # Adam; the student starts close to where it should end
+    temperature: float = 2.0     # softens the teacher so its class similarities are distilled
+    forget_weight: float = 1.0   # lambda in KL + lambda * forget term
+
+    def __post_init__(self):
+        check_range("consolidate.steps", self.steps, 0)
+        check_range("consolidate.batch_size", self.batch_size, 1)
+        check_range("consolidate.lr", self.lr, 0.0)
+        check_range("consolidate.temperature", self.temperature, 1e-3)
+        check_range("consolidate.forget_weight", self.forget_weight, 0.0)
+
+
+def model_teacher(model: nn.Module, temperature: float = 1.0) -> Teacher:
+    """A frozen model as a teacher: softmax(logits / temperature), no gradients."""
+    model.eval()
+
+    @torch.no_grad()
+    def probs(x: torch.Tensor) -> torch.Tensor:
+        return F.softmax(model(x) / temperature, dim=1)
+
+    return probs
+
+
+def mixed_teacher(original: nn.Module, reference: nn.Module, reference_weight: float,
+                  temperature: float = 1.0) -> Teacher:
+    """Geometric mix of two models' predictions: p ~ p_orig^(1-w) * p_ref^w.
+
+    A geometric (log-space) mix keeps a class likely only where both models find it likely,
+    so what only the original believes (a backdoor, say) is damped while what both know
+    is kept; w = 0 is the original, w = 1 the reference.
+    """
+    check_range("reference_weight", reference_weight, 0.0, 1.0)
+    original.eval()
+    reference.eval()
+
+    @torch.no_grad()
+    def probs(x: torch.Tensor) -> torch.Tensor:
+        mixed = (1 - reference_weight) * F.log_softmax(original(x), 1) + reference_weight * F.log_softmax(reference(x), 1)
+        return F.softmax(mixed / temperature, dim=1)
+
+    return probs
+
+
+def freeze_batchnorm(model: nn.Module) -> nn.Module:
+    """Train mode for the model, eval mode for its BatchNorm layers (running statistics fixed)."""
+    model.train()
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+    return model
+
+
+def consolidate(start: nn.Module, teacher: Teacher, generator: Generator, classes, cfg: ConsolidateConfig,
+                device, forget_term: ForgetTerm | None = None, seed: int = 0) -> tuple[nn.Module, dict]:
+    """Distil `teacher` into a copy of `start` on generator samples of `classes`.
+
+    The teacher must already include cfg.temperature (see `model_teacher`); the student's
+    logits are divided by the same temperature and the KL is scaled by T^2 as usual.
+    `start` is not modified. Returns the student (eval mode) and stats.
+    """
+    started = time.perf_counter()
+    seed_everything(seed)
+    classes = torch.as_tensor(list(classes), dtype=torch.long)
+    if len(classes) == 0:
+        raise ValueError("consolidation needs at least one retained class")
+    student = freeze_batchnorm(clone(start).to(device))
+    generator = generator.to(device).eval()
+    opt = torch.optim.Adam(student.parameters(), lr=cfg.lr)
+    temp = cfg.temperature
+    stats = {"consolidate_steps": cfg.steps}
+    kl = forget = torch.zeros(())
+    for _ in range(cfg.steps):
+        with torch.no_grad():
+            y = draw_labels(classes, cfg.batch_size).to(device)
+            x = generator(torch.randn(cfg.batch_size, generator.noise_dim, device=device), y)
+            target = teacher(x)
+        log_student = F.log_softmax(student(x) / temp, dim=1)
+        kl = F.kl_div(log_student, target, reduction="batchmean") * temp * temp
+        loss = kl
+        if forget_term is not None and cfg.forget_weight > 0:
+            forget = forget_term(student)
+            loss = loss + cfg.forget_weight * forget
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    stats.update(consolidate_kl=float(kl), consolidate_forget=float(forget),
+                 consolidate_s=time.perf_counter() - started)
+    return student.eval(), stats
+
+
+@torch.no_grad()
+def agreement(model: nn.Module, teacher: Teacher, x: torch.Tensor, device, batch_size: int = 512) -> float:
+    """Share of inputs on which `model` and `teacher` predict the same class."""
+    model.to(device).eval()
+    same = 0
+    for i in range(0, len(x), batch_size):
+        xb = x[i:i + batch_size].to(device)
+        same += int((model(xb).argmax(1) == teacher(xb).argmax(1)).sum())
+    return same / max(1, len(x))
