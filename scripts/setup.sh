@@ -25,5 +25,5 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 # torch and torchvision resolve together, so they are always a matching pair.
-.venv/bin/pip install -q -e ".[test]"
+.venv/bin/pip install -q -e ".[cluster,test]"
 .venv/bin/python -c "import torchvision.ops, ray, flwr, fedunlearn; print('fedunlearn', fedunlearn.__version__, 'ready')"

@@ -8,4 +8,6 @@ from fedunlearn.registry import Registry
 
 EXPERIMENTS = Registry("experiment kind", {
     "centralized": "fedunlearn.experiments.centralized",
+    "cluster": "fedunlearn.experiments.cluster",
+    "federated": "fedunlearn.federated.experiment",
 })

@@ -15,9 +15,14 @@ def js_divergence(p: torch.Tensor, q: torch.Tensor) -> float:
 
 
 def l2_distance(a: nn.Module | dict, b: nn.Module | dict) -> float:
-    """L2 norm of the difference of all floating-point parameters and buffers."""
+    """L2 norm of the difference of all floating-point parameters and buffers.
+
+    NaN when the two are different architectures (e.g. a SISA ensemble against one model).
+    """
     sa = a.state_dict() if isinstance(a, nn.Module) else a
     sb = b.state_dict() if isinstance(b, nn.Module) else b
+    if sa.keys() != sb.keys() or any(sa[k].shape != sb[k].shape for k in sa):
+        return float("nan")
     total = 0.0
     for key, va in sa.items():
         if torch.is_floating_point(va) and "running" not in key:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from fedunlearn.config import check_range
 from fedunlearn.errors import unknown_choice
 
 
@@ -15,6 +16,10 @@ class ModelConfig:
     name: str = "cnn"
     hidden: int = 128        # width of the dense hidden layer(s)
     batchnorm: bool = False  # CNN only; ResNet-18 always has BatchNorm
+    pool: int = 1            # logistic only: average-pool the input by this factor (fewer fixed features)
+
+    def __post_init__(self):
+        check_range("model.pool", self.pool, 1)
 
 
 class MLP(nn.Module):
@@ -60,10 +65,18 @@ def resnet18(input_shape, num_classes: int) -> nn.Module:
     return model
 
 
+def logistic(input_shape, num_classes: int, pool: int = 1) -> nn.Module:
+    """Multinomial logistic regression on fixed features (the pixels, average-pooled): the convex case."""
+    c, h, w = input_shape
+    return nn.Sequential(nn.AvgPool2d(pool) if pool > 1 else nn.Identity(), nn.Flatten(),
+                         nn.Linear(c * (h // pool) * (w // pool), num_classes))
+
+
 MODELS = {
     "mlp": lambda shape, k, cfg: MLP(shape, k, cfg.hidden),
     "cnn": lambda shape, k, cfg: CNN(shape, k, cfg.hidden, cfg.batchnorm),
     "resnet18": lambda shape, k, cfg: resnet18(shape, k),
+    "logistic": lambda shape, k, cfg: logistic(shape, k, cfg.pool),
 }
 
 

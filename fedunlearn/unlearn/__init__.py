@@ -12,6 +12,8 @@ METHODS = Registry("method", {
     "finetune": "fedunlearn.unlearn.finetune",
     "neggrad_plus": "fedunlearn.unlearn.neggrad_plus",
     "random_label": "fedunlearn.unlearn.random_label",
+    "sisa": "fedunlearn.unlearn.sisa",
+    "amun": "fedunlearn.unlearn.amun",
 })
 
 __all__ = ["METHODS", "Stats", "UnlearnTask"]

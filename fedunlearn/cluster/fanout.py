@@ -1,0 +1,77 @@
+"""Run one plain function over many argument tuples as Ray tasks, results in input order.
+
+The functions stay plain Python (they run without Ray in tests and in-process paths); this
+is the only place that wraps them into Ray tasks. Large shared inputs (a model's state dict,
+a data set) should be `ray.put` once by the caller and passed as ObjectRefs: Ray hands the
+stored object to every task instead of serialising it again per task.
+
+A task whose worker process dies (killed, out of memory, node lost) is rerun by Ray up to
+`max_retries` times; an exception raised by the function itself is a bug and is not retried.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+from tqdm.auto import tqdm
+
+from fedunlearn.cluster.ray_env import ClusterConfig, Resources, current_resources
+
+
+def _call(fn: Callable, threads: int, *args) -> Any:
+    import torch
+
+    # Ray limits a task's CPUs by bookkeeping only; without this, torch would start one
+    # thread per core in every task and concurrent tasks would fight over the cores.
+    torch.set_num_threads(threads)
+    return fn(*args)
+
+
+def fan_out(fn: Callable, calls: Sequence[tuple], cluster: ClusterConfig = ClusterConfig(),
+            resources: Resources | None = None, max_parallel: int = 0, desc: str = "tasks",
+            progress: bool = False, on_result: Callable[[int, Any], None] | None = None) -> list:
+    """fn(*args) for each args in `calls`, as Ray tasks; at most `max_parallel` at once (0 = slots).
+
+    `on_result(i, result)` is called as each task finishes (e.g. to checkpoint it at once).
+    """
+    import ray
+
+    if not calls:
+        return []
+    res = resources or current_resources(cluster)
+    limit = max_parallel or res.slots
+    remote = ray.remote(_call).options(num_cpus=res.num_cpus, num_gpus=res.num_gpus,
+                                       max_retries=cluster.max_retries, retry_exceptions=False)
+    threads = max(1, int(res.num_cpus))
+    refs: list = [None] * len(calls)
+    running: dict = {}
+    bar = tqdm(total=len(calls), desc=desc, disable=not progress, leave=False)
+    next_call = 0
+    while next_call < len(calls) or running:
+        while next_call < len(calls) and len(running) < limit:
+            ref = remote.remote(fn, threads, *calls[next_call])  # top-level ObjectRefs arrive resolved
+            refs[next_call] = ref
+            running[ref] = next_call
+            next_call += 1
+        done, _ = ray.wait(list(running), num_returns=1)
+        for ref in done:
+            i = running.pop(ref)
+            result = ray.get(ref)  # a failed task raises here, before more work is submitted
+            if on_result is not None:
+                on_result(i, result)
+            bar.update(1)
+    bar.close()
+    return ray.get(refs)
+
+
+def _warm() -> int:
+    import os
+
+    import fedunlearn.training  # noqa: F401  (imports torch: the slow part of a worker's start)
+
+    return os.getpid()
+
+
+def warm_up(cluster: ClusterConfig = ClusterConfig()) -> int:
+    """Start the worker processes (and their torch import) before anything is timed."""
+    return len(set(fan_out(_warm, [()] * current_resources(cluster).slots, cluster)))

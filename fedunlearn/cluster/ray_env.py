@@ -1,0 +1,112 @@
+"""Attach to a Ray cluster or start a local one, and choose each task's resources at run time.
+
+Library code never starts a second Ray: it attaches when `ray.is_initialized()` (a user's own
+`ray.init`, or a task running inside Ray) or when RAY_ADDRESS / cluster.address names a
+cluster (`ray job submit` sets RAY_ADDRESS), and starts a private local cluster otherwise
+(address "local", so a cluster someone else started with `ray start` is never joined by
+accident). Resources are read from `ray.cluster_resources()` when the job starts: a GPU
+fraction per task where the cluster has GPUs, CPUs where it has none. Asking for GPUs on a
+cluster without any would leave the tasks pending forever, so that is an error instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+
+from fedunlearn.config import check_range
+from fedunlearn.errors import ConfigError
+
+log = logging.getLogger("fedunlearn")
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    address: str = ""            # "" = the running Ray, else RAY_ADDRESS, else a new local cluster
+    num_cpus: int = 0            # new local cluster only: CPUs it may use; 0 = all of this machine
+    cpus_per_task: float = 1.0   # torch in a task uses this many threads (at least 1)
+    gpus_per_task: float = -1.0  # -1 = auto: 1 / tasks_per_gpu on a cluster with GPUs, 0 without
+    tasks_per_gpu: int = 4       # auto mode: this many tasks share one GPU
+    workers: int = 0             # tasks of one fan-out at once; 0 = as many as the resources hold
+    max_retries: int = 3         # a task whose worker process dies is rerun up to this many times
+
+    def __post_init__(self):
+        check_range("cluster.num_cpus", self.num_cpus, 0)
+        check_range("cluster.cpus_per_task", self.cpus_per_task, 0.0)
+        check_range("cluster.gpus_per_task", self.gpus_per_task, -1.0)
+        check_range("cluster.tasks_per_gpu", self.tasks_per_gpu, 1)
+        check_range("cluster.workers", self.workers, 0)
+        check_range("cluster.max_retries", self.max_retries, 0)
+        if self.gpus_per_task > 1 and self.gpus_per_task != int(self.gpus_per_task):
+            raise ValueError(f"'cluster.gpus_per_task' above 1 must be a whole number, got {self.gpus_per_task}")
+
+
+@contextlib.contextmanager
+def ray_session(cfg: ClusterConfig = ClusterConfig()):
+    """Ray is up inside the block; a cluster this call started (or joined) is left afterwards."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    address = cfg.address or os.environ.get("RAY_ADDRESS", "")
+    if address and address != "local":
+        log.info("attaching to the Ray cluster at %s", address)
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(address="local", num_cpus=cfg.num_cpus or None, include_dashboard=False, log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@dataclass(frozen=True)
+class Resources:
+    num_cpus: float
+    num_gpus: float
+    slots: int  # how many such tasks the cluster runs at once
+
+    def describe(self) -> str:
+        gpu = f", {self.num_gpus:g} GPU" if self.num_gpus else ""
+        return f"{self.num_cpus:g} CPU{gpu} per task, {self.slots} at once"
+
+
+def choose_resources(cfg: ClusterConfig, cluster: dict[str, float]) -> Resources:
+    """Per-task resources from the cluster's totals (`ray.cluster_resources()`); pure, for tests."""
+    cpus, gpus = float(cluster.get("CPU", 0)), float(cluster.get("GPU", 0))
+    if cfg.gpus_per_task >= 0:
+        num_gpus = cfg.gpus_per_task
+    else:
+        num_gpus = 1.0 / cfg.tasks_per_gpu if gpus > 0 else 0.0
+    if num_gpus > gpus:
+        raise ConfigError(f"cluster.gpus_per_task = {num_gpus:g} but the cluster has {gpus:g} GPUs; tasks would wait "
+                          "forever. Set cluster.gpus_per_task = -1 (auto) or 0 (CPU only)")
+    if cfg.cpus_per_task > cpus:
+        raise ConfigError(f"cluster.cpus_per_task = {cfg.cpus_per_task:g} but the cluster has {cpus:g} CPUs")
+    fits = [int(cpus // cfg.cpus_per_task)] if cfg.cpus_per_task > 0 else []
+    if num_gpus > 0:
+        fits.append(int(round(gpus / num_gpus, 6)))
+    slots = max(1, min(fits) if fits else 1)
+    if cfg.workers:
+        slots = min(slots, cfg.workers)
+    return Resources(float(cfg.cpus_per_task), float(num_gpus), slots)
+
+
+def current_resources(cfg: ClusterConfig = ClusterConfig()) -> Resources:
+    import ray
+
+    return choose_resources(cfg, ray.cluster_resources())
+
+
+def worker_device() -> torch.device:
+    """For code running inside a Ray task: the GPU Ray assigned to the task, else the CPU."""
+    import ray
+
+    if not ray.is_initialized():
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device("cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu")

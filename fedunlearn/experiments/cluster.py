@@ -1,0 +1,272 @@
+"""Methods x seeds x forget requests as parallel Ray tasks, with mean and std over seeds.
+
+The flow:
+1. per seed, the data and the original model (one Ray task per seed, checkpointed);
+2. `prepare` hooks on the whole cluster, untimed (SISA's initial shard training);
+3. the grid: each (method, seed, forget spec) is one Ray task on its resource slice; it sends
+   the spec's requests one after another (several = continual unlearning), timing each
+   `unlearn` call, and is checkpointed as soon as it finishes;
+4. `benchmark` hooks, each alone on the cluster (parallel run against one worker);
+5. on the driver: the one evaluation after every request, the comparison with `retrain`
+   (same recipe as the original), mean and std over seeds, report.json / report.md / plots.
+A stopped run resumes from its checkpoints (OUT/checkpoints, OUT being --out).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fedunlearn import checkpoint
+from fedunlearn.cluster import ClusterConfig, current_resources, fan_out, ray_session, warm_up, worker_device
+from fedunlearn.config import build, check_range, config_hash, to_dict
+from fedunlearn.data import DataConfig, ForgetConfig, complement, load_dataset, select_forget
+from fedunlearn.data.datasets import ArrayDataset
+from fedunlearn.errors import ConfigError
+from fedunlearn.experiments.cluster_report import write_cluster_report
+from fedunlearn.metrics import EvalConfig
+from fedunlearn.models import ModelConfig, build_model
+from fedunlearn.training import TrainConfig, get_device, seed_everything, train
+from fedunlearn.unlearn import METHODS, UnlearnTask
+
+log = logging.getLogger("fedunlearn")
+
+
+@dataclass(frozen=True)
+class ForgetSpec(ForgetConfig):
+    name: str = ""
+    requests: int = 1  # > 1: the forget set arrives as this many sequential requests (continual unlearning)
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_range("forget.requests", self.requests, 1)
+
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        base = f"random-{self.fraction:g}" if self.kind == "random" else self.kind
+        return base + (f"-x{self.requests}" if self.requests > 1 else "")
+
+
+@dataclass(frozen=True)
+class ExperimentSection:
+    name: str = "cluster"
+    seeds: tuple[int, ...] = (0,)
+    device: str = "auto"          # where the driver evaluates; every task picks its own device
+    methods: tuple[str, ...] = ("retrain", "amun")
+    forget: tuple[ForgetSpec, ...] = (ForgetSpec(),)
+    parallel_runs: int = 0        # grid tasks at once; 0 = as many as the cluster holds
+    retrain_each_request: bool = False  # continual specs: retrain after every request, not once after all
+    benchmark: bool = True        # run the methods' parallel-vs-one-worker measurements
+
+    def __post_init__(self):
+        if not self.seeds:
+            raise ValueError("'experiment.seeds' needs at least one seed")
+        if not self.forget:
+            raise ValueError("'experiment.forget' needs at least one forget spec")
+        labels = [spec.label() for spec in self.forget]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"forget specs need distinct names, got {labels}")
+        check_range("experiment.parallel_runs", self.parallel_runs, 0)
+
+
+@dataclass(frozen=True)
+class Config:
+    kind: str = "cluster"
+    experiment: ExperimentSection = ExperimentSection()
+    cluster: ClusterConfig = ClusterConfig()
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    methods: dict = field(default_factory=dict)  # [methods.<name>] sections: that method's Config
+
+    def __post_init__(self):
+        for name in [*self.experiment.methods, *self.methods]:
+            METHODS.check(name)
+        for name in self.method_names():
+            self.method_config(name)  # every section is checked before anything trains
+
+    def method_names(self) -> list[str]:
+        """`retrain` always runs: every other method is compared with it."""
+        return ["retrain"] + [m for m in self.experiment.methods if m != "retrain"]
+
+    def method_config(self, name: str):
+        return build(METHODS.get(name).Config, self.methods.get(name, {}), f"methods.{name}")
+
+
+def fresh_model(model_cfg: ModelConfig, shape, num_classes: int, seed: int):
+    """A module-level factory (not a closure), so Ray ships it by reference."""
+    seed_everything(seed)
+    return build_model(model_cfg, shape, num_classes)
+
+
+@dataclass
+class Seeded:
+    """Everything per seed: data, forget requests per spec, the original model."""
+    seed: int
+    data: object
+    eval_retain: ArrayDataset
+    requests: dict[str, list[np.ndarray]]
+    base_key: str
+    make_model: object
+    original: object = None
+    original_s: float = 0.0
+
+
+def _seeded(cfg: Config, seed: int) -> Seeded:
+    data = load_dataset(cfg.data, seed)
+    labels = data.train.y.numpy()
+    requests = {}
+    for spec in cfg.experiment.forget:
+        chosen = select_forget(labels, spec, seed)
+        if len(chosen) < spec.requests:
+            raise ConfigError(f"forget spec '{spec.label()}' selects {len(chosen)} samples, fewer than its {spec.requests} requests")
+        order = np.random.default_rng(seed + 7).permutation(chosen)
+        requests[spec.label()] = [np.sort(part) for part in np.array_split(order, spec.requests)]
+    # Retain accuracy on a sample that no spec forgets, so every request is judged on the same set.
+    gone = np.unique(np.concatenate([np.concatenate(r) for r in requests.values()]))
+    keep = complement(len(labels), gone)
+    if cfg.eval.eval_retain_size and len(keep) > cfg.eval.eval_retain_size:
+        keep = np.sort(np.random.default_rng(seed).choice(keep, cfg.eval.eval_retain_size, replace=False))
+    make_model = functools.partial(fresh_model, cfg.model, data.input_shape, data.num_classes, seed)
+    return Seeded(seed, data, data.train.subset(keep), requests,
+                  config_hash([cfg.data, cfg.model, cfg.train, seed]), make_model)
+
+
+def train_original(train_set: ArrayDataset, make_model, recipe: TrainConfig, seed: int):
+    start = time.perf_counter()
+    model = train(make_model(), train_set, recipe, worker_device(), seed=seed, desc="original", progress=False)
+    return model.cpu(), time.perf_counter() - start
+
+
+def run_unit(name: str, method_cfg, train_set: ArrayDataset, num_classes: int, original_state: dict, make_model,
+             recipe: TrainConfig, seed: int, requests: list[np.ndarray], workdir: str, cluster: ClusterConfig) -> list[dict]:
+    """One grid cell, inside a Ray task: the requests in order, each `unlearn` call timed."""
+    method, device = METHODS.get(name), worker_device()
+    model = make_model()
+    model.load_state_dict(original_state)
+    gone, results = np.array([], dtype=np.int64), []
+    for forget_idx in requests:
+        gone = np.union1d(gone, forget_idx)
+        retain_idx = complement(len(train_set), gone)
+        task = UnlearnTask(original=model, retain=train_set.subset(retain_idx), forget=train_set.subset(forget_idx),
+                           train_cfg=recipe, make_model=make_model, num_classes=num_classes,
+                           device=device, seed=seed, retain_idx=retain_idx, forget_idx=forget_idx, workdir=workdir,
+                           extras={"cluster": cluster, "train_size": len(train_set)})
+        start = time.perf_counter()
+        model, stats = method.unlearn(task, method_cfg)
+        results.append({"model": model.cpu().eval(), "stats": dict(stats), "wall_s": time.perf_counter() - start})
+    return results
+
+
+def _task(cfg: Config, s: Seeded, requests: list[np.ndarray], device, workdir: Path) -> UnlearnTask:
+    """The task of the last of `requests` as the driver sees it (for prepare / benchmark hooks)."""
+    n = len(s.data.train)
+    forget_idx = requests[-1] if requests else np.array([], dtype=np.int64)
+    gone = np.unique(np.concatenate(requests)) if requests else forget_idx
+    retain_idx = complement(n, gone)
+    return UnlearnTask(original=s.original, retain=s.data.train.subset(retain_idx),
+                       forget=s.data.train.subset(forget_idx), train_cfg=cfg.train, make_model=s.make_model,
+                       num_classes=s.data.num_classes, device=device, seed=s.seed, retain_idx=retain_idx,
+                       forget_idx=forget_idx, workdir=str(workdir),
+                       extras={"cluster": cfg.cluster, "train_size": n})
+
+
+def run(cfg: Config, out_dir: str | Path, progress: bool = True) -> dict:
+    out, exp = Path(out_dir), cfg.experiment
+    ckpt = out / "checkpoints"
+    device = get_device(exp.device)
+    seeded = [_seeded(cfg, seed) for seed in exp.seeds]
+    with ray_session(cfg.cluster):
+        import ray
+
+        res = current_resources(cfg.cluster)
+        log.info("Ray cluster: %s; %s", ray.cluster_resources(), res.describe())
+        warm_up(cfg.cluster)
+        refs = {s.seed: ray.put(s.data.train) for s in seeded}  # each seed's training set, once
+
+        # 1. originals, one task per seed
+        todo = []
+        for s in seeded:
+            cached = checkpoint.load_or_none(ckpt / f"original-{s.base_key}")
+            if cached:
+                s.original, s.original_s = cached[0], cached[1]["wall_s"]
+            else:
+                todo.append(s)
+
+        def keep_original(i, result):
+            todo[i].original, todo[i].original_s = result
+            checkpoint.save(ckpt / f"original-{todo[i].base_key}", result[0], {"wall_s": result[1]})
+
+        fan_out(train_original, [(refs[s.seed], s.make_model, cfg.train, s.seed) for s in todo], cfg.cluster, res,
+                desc="originals", progress=progress, on_result=keep_original)
+
+        # 2. prepare hooks (untimed), alone on the cluster
+        prepared: dict[tuple, dict] = {}
+        for name in cfg.method_names():
+            method = METHODS.get(name)
+            for s in seeded:
+                if hasattr(method, "prepare"):
+                    task = _task(cfg, s, [], device, ckpt / f"work-{s.base_key}")
+                    log.info("%s: preparing (seed %d), not timed", name, s.seed)
+                    stats_path = ckpt / f"prepare-{name}-{config_hash([s.base_key, cfg.method_config(name)])}"
+                    fresh = method.prepare(task, cfg.method_config(name))
+                    cached = checkpoint.load_or_none(stats_path)
+                    prepared[name, s.seed] = cached[0] if cached else fresh
+                    if not cached:
+                        checkpoint.save(stats_path, fresh)
+
+        # 3. the grid
+        units, results = [], {}
+        for spec in exp.forget:
+            for s in seeded:
+                for name in cfg.method_names():
+                    reqs = s.requests[spec.label()]
+                    if name == "retrain" and not exp.retrain_each_request and len(reqs) > 1:
+                        reqs = [np.unique(np.concatenate(reqs))]  # one retrain without every request
+                    key = config_hash([s.base_key, name, cfg.method_config(name), [r.tolist() for r in reqs]])
+                    unit = (name, s.seed, spec.label())
+                    cached = checkpoint.load_or_none(ckpt / f"unit-{name}-{key}")
+                    if cached:
+                        results[unit] = cached[0]
+                    else:
+                        units.append((unit, key, reqs, s))
+
+        def keep_unit(i, result):
+            unit, key = units[i][:2]
+            results[unit] = result
+            checkpoint.save(ckpt / f"unit-{unit[0]}-{key}", result)
+            log.info("%s, seed %d, %s: %s", *unit, ", ".join(f"{r['wall_s']:.1f} s" for r in result))
+
+        originals = {s.seed: ray.put({k: v.cpu() for k, v in s.original.state_dict().items()}) for s in seeded}
+        fan_out(run_unit, [(u[0], cfg.method_config(u[0]), refs[s.seed], s.data.num_classes, originals[s.seed],
+                            s.make_model, cfg.train,
+                            s.seed, reqs, str(ckpt / f"work-{s.base_key}"), cfg.cluster) for u, _, reqs, s in units],
+                cfg.cluster, res, max_parallel=exp.parallel_runs, desc="grid", progress=progress, on_result=keep_unit)
+
+        # 4. benchmarks, each alone on the cluster (single-request specs)
+        benches: dict[tuple, dict] = {}
+        for name in cfg.method_names() if exp.benchmark else []:
+            method = METHODS.get(name)
+            for spec in [sp for sp in exp.forget if sp.requests == 1 and hasattr(method, "benchmark")]:
+                for s in seeded:
+                    unit = (name, s.seed, spec.label())
+                    path = ckpt / f"bench-{name}-{config_hash([unit, s.base_key, cfg.method_config(name)])}"
+                    cached = checkpoint.load_or_none(path)
+                    if cached is None:
+                        task = _task(cfg, s, s.requests[spec.label()], device, ckpt / f"work-{s.base_key}")
+                        first = results[unit][0]
+                        log.info("%s: benchmark (seed %d, %s)", name, s.seed, spec.label())
+                        stats = method.benchmark(task, cfg.method_config(name), {"wall_s": first["wall_s"], **first["stats"]})
+                        checkpoint.save(path, dict(stats))
+                        cached = (dict(stats), {})
+                    benches[unit] = cached[0]
+        resources = res.describe()
+
+    return write_cluster_report(cfg, out, seeded, results, prepared, benches, device, resources)

@@ -1,0 +1,15 @@
+"""Federated client withdrawal on Flower + Ray.
+
+Layout, read in this order:
+  config.py      the experiment's TOML sections
+  client.py      what a client does (its partition, local training, queries) as plain functions
+  fedavg.py      FedAvg arithmetic on state dicts;  rounds.py  R rounds with stored history
+  context.py     FedContext / FedResult: the server's view that every unlearning method gets
+  methods/       one module per unlearning method, registry FED_METHODS
+  queries.py     client-side computations a method may ask one client for (CLIENT_QUERIES)
+  withdrawal.py  the withdrawal protocol (who may leave)
+  server.py      Flower grid transport;  local.py  in-process transport (tests, debugging)
+  driver.py      the server's script;  report.py  the oracle's evaluation and the report
+  app.py         Flower ServerApp / ClientApp;  experiment.py  `fedunlearn run` on run_simulation
+  resources.py   Ray resources chosen at run time, the server's Ray task
+"""

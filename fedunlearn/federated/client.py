@@ -1,0 +1,121 @@
+"""What a client does, as plain functions: rebuild its own partition, train locally, answer queries.
+
+The Flower ClientApp (app.py) and the in-process transport (local.py) both call these. The data
+set and its partition are deterministic in the seed, so each client rebuilds its own share from
+its partition id; the departing client's share carries the backdoor. Nothing but model arrays
+and metrics leaves a client.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedunlearn.config import build, config_hash, to_dict
+from fedunlearn.data import ArrayDataset, DataBundle, load_dataset, partition, poison
+from fedunlearn.federated.history import State
+from fedunlearn.federated.queries import get_query
+from fedunlearn.models import build_model
+from fedunlearn.training import TrainConfig, get_device, seed_everything, train
+
+
+@dataclass
+class LocalData:
+    client_id: int
+    train: ArrayDataset          # the client's training data, backdoored samples included
+    poisoned_idx: np.ndarray     # positions in `train` that carry the trigger (empty for honest clients)
+    num_classes: int
+    input_shape: tuple[int, ...]
+    recipe: TrainConfig          # the federation's local training recipe
+    device: torch.device
+    seed: int
+    model_cfg: object
+
+    def make_model(self) -> nn.Module:
+        return build_model(self.model_cfg, self.input_shape, self.num_classes)
+
+
+_CACHE: dict[str, tuple[DataBundle, list[np.ndarray]]] = {}
+
+
+def federation_data(cfg) -> tuple[DataBundle, list[np.ndarray]]:
+    """The data set and every client's index list, cached per process (a Ray actor loads it once)."""
+    fed, seed = cfg.federation, cfg.experiment.seed
+    key = config_hash([cfg.data, fed.num_clients, fed.partition, fed.alpha, seed])
+    if key not in _CACHE:
+        data = load_dataset(cfg.data, seed)
+        parts = partition(data.train.y.numpy(), fed.num_clients, fed.partition, fed.alpha, seed)
+        _CACHE.clear()  # one federation per process at a time: keep memory flat
+        _CACHE[key] = (data, parts)
+    return _CACHE[key]
+
+
+def local_data(cfg, client_id: int) -> LocalData:
+    data, parts = federation_data(cfg)
+    own = data.train.subset(parts[client_id])
+    poisoned = np.zeros(0, dtype=np.int64)
+    if client_id == cfg.withdrawal.client and cfg.backdoor.fraction > 0:
+        x, y, poisoned = poison(own.x, own.y, cfg.backdoor, seed=cfg.experiment.seed + 7919)
+        own = ArrayDataset(x, y)
+    return LocalData(client_id, own, poisoned, data.num_classes, data.input_shape, cfg.federation.local,
+                     get_device(cfg.experiment.device), cfg.experiment.seed, cfg.model)
+
+
+def client_info(local: LocalData) -> dict:
+    """The handshake reply: who the client is, how much data it has, the task's shape."""
+    return {"partition-id": local.client_id, "num_examples": len(local.train), "num_classes": local.num_classes,
+            "input_shape": list(local.input_shape)}
+
+
+class InjectedFault(RuntimeError):
+    """Raised on purpose by federation.fail_client in round federation.fail_round (fault tests)."""
+
+
+def local_train(cfg, local: LocalData, state: State, config: dict) -> tuple[State, int, dict]:
+    """One round of local training from `state`; returns (local state, num_samples, metrics).
+
+    `config` may override epochs and lr for this round, and `data_fraction` trains on a seeded
+    share of the local data (fewer local steps, as FedEraser's calibration does).
+    """
+    fed = cfg.federation
+    rnd = int(config.get("round", 0))
+    if config.get("phase") == "train" and local.client_id == fed.fail_client and rnd == fed.fail_round:
+        raise InjectedFault(f"client {local.client_id} fails in round {rnd} (federation.fail_client)")
+    recipe = dataclasses.replace(local.recipe, **{k: config[k] for k in ("epochs", "lr") if k in config})
+    phase = zlib.crc32(str(config.get("phase", "")).encode()) % 997
+    seed = local.seed * 1_000_003 + rnd * 1009 + phase * 101 + local.client_id
+    data = local.train
+    fraction = float(config.get("data_fraction", 1.0))
+    if fraction < 1.0:
+        count = max(1, int(round(fraction * len(data))))
+        data = data.subset(np.sort(np.random.default_rng(seed).choice(len(data), count, replace=False)))
+    model = local.make_model()
+    model.load_state_dict(state)
+    seed_everything(seed)
+    train(model, data, recipe, local.device, seed=seed, desc=f"client {local.client_id}", progress=False)
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}, len(data), {"num_examples": len(data)}
+
+
+def answer_query(local: LocalData, name: str, state: State, config: dict) -> tuple[State, dict]:
+    """Run CLIENT_QUERIES[name] on this client's data, from a model loaded with `state`."""
+    model = local.make_model()
+    if state:
+        model.load_state_dict(state)
+    tensors, metrics = get_query(name)(model.to(local.device), local, config)
+    return {k: v.detach().cpu() for k, v in tensors.items()}, dict(metrics)
+
+
+def config_from_dict(mapping: dict):
+    """The experiment config rebuilt from its plain dict (how it travels to a client process)."""
+    from fedunlearn.federated.config import Config
+
+    return build(Config, mapping)
+
+
+def config_to_dict(cfg) -> dict:
+    return to_dict(cfg)

@@ -1,0 +1,101 @@
+"""The federated withdrawal experiment's config: one frozen dataclass per TOML section.
+
+    kind = "federated"
+    [experiment]  name, seed, device, methods (the rows of the report; retrain always runs)
+    [data] [model] [eval]              as in the centralized experiment
+    [federation]  clients, partition, FedAvg rounds, stored history, local recipe, resources
+    [withdrawal]  which client leaves, after which round, and whether it is still reachable
+    [backdoor]    the departing client's trigger (fraction 0 = none)
+    [methods.<name>]                  that method's Config
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from fedunlearn.config import build, check_range
+from fedunlearn.data import BackdoorConfig, DataConfig
+from fedunlearn.federated.methods import FED_METHODS, load_method
+from fedunlearn.federated.withdrawal import check_withdrawal
+from fedunlearn.metrics import EvalConfig
+from fedunlearn.models import ModelConfig
+from fedunlearn.training import TrainConfig
+
+LOCAL_RECIPE = TrainConfig(epochs=1, batch_size=32, lr=0.05, momentum=0.9, weight_decay=5e-4, schedule="constant")
+
+
+@dataclass(frozen=True)
+class ExperimentSection:
+    name: str = "withdrawal"
+    seed: int = 0
+    device: str = "auto"  # auto = CUDA when present, else CPU
+    methods: tuple[str, ...] = ("retrain", "continue", "federaser", "pga", "subtract")
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    num_clients: int = 10
+    partition: Literal["iid", "dirichlet"] = "iid"
+    alpha: float = 0.3             # Dirichlet concentration (partition = "dirichlet"); smaller = more skew
+    rounds: int = 6                # FedAvg rounds of training
+    store_every: int = 1           # the server stores client updates every this many rounds (FedEraser)
+    local: TrainConfig = LOCAL_RECIPE  # each client's local training per round
+    client_cpus: float = 1.0       # Ray resources per simulated client
+    client_gpus: float = -1.0      # -1 = auto: a GPU fraction when CUDA is present, else 0
+    server_gpus: float = 0.1       # GPU fraction of the server's Ray task (ctx.run_task), when GPUs exist
+    fail_client: int = -1          # fault injection: this client raises during training round fail_round
+    fail_round: int = 0
+
+    def __post_init__(self):
+        check_range("federation.num_clients", self.num_clients, 2)
+        check_range("federation.alpha", self.alpha, 1e-6)
+        check_range("federation.rounds", self.rounds, 1)
+        check_range("federation.store_every", self.store_every, 1)
+        check_range("federation.client_cpus", self.client_cpus, 0.01)
+        check_range("federation.server_gpus", self.server_gpus, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class WithdrawalConfig:
+    client: int = 0                # partition id of the departing client
+    after_round: int = 0           # the request arrives after this round (0 = after the last); training stops there
+    departing_online: bool = True  # false: the client is gone, cooperative methods cannot ask it anything
+
+    def __post_init__(self):
+        check_range("withdrawal.after_round", self.after_round, 0)
+
+
+@dataclass(frozen=True)
+class Config:
+    kind: str = "federated"
+    experiment: ExperimentSection = ExperimentSection()
+    data: DataConfig = DataConfig(train_size=12000, test_size=2000)
+    model: ModelConfig = ModelConfig()
+    federation: FederationConfig = FederationConfig()
+    withdrawal: WithdrawalConfig = WithdrawalConfig()
+    backdoor: BackdoorConfig = BackdoorConfig(fraction=0.2)
+    eval: EvalConfig = EvalConfig()
+    methods: dict = field(default_factory=dict)  # [methods.<name>] sections: that method's Config
+
+    def __post_init__(self):
+        check_withdrawal(self.withdrawal.client, self.federation.num_clients)
+        if self.withdrawal.after_round > self.federation.rounds:
+            raise ValueError(f"'withdrawal.after_round' = {self.withdrawal.after_round} is after the last round "
+                             f"(federation.rounds = {self.federation.rounds})")
+        for name in [*self.experiment.methods, *self.methods]:
+            FED_METHODS.check(name)
+        for name in self.method_names():
+            self.method_config(name)  # validate every section now, not after the training
+
+    @property
+    def train_rounds(self) -> int:
+        return self.withdrawal.after_round or self.federation.rounds
+
+    def method_names(self) -> list[str]:
+        """`retrain` always runs first: every other method is compared with it."""
+        return ["retrain"] + [m for m in self.experiment.methods if m != "retrain"]
+
+    def method_config(self, name: str):
+        return build(load_method(name).Config, self.methods.get(name, {}), f"methods.{name}")
+

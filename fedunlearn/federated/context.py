@@ -1,0 +1,158 @@
+"""The server's view during unlearning: what a federated unlearning method may use, and nothing else.
+
+A method gets a `FedContext` and returns a `FedResult`. The context holds the trained global
+model, the round-0 weights and the stored history; it talks to clients only through `fit`
+(one FedAvg round on chosen clients) and `query` (one named computation on one client's
+own data, see fedunlearn/federated/queries.py), and it counts every message and byte sent to
+the remaining clients and to the departing client. Heavy server-side work (a generator, a
+distillation) goes through `run_task`, a Ray task with a GPU fraction when the cluster has one.
+The oracle that evaluates models for the report is not part of the context.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import torch
+from torch import nn
+
+from fedunlearn.errors import WithdrawalError
+from fedunlearn.federated import fedavg
+from fedunlearn.federated.history import History, State, state_nbytes
+
+log = logging.getLogger("fedunlearn")
+
+
+class Transport(Protocol):
+    """How the server reaches clients: Flower's grid (server.py) or in-process calls (local.py)."""
+
+    def train(self, client_ids: list[int], state: State, config: dict) -> dict[int, Any]:
+        """client id -> (local state, num_samples, metrics), or the exception it raised."""
+
+    def query(self, client_id: int, name: str, state: State, config: dict) -> tuple[State, dict]:
+        ...
+
+
+@dataclass
+class RoundResult:
+    state: State                                  # the FedAvg aggregate (the new global model)
+    updates: dict[int, tuple[State, int]]         # client id -> (delta from the sent model, num_samples)
+    failed: list[int] = field(default_factory=list)
+    metrics: dict[int, dict] = field(default_factory=dict)
+
+
+@dataclass
+class Traffic:
+    """What the server sent during one method's unlearning (replies are not counted)."""
+
+    messages_to_remaining: int = 0
+    bytes_to_remaining: int = 0
+    messages_to_departing: int = 0
+    bytes_to_departing: int = 0
+
+    def add(self, to_departing: bool, nbytes: int) -> None:
+        if to_departing:
+            self.messages_to_departing += 1
+            self.bytes_to_departing += nbytes
+        else:
+            self.messages_to_remaining += 1
+            self.bytes_to_remaining += nbytes
+
+
+@dataclass
+class FedResult:
+    state: State                                  # the unlearned global model
+    rounds: int = 0                               # federated rounds used (0 = none)
+    curve: list[State] = field(default_factory=list)  # global model after each round, for the plot
+    stats: dict = field(default_factory=dict)     # free-form numbers the method reports
+
+
+@dataclass
+class FedContext:
+    global_state: State                  # trained global model at withdrawal (never modified)
+    initial_state: State                 # round-0 weights every client started from
+    history: History                     # stored client updates (every store_every rounds)
+    departing: int                       # the withdrawing client's id
+    remaining: list[int]                 # ids of the clients that stay
+    num_clients: int
+    num_classes: int
+    input_shape: tuple[int, ...]
+    make_model: Callable[[], nn.Module]  # a fresh model of the federation's architecture
+    fed_cfg: Any                         # the federation section (FederationConfig)
+    device: torch.device
+    transport: Transport
+    departing_online: bool = True
+    train_rounds: int = 0                # rounds of federated training before the withdrawal
+    sample_counts: dict[int, int] = field(default_factory=dict)  # client id -> samples it reported
+    seed: int = 0
+    traffic: Traffic = field(default_factory=Traffic)
+    _round: int = 0
+
+    def model(self, state: State | None = None) -> nn.Module:
+        """A fresh model loaded with `state` (default: the global model at withdrawal)."""
+        model = self.make_model()
+        model.load_state_dict(state if state is not None else self.global_state)
+        return model
+
+    def fit(self, client_ids: list[int], state: State, config: dict | None = None) -> RoundResult:
+        """One FedAvg round: send `state` to each client, train locally, aggregate the replies.
+
+        `config` overrides the local recipe for this round: epochs, lr, data_fraction (share of
+        the local data to train on: fewer local steps). A client that raises is logged and left
+        out of the aggregate; if every client fails the round raises.
+        """
+        config = dict(config or {})
+        self._round += 1
+        config.setdefault("round", self._round)
+        config.setdefault("phase", "unlearn")
+        for cid in client_ids:
+            self._check_reachable(cid)
+            self.traffic.add(cid == self.departing, state_nbytes(state))
+        replies = self.transport.train(list(client_ids), state, config)
+        return aggregate_replies(state, replies)
+
+    def query(self, client_id: int, name: str, state: State | None = None,
+              config: dict | None = None) -> tuple[State, dict]:
+        """Run the client-side function CLIENT_QUERIES[name] on `client_id`'s own data.
+
+        `state` is loaded into a fresh model on the client (empty: an untrained model); only
+        the returned tensors and metrics come back. Asking the departing client while it is
+        offline raises WithdrawalError.
+        """
+        self._check_reachable(client_id)
+        state = state or {}
+        self.traffic.add(client_id == self.departing, state_nbytes(state))
+        return self.transport.query(client_id, name, state, dict(config or {}))
+
+    def run_task(self, fn: Callable, *args, **kwargs):
+        """Run fn(*args, **kwargs) as a server-side Ray task (GPU fraction if the cluster has one)."""
+        from fedunlearn.federated.resources import run_server_task
+
+        return run_server_task(fn, *args, gpu_fraction=getattr(self.fed_cfg, "server_gpus", 0.1), **kwargs)
+
+    def _check_reachable(self, client_id: int) -> None:
+        if client_id == self.departing and not self.departing_online:
+            raise WithdrawalError(
+                f"client {client_id} has withdrawn and is offline, so a cooperative method cannot ask it "
+                "for anything; use a method that works without it (e.g. subtract, continue, source_free_absent) "
+                "or set withdrawal.departing_online = true")
+        if client_id != self.departing and client_id not in self.remaining:
+            raise WithdrawalError(f"client {client_id} is not in this federation (remaining clients: {self.remaining})")
+
+
+def aggregate_replies(sent: State, replies: dict[int, Any]) -> RoundResult:
+    """FedAvg over the successful replies; failures are logged and skipped."""
+    updates, failed, metrics = {}, [], {}
+    for cid, reply in sorted(replies.items()):
+        if isinstance(reply, BaseException):
+            log.warning("client %d failed this round and is left out of the aggregate: %s", cid, reply)
+            failed.append(cid)
+            continue
+        local, num, more = reply
+        updates[cid] = (fedavg.delta(local, sent), int(num))
+        metrics[cid] = more
+    if not updates:
+        raise RuntimeError(f"every client failed this round ({failed}); see the warnings above")
+    return RoundResult(fedavg.apply_updates(sent, list(updates.values())), updates, failed, metrics)

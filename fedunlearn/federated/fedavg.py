@@ -1,0 +1,57 @@
+"""FedAvg's arithmetic on state dicts: plain tensor functions, no framework.
+
+Only floating-point entries are averaged or differenced; integer buffers (BatchNorm's
+num_batches_tracked) are carried over from the model the clients started from.
+"""
+
+from __future__ import annotations
+
+import torch
+
+State = dict[str, torch.Tensor]
+
+
+def is_float(t: torch.Tensor) -> bool:
+    return torch.is_floating_point(t)
+
+
+def copy_state(state: State) -> State:
+    return {k: v.detach().cpu().clone() for k, v in state.items()}
+
+
+def delta(new: State, old: State) -> State:
+    """new - old on the floating-point entries."""
+    return {k: (new[k].detach().cpu() - old[k].detach().cpu()) for k in old if is_float(old[k])}
+
+
+def add(state: State, update: State, scale: float = 1.0) -> State:
+    """state + scale * update; entries missing from `update` are copied."""
+    out = copy_state(state)
+    for k, v in update.items():
+        out[k] = out[k] + scale * v
+    return out
+
+
+def weighted_sum(updates: list[tuple[State, int]], total: int | None = None) -> State:
+    """sum_i n_i / total * u_i, with total = sum_i n_i by default (FedAvg's weighting)."""
+    total = total if total is not None else sum(n for _, n in updates)
+    keys = updates[0][0].keys()
+    return {k: sum(u[k] * (n / total) for u, n in updates) for k in keys}
+
+
+def apply_updates(state: State, updates: list[tuple[State, int]]) -> State:
+    """One FedAvg step: the sent model plus the sample-weighted mean of the client updates."""
+    return add(state, weighted_sum(updates))
+
+
+def norm(update: State) -> float:
+    return float(sum(float((v.double() ** 2).sum()) for v in update.values()) ** 0.5)
+
+
+def l2_project(state: State, center: State, radius: float) -> State:
+    """Project `state` onto the L2 ball of `radius` around `center` (floating-point entries)."""
+    diff = delta(state, center)
+    dist = norm(diff)
+    if dist <= radius or dist == 0.0:
+        return state
+    return add(center, diff, radius / dist)

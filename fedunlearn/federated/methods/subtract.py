@@ -1,0 +1,43 @@
+"""subtract: remove the departing client's stored, sample-weighted updates from the global model.
+
+No data and no messages. For each stored round r (standing for `span` rounds) the client k
+contributed (n_k / n_r) * u_k^r to the global model; subtracting it leaves the other clients'
+contributions with weights n_i / n_r instead of n_i / (n_r - n_k), so with `rescale` the
+remaining trajectory w - w_0 is scaled by n / (n - n_k), as retraining without k would weight
+it. Exact when every round is stored and the model is linear in its updates; an estimate
+otherwise (the other clients trained from models that k had influenced).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fedunlearn.errors import FedUnlearnError
+from fedunlearn.federated import fedavg
+from fedunlearn.federated.context import FedContext, FedResult
+
+
+@dataclass(frozen=True)
+class Config:
+    rescale: bool = True  # scale the remaining trajectory by n / (n - n_k)
+
+
+def unlearn(ctx: FedContext, cfg: Config) -> FedResult:
+    stored = ctx.history.client_rounds(ctx.departing)
+    if not stored:
+        raise FedUnlearnError(f"subtract needs the departing client's stored updates, but the history holds none "
+                              f"for client {ctx.departing}; set federation.store_every >= 1")
+    removed: fedavg.State = {}
+    share = 0.0
+    for rnd in stored:
+        update, n_k = rnd.updates[ctx.departing]
+        weight = rnd.span * n_k / rnd.total_samples()
+        removed = fedavg.add(removed, update, weight) if removed else {k: v * weight for k, v in update.items()}
+        share += n_k / rnd.total_samples() / len(stored)
+    state = fedavg.add(ctx.global_state, removed, -1.0)
+    if cfg.rescale:
+        trajectory = fedavg.delta(state, ctx.initial_state)
+        state = fedavg.add(ctx.initial_state, trajectory, 1.0 / (1.0 - share))
+        # integer buffers (BatchNorm counters) come from the global model, not round 0
+        state.update({k: v.clone() for k, v in ctx.global_state.items() if not fedavg.is_float(v)})
+    return FedResult(state, 0, [], {"stored_rounds_used": len(stored), "client_share": share})

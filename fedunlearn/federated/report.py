@@ -1,0 +1,129 @@
+"""The oracle's judgement of every method, and the report: table, notes and curves over rounds.
+
+The oracle is not the server: it rebuilds every client's data (as only an evaluator outside
+the federation could) to measure retain accuracy on the remaining clients' data, forget
+accuracy and MIA on the departing client's data, and backdoor success on triggered test
+inputs. It reuses the one evaluation of fedunlearn.metrics and compares each model with
+`retrain` from the same run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+from fedunlearn.config import to_dict
+from fedunlearn.data import ArrayDataset, triggered_test
+from fedunlearn.federated.client import federation_data, local_data
+from fedunlearn.metrics import Splits, compare_to_reference, evaluate, write_report
+from fedunlearn.metrics.plots import curves
+from fedunlearn.training import predict_probs
+
+COLUMNS = ["method", "test_acc", "retain_acc", "forget_acc", "backdoor_asr", "mia_efficacy", "mia_auc",
+           "js_to_retrain", "avg_gap", "wall_s", "speedup", "rounds", "messages_to_remaining", "bytes_to_remaining"]
+
+
+def oracle_splits(cfg) -> Splits:
+    data, parts = federation_data(cfg)
+    seed = cfg.experiment.seed
+    departing = cfg.withdrawal.client
+    forget = local_data(cfg, departing).train
+    others = np.sort(np.concatenate([p for c, p in enumerate(parts) if c != departing]))
+    size = cfg.eval.eval_retain_size
+    if size and len(others) > size:
+        others = np.sort(np.random.default_rng(seed).choice(others, size, replace=False))
+    extra = {}
+    if cfg.backdoor.fraction > 0:
+        extra["backdoor"] = ArrayDataset(*triggered_test(data.test.x, data.test.y, cfg.backdoor))
+    return Splits(retain=data.train.subset(others), forget=forget, test=data.test, extra=extra)
+
+
+def quick_point(model, splits: Splits, device) -> tuple[float, float]:
+    """(test accuracy, backdoor success) of one model, for the curves."""
+    def acc(data: ArrayDataset) -> float:
+        return float((predict_probs(model, data, device).argmax(1) == data.y).float().mean())
+    backdoor = (splits.extra or {}).get("backdoor")
+    return acc(splits.test), (acc(backdoor) if backdoor is not None else float("nan"))
+
+
+def write_federated_report(cfg, out: Path, trained: dict, results: dict, make_model, device) -> dict:
+    splits = oracle_splits(cfg)
+    seed = cfg.experiment.seed
+
+    def model_of(state):
+        model = make_model()
+        model.load_state_dict(state)
+        return model.to(device).eval()
+
+    rows, ref = [], {}
+    entries = [("retrain", results["retrain"]), ("original", {"state": trained["global_state"], "row": {
+        "wall_s": trained["wall_s"], "rounds": cfg.train_rounds}})]
+    entries += [(name, res) for name, res in results.items() if name != "retrain"]
+    for name, res in entries:
+        model = model_of(res["state"])
+        metrics, outputs = evaluate(model, splits, device, cfg.eval, seed=seed)
+        if "backdoor_acc" in metrics:
+            metrics["backdoor_asr"] = metrics.pop("backdoor_acc")
+        row = {"method": name, **metrics, **res["row"]}
+        if name == "retrain":
+            ref = {"row": dict(row), "out": outputs, "model": model, "s": row["wall_s"]}
+        compare_to_reference(row, outputs, model, ref["row"], ref["out"], ref["model"], ref["s"])
+        if name == "original":
+            row["speedup"] = float("nan")  # training, not unlearning
+        rows.append(row)
+    order = ["original", "retrain", *[n for n in results if n != "retrain"]]
+    rows.sort(key=lambda r: order.index(r["method"]))
+
+    plot = plot_curves(cfg, out, trained, results, splits, model_of, device)
+    history = trained["history"]
+    extra = {"history_bytes": history.nbytes(), "stored_rounds": [r.round for r in history.rounds],
+             "model_bytes": trained["model_bytes"], "train_failures": trained["failures"],
+             "client_samples": {str(c): len(p) for c, p in enumerate(federation_data(cfg)[1])},
+             "departing_client": cfg.withdrawal.client, "device": str(device)}
+    fed = cfg.federation
+    notes = [
+        f"{fed.num_clients} clients ({fed.partition}{', alpha ' + str(fed.alpha) if fed.partition == 'dirichlet' else ''}), "
+        f"{cfg.train_rounds} FedAvg rounds of {fed.local.epochs} local epoch(s); client {cfg.withdrawal.client} withdraws "
+        f"({len(splits.forget)} samples, {cfg.backdoor.fraction:.0%} backdoored, target {cfg.backdoor.target})",
+        f"the server stored client updates of rounds {extra['stored_rounds']}: {history.nbytes() / 1e6:.1f} MB "
+        f"(one model: {trained['model_bytes'] / 1e6:.2f} MB)",
+        "evaluation is an oracle outside the federation (it rebuilds every client's data): retain_acc on the remaining "
+        "clients' data, forget_acc and MIA on the departing client's data, backdoor_asr on triggered test inputs",
+        "rounds / messages_to_remaining / bytes_to_remaining: what each method sent the remaining clients while "
+        "unlearning (model arrays); speedup = retrain wall time / method wall time in this run",
+        "simulated clients share the machine's cores, so wall time flatters no one only next to rounds and messages",
+    ]
+    if trained["failures"]:
+        notes.append(f"client failures during training (round, client), left out of those rounds: {trained['failures']}")
+    write_report(out, f"{cfg.experiment.name}: federated client withdrawal", to_dict(cfg), rows, extra=extra,
+                 notes=notes, columns=COLUMNS, plots=[str(plot)])
+    return {"results": rows, "config": to_dict(cfg), "columns": COLUMNS, **extra}
+
+
+def plot_curves(cfg, out: Path, trained, results, splits, model_of, device) -> Path:
+    """Test accuracy and backdoor success per round: training, then each method after the withdrawal."""
+    point = lambda state: quick_point(model_of(state), splits, device)  # noqa: E731
+    withdraw_at = cfg.train_rounds
+    base = [point(s) for s in trained["curve"]]
+    series: dict[str, dict] = {"test_acc": {}, "backdoor_asr": {}}
+
+    def add(label, xs, pts):
+        series["test_acc"][label] = (list(xs), [p[0] for p in pts])
+        series["backdoor_asr"][label] = (list(xs), [p[1] for p in pts])
+
+    add("training (all clients)", range(1, withdraw_at + 1), base)
+    for name, res in results.items():
+        pts = [point(s) for s in res["curve"]] or [point(res["state"])]
+        if name == "retrain":
+            add("retrain (from round 0)", range(1, len(pts) + 1), pts)
+            continue
+        pts[-1] = point(res["state"])
+        xs = [withdraw_at + i + 1 for i in range(len(res["curve"]))] or [withdraw_at + 0.5]
+        add(f"{name} ({res['row']['rounds']} rounds)", [withdraw_at, *xs], [base[-1], *pts])
+    out.mkdir(parents=True, exist_ok=True)
+    return curves(series, "federated round", out / "curves.png", marker_x=withdraw_at,
+                  title=f"client {cfg.withdrawal.client} withdraws after round {withdraw_at}")
+
+

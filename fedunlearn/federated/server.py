@@ -1,0 +1,74 @@
+"""The server's side of Flower's Message API: find the clients, send rounds and queries over the grid.
+
+`FlowerTransport` maps partition ids (the client ids of the config) to Flower node ids with a
+`query.hello` handshake, then sends `train` messages (model arrays + a config record) and
+`query.call` messages (a named client-side computation, see queries.py). A reply that carries
+an error (the ClientApp raised) comes back as an exception for that client, so one failing
+client does not stop a round.
+"""
+
+from __future__ import annotations
+
+import time
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+
+from fedunlearn.errors import FedUnlearnError
+from fedunlearn.federated.history import State
+
+
+class ClientError(RuntimeError):
+    """A client's reply carried an error instead of a result."""
+
+
+class FlowerTransport:
+    def __init__(self, grid, num_clients: int, wait_s: float = 120.0):
+        self.grid = grid
+        self.info: dict[int, dict] = {}  # partition id -> what the client reported in the handshake
+        self.node_of = self._handshake(num_clients, wait_s)
+
+    def _handshake(self, num_clients: int, wait_s: float) -> dict[int, int]:
+        deadline = time.monotonic() + wait_s
+        nodes = list(self.grid.get_node_ids())
+        while len(nodes) < num_clients and time.monotonic() < deadline:
+            time.sleep(0.5)
+            nodes = list(self.grid.get_node_ids())
+        if len(nodes) < num_clients:
+            raise FedUnlearnError(f"only {len(nodes)} Flower nodes connected, the config needs "
+                                  f"{num_clients}; start more SuperNodes or lower federation.num_clients")
+        msgs = [Message(RecordDict({"config": ConfigRecord({})}), node, "query.hello") for node in nodes]
+        node_of = {}
+        for reply in self.grid.send_and_receive(msgs):
+            if reply.has_error():
+                raise FedUnlearnError(f"node {reply.metadata.src_node_id} failed the handshake: {reply.error.reason}")
+            metrics = dict(reply.content["metrics"])
+            node_of[int(metrics["partition-id"])] = reply.metadata.src_node_id
+            self.info[int(metrics["partition-id"])] = metrics
+        missing = sorted(set(range(num_clients)) - set(node_of))
+        if missing:
+            raise FedUnlearnError(f"no Flower node holds partition(s) {missing}; each node needs "
+                                  "node_config partition-id in 0..num_clients-1")
+        return node_of
+
+    def _send(self, client_ids: list[int], kind: str, state: State, config: dict) -> dict[int, Message]:
+        by_node = {self.node_of[cid]: cid for cid in client_ids}
+        content = lambda: RecordDict({"arrays": ArrayRecord(state), "config": ConfigRecord(config)})  # noqa: E731
+        msgs = [Message(content(), node, kind) for node in by_node]
+        return {by_node[r.metadata.src_node_id]: r for r in self.grid.send_and_receive(msgs)}
+
+    def train(self, client_ids: list[int], state: State, config: dict) -> dict:
+        replies = {}
+        for cid, reply in self._send(client_ids, "train", state, config).items():
+            if reply.has_error():
+                replies[cid] = ClientError(f"client {cid}: {reply.error.reason}")
+            else:
+                metrics = dict(reply.content["metrics"])
+                replies[cid] = (reply.content["arrays"].to_torch_state_dict(), int(metrics["num_examples"]), metrics)
+        return replies
+
+    def query(self, client_id: int, name: str, state: State, config: dict) -> tuple[State, dict]:
+        reply = self._send([client_id], "query.call", state, {**config, "query": name})[client_id]
+        if reply.has_error():
+            raise ClientError(f"client {client_id} failed query '{name}': {reply.error.reason}")
+        arrays = reply.content["arrays"]
+        return (arrays.to_torch_state_dict() if len(arrays) else {}), dict(reply.content["metrics"])
