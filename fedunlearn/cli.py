@@ -61,8 +61,28 @@ def cmd_report(args) -> int:
     from fedunlearn.metrics.report import load_report, markdown_table
 
     report = load_report(args.dir)
+    if args.emit:
+        from fedunlearn.submit import emit
+
+        print(emit(args.dir))
+        return 0
     print(f"# {report.get('title', '')}\n")
     print(markdown_table(report["results"]))
+    return 0
+
+
+def cmd_submit(args) -> int:
+    import os
+
+    from fedunlearn.submit import submit
+
+    load_experiment(args.config, args.set)  # a bad config fails here, not after the upload
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        raise FedUnlearnError("no cluster given: pass --address http://HEAD_IP:8265 or set RAY_ADDRESS")
+    fetch_to = args.fetch_to or str(Path("results") / Path(args.config).stem)
+    job, path = submit(args.config, address, args.storage, fetch_to, args.set, timeout_s=args.timeout)
+    print(f"job {job} succeeded; report fetched to {path}")
     return 0
 
 
@@ -80,7 +100,18 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("list", help="list data sets, models and methods").set_defaults(func=cmd_list)
     rep = sub.add_parser("report", help="print the table of a finished run")
     rep.add_argument("dir")
+    rep.add_argument("--emit", action="store_true", help=argparse.SUPPRESS)  # used by submitted jobs
     rep.set_defaults(func=cmd_report)
+    sub_ = sub.add_parser("submit", help="run a config as a job on a Ray cluster and fetch its report")
+    sub_.add_argument("config", help="config path, relative to the working directory Ray uploads")
+    sub_.add_argument("--address", default=None, help="the cluster's dashboard, e.g. http://HEAD_IP:8265 "
+                      "(default: $RAY_ADDRESS)")
+    sub_.add_argument("--storage", default="/tmp/fedunlearn",
+                      help="folder on the cluster for reports and checkpoints (mounted on every node)")
+    sub_.add_argument("--fetch-to", default=None, help="local folder for the fetched report (default results/<name>)")
+    sub_.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    sub_.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the job")
+    sub_.set_defaults(func=cmd_submit)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")

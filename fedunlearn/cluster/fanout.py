@@ -64,14 +64,21 @@ def fan_out(fn: Callable, calls: Sequence[tuple], cluster: ClusterConfig = Clust
     return ray.get(refs)
 
 
-def _warm() -> int:
+def _warm(seconds: float) -> int:
     import os
+    import time
 
     import fedunlearn.training  # noqa: F401  (imports torch: the slow part of a worker's start)
 
+    time.sleep(seconds)  # stay busy so that every warm-up task gets its own process
     return os.getpid()
 
 
-def warm_up(cluster: ClusterConfig = ClusterConfig()) -> int:
-    """Start the worker processes (and their torch import) before anything is timed."""
-    return len(set(fan_out(_warm, [()] * current_resources(cluster).slots, cluster)))
+def warm_up(cluster: ClusterConfig = ClusterConfig(), per_slot: int = 2) -> int:
+    """Start worker processes before anything is timed: `per_slot` per task slot (a grid task
+    plus the tasks it fans out). Returns how many distinct processes answered."""
+    import ray
+
+    count = per_slot * current_resources(cluster).slots
+    warm = ray.remote(_warm).options(num_cpus=0)  # no resources, so they all start at once
+    return len(set(ray.get([warm.remote(1.0) for _ in range(count)])))

@@ -58,7 +58,13 @@ def ray_session(cfg: ClusterConfig = ClusterConfig()):
         log.info("attaching to the Ray cluster at %s", address)
         ray.init(address=address, log_to_driver=False)
     else:
-        ray.init(address="local", num_cpus=cfg.num_cpus or None, include_dashboard=False, log_to_driver=False)
+        cpus = cfg.num_cpus or os.cpu_count() or 1
+        # Keep idle worker processes alive (Ray's default kills the ones beyond one per CPU
+        # after about a second): a task that fans out needs a second set of workers, and a
+        # fresh one costs seconds of Python and torch imports inside a timed region.
+        ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False,
+                 _system_config={"num_workers_soft_limit": 2 * cpus,
+                                 "idle_worker_killing_time_threshold_ms": 3_600_000})
     try:
         yield
     finally:
