@@ -39,6 +39,7 @@ class Config:
     lr: float = 0.01
     batch_size: int = 128
     retain_ratio: float = 1.0    # retain samples per epoch, as a multiple of |forget + adversarial|; 0 = none
+    with_forget: bool = True     # fine-tune on the forget samples (true labels) beside their adversarial twins
     chunks: int = 0              # search tasks; 0 = one per worker slot; 1 = in this process, without Ray
     search_batch: int = 256      # forget samples attacked together inside one task
 
@@ -162,7 +163,8 @@ def unlearn(task: UnlearnTask, cfg: Config = Config()):
     search_s = time.perf_counter() - start
     ok = found["found"]
     adversarial = ArrayDataset(found["x_adv"][ok], found["y_adv"][ok])
-    model = finetune(clone(task.original), ArrayDataset.concat(task.forget, adversarial), task.retain, cfg,
+    base = ArrayDataset.concat(task.forget, adversarial) if cfg.with_forget else adversarial
+    model = finetune(clone(task.original), base, task.retain, cfg,
                      task.train_cfg, task.device, seed=task.seed + 5)
     radius = found["radius"][ok]
     return model, Stats(search_s=search_s, finetune_s=time.perf_counter() - start - search_s,

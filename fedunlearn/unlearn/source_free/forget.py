@@ -5,10 +5,10 @@ uniform or negative cross-entropy; design.md): an IID client's data looks like e
 else's, and the target is a model retrained without it, which still classifies such data
 well. What must go is what only that data taught: backdoors and memorised samples. So:
 
-1. `flag_unique` (run where the data is): keep the samples whose label the original model
-   predicts but a reference model without the data (e.g. the original minus the client's
-   stored updates) does not, with a probability margin. Backdoored samples are the typical
-   hit: the original says "target", the reference says the true class.
+1. `flag_unknown` (run where the data is): keep the samples whose label a reference model
+   without the data (e.g. the global model minus the client's stored updates) finds very
+   unlikely. Backdoored samples are the typical hit: their label is the target, the
+   reference says the true class. Ordinary samples are not: the reference knows them.
 2. `local_fisher` (same place): the diagonal Fisher information of the reference model's
    predictions on the flagged samples. It is a statistic of the model, the size of the
    model: no sample leaves.
@@ -29,17 +29,13 @@ from fedunlearn.data.datasets import ArrayDataset
 from fedunlearn.training import predict_probs
 
 
-def flag_unique(original: nn.Module, reference: nn.Module, data: ArrayDataset, device,
-                margin: float = 0.5) -> np.ndarray:
-    """Positions in `data` that the original gets right and the reference gets wrong, with
-    p_original(label) - p_reference(label) > margin."""
+def flag_unknown(reference: nn.Module, data: ArrayDataset, device, max_confidence: float = 0.1) -> np.ndarray:
+    """Positions in `data` to which the reference gives its label a probability below
+    `max_confidence`: what the federation without this data does not know."""
     if len(data) == 0:
         return np.zeros(0, dtype=np.int64)
-    p_orig = predict_probs(original, data, device)
-    p_ref = predict_probs(reference, data, device)
-    rows = torch.arange(len(data))
-    gap = p_orig[rows, data.y] - p_ref[rows, data.y]
-    keep = (p_orig.argmax(1) == data.y) & (p_ref.argmax(1) != data.y) & (gap > margin)
+    probs = predict_probs(reference, data, device)
+    keep = probs[torch.arange(len(data)), data.y] < max_confidence
     return torch.nonzero(keep).flatten().numpy()
 
 

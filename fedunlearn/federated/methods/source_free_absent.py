@@ -1,0 +1,55 @@
+"""source_free_absent: source-free unlearning of a client that is gone (seed 000, design.md).
+
+The server uses only what it holds: the global model, the round-0 weights and the departing
+client's stored updates. It subtracts those updates (the `subtract` method: the reference),
+then repairs the reference without any data: a generator trained against the frozen global
+model synthesizes stand-in samples, and a student starting at the reference is distilled on
+them from a log-space mix of the global model and the reference (fedunlearn.unlearn.
+source_free.pipeline). The remaining clients get no message; the departing client is not
+asked anything. Generator and distillation run as one server-side Ray task (a GPU fraction
+when the cluster has one).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from fedunlearn.federated.context import FedContext, FedResult
+from fedunlearn.federated.history import State
+from fedunlearn.federated.methods import subtract
+from fedunlearn.training import get_device
+from fedunlearn.unlearn.source_free.forget import fisher_penalty
+from fedunlearn.unlearn.source_free.pipeline import RepairConfig, repair
+
+COOPERATIVE = False
+
+
+@dataclass(frozen=True)
+class Config(RepairConfig):
+    """[methods.source_free_absent]: generator.*, consolidate.*, reference_weight (see RepairConfig)."""
+
+
+def unlearn(ctx: FedContext, cfg: Config) -> FedResult:
+    reference = subtract.unlearn(ctx, subtract.Config(rescale=True)).state
+    state, stats = ctx.run_task(server_repair, ctx.make_model, ctx.global_state, reference, ctx.num_classes,
+                                ctx.input_shape, cfg, None, ctx.seed)
+    return FedResult(state, 0, [], stats)
+
+
+def server_repair(make_model, global_state: State, reference_state: State, num_classes: int, input_shape,
+                  cfg: RepairConfig, fisher: dict | None, seed: int) -> tuple[State, dict]:
+    """The server task: models from states, `repair`, the student's state back on the CPU.
+
+    `fisher` (cooperative mode) is the departing client's Fisher statistics on its flagged
+    samples; it becomes a penalty holding the student to the reference there.
+    """
+    device = get_device("auto")  # inside the Ray task: the GPU Ray assigned, if any
+    original, reference = make_model(), make_model()
+    original.load_state_dict(global_state)
+    reference.load_state_dict(reference_state)
+    term = fisher_penalty(reference.to(device), fisher) if fisher else None
+    student, stats = repair(original, reference, num_classes, input_shape, cfg, device, forget_term=term, seed=seed)
+    stats["threads"] = torch.get_num_threads()
+    return {k: v.detach().cpu() for k, v in student.state_dict().items()}, stats

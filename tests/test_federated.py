@@ -1,0 +1,122 @@
+"""The federated withdrawal experiment on a real Flower simulation (Ray backend): 3 clients on
+`digits`, 2 FedAvg rounds, every baseline method end to end, message counting, a failing client
+and bad withdrawals. One simulation is shared by most tests (module-scoped fixture)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import ray
+
+from fedunlearn.cli import main as cli_main
+from fedunlearn.config import build
+from fedunlearn.errors import WithdrawalError
+from fedunlearn.federated import experiment
+from fedunlearn.federated.config import Config
+
+METHODS = ["retrain", "continue", "federaser", "pga", "subtract"]
+
+
+def tiny(**sections) -> dict:
+    mapping = {
+        "kind": "federated",
+        "experiment": {"name": "tiny", "methods": METHODS},
+        "data": {"name": "digits", "train_size": 0, "test_size": 0},
+        "model": {"name": "cnn", "hidden": 32},
+        "federation": {"num_clients": 3, "rounds": 2, "local": {"epochs": 2, "batch_size": 32, "lr": 0.05,
+                                                                "schedule": "constant"}},
+        "withdrawal": {"client": 0},
+        "backdoor": {"fraction": 0.2, "target": 0, "size": 2},
+        "eval": {"mia_max_samples": 300},
+        "methods": {"continue": {"rounds": 1}, "pga": {"post_rounds": 1}},
+    }
+    for name, values in sections.items():
+        mapping[name] = {**mapping.get(name, {}), **values}
+    return mapping
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    # One local Ray for the module: each simulation attaches to it instead of starting its own.
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory):
+    """Client 1 raises in training round 2: the round must go on with the other two."""
+    out = tmp_path_factory.mktemp("withdrawal")
+    cfg = build(Config, tiny(federation={"fail_client": 1, "fail_round": 2}))
+    report = experiment.run(cfg, out, progress=False)
+    return out, report, {r["method"]: r for r in report["results"]}
+
+
+def test_training_writes_the_report(sim):
+    out, report, rows = sim
+    assert (out / "report.md").is_file() and (out / "curves.png").is_file()
+    saved = json.loads((out / "report.json").read_text())
+    assert list(rows) == ["original", *METHODS]
+    assert saved["history_bytes"] > 0 and saved["stored_rounds"] == [1, 2]
+    for column in ("test_acc", "retain_acc", "forget_acc", "backdoor_asr", "mia_efficacy", "mia_auc",
+                   "js_to_retrain", "avg_gap", "wall_s", "rounds"):
+        for name, row in rows.items():
+            assert math.isfinite(row[column]), (name, column)
+    for name in METHODS:
+        for column in ("speedup", "messages_to_remaining", "bytes_to_remaining"):
+            assert column in rows[name], (name, column)
+    assert rows["retrain"]["speedup"] == pytest.approx(1.0)
+    assert rows["retrain"]["js_to_retrain"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_a_failing_client_does_not_stop_the_round(sim):
+    out, report, rows = sim
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["train_failures"] == [[2, 1]]
+    assert "client failures during training" in (out / "report.md").read_text()
+    # client 1 missed round 2, so the stored round 2 holds only client 2 (client 0 left): one
+    # calibration message instead of two
+    assert rows["federaser"]["messages_to_remaining"] == 2 + 1
+
+
+def test_messages_are_counted_per_method(sim):
+    _, _, rows = sim
+    assert rows["subtract"]["messages_to_remaining"] == 0 and rows["subtract"]["bytes_to_remaining"] == 0
+    assert rows["subtract"]["messages_to_departing"] == 0 and rows["subtract"]["rounds"] == 0
+    assert rows["continue"]["messages_to_remaining"] == 2 and rows["continue"]["bytes_to_remaining"] > 0
+    assert rows["retrain"]["messages_to_remaining"] == 2 * 2 and rows["retrain"]["messages_to_departing"] == 0
+    assert rows["pga"]["messages_to_departing"] == 1 and rows["pga"]["messages_to_remaining"] == 2
+    per_model = rows["continue"]["bytes_to_remaining"] / 2
+    assert rows["retrain"]["bytes_to_remaining"] == pytest.approx(4 * per_model)
+
+
+def test_unlearning_changes_the_model_and_resumes_from_checkpoints(sim, tmp_path):
+    out, _, rows = sim
+    assert rows["subtract"]["js_to_retrain"] != rows["original"]["js_to_retrain"]
+    assert rows["pga"]["ascent_steps"] >= 0 and rows["pga"]["radius"] > 0
+    assert len(list((out / "checkpoints").glob("method-*.pt"))) == len(METHODS)
+
+
+def test_offline_departing_client(tmp_path):
+    offline = tiny(withdrawal={"departing_online": False}, federation={"rounds": 1},
+                   experiment={"methods": ["retrain", "pga"]})
+    with pytest.raises(WithdrawalError, match="offline|departing_online"):
+        experiment.run(build(Config, offline), tmp_path / "coop", progress=False)
+    # absent mode: methods that never ask the departing client still work
+    offline["experiment"]["methods"] = ["retrain", "subtract"]
+    report = experiment.run(build(Config, offline), tmp_path / "absent", progress=False)
+    assert [r["method"] for r in report["results"]] == ["original", "retrain", "subtract"]
+
+
+def test_bad_withdrawals_are_clear_errors(tmp_path, capsys):
+    with pytest.raises(WithdrawalError, match="clients 0..2"):
+        build(Config, tiny(withdrawal={"client": 3}))
+    with pytest.raises(WithdrawalError, match="clients 0..2"):
+        build(Config, tiny(withdrawal={"client": -1}))
+    config = tmp_path / "bad.toml"
+    config.write_text('kind = "federated"\n[data]\nname = "digits"\n[federation]\nnum_clients = 3\n'
+                      '[withdrawal]\nclient = 7\n')
+    assert cli_main(["run", str(config), "--out", str(tmp_path / "out")]) == 2
+    assert "cannot withdraw client 7" in capsys.readouterr().err
