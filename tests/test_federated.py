@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pytest
 import ray
@@ -100,14 +101,16 @@ def test_unlearning_changes_the_model_and_resumes_from_checkpoints(sim, tmp_path
 
 
 def test_offline_departing_client(tmp_path):
-    offline = tiny(withdrawal={"departing_online": False}, federation={"rounds": 1},
-                   experiment={"methods": ["retrain", "pga"]})
+    # the request arrives after round 1 of 2: training stops there, retrain reruns 1 round
+    offline = tiny(withdrawal={"departing_online": False, "after_round": 1}, experiment={"methods": ["retrain", "pga"]})
     with pytest.raises(WithdrawalError, match="offline|departing_online"):
         experiment.run(build(Config, offline), tmp_path / "coop", progress=False)
     # absent mode: methods that never ask the departing client still work
     offline["experiment"]["methods"] = ["retrain", "subtract"]
     report = experiment.run(build(Config, offline), tmp_path / "absent", progress=False)
-    assert [r["method"] for r in report["results"]] == ["original", "retrain", "subtract"]
+    rows = {r["method"]: r for r in report["results"]}
+    assert list(rows) == ["original", "retrain", "subtract"]
+    assert rows["original"]["rounds"] == 1 and rows["retrain"]["rounds"] == 1
 
 
 def test_bad_withdrawals_are_clear_errors(tmp_path, capsys):
@@ -120,3 +123,12 @@ def test_bad_withdrawals_are_clear_errors(tmp_path, capsys):
                       '[withdrawal]\nclient = 7\n')
     assert cli_main(["run", str(config), "--out", str(tmp_path / "out")]) == 2
     assert "cannot withdraw client 7" in capsys.readouterr().err
+
+
+def test_server_task_runs_on_ray_with_the_free_cores():
+    import torch
+
+    from fedunlearn.federated.resources import run_server_task
+
+    expected = min(int(ray.available_resources().get("CPU", 0)), os.cpu_count()) or os.cpu_count()
+    assert run_server_task(torch.get_num_threads) == expected

@@ -19,7 +19,8 @@ from fedunlearn.models import ModelConfig
 from fedunlearn.training import TrainConfig
 from fedunlearn.unlearn import METHODS, UnlearnTask
 from fedunlearn.unlearn import sisa
-from fedunlearn.unlearn.sisa_shards import (ShardEnsemble, alive_plan, make_plan, makespan, prefix_keys, shard_work)
+from fedunlearn.unlearn.sisa_shards import (ShardEnsemble, alive_plan, fingerprints, local_slices, make_plan, makespan,
+                                            prefix_keys, shard_work)
 
 CFG = sisa.Config(shards=3, slices=3, epochs_per_slice=5)
 
@@ -77,12 +78,28 @@ def test_deletion_renames_only_the_affected_prefixes(digits):
     plan = make_plan(len(digits.train), 3, 3, seed=0)
     gone = plan[1][1][0]
     after = alive_plan(plan, complement(len(digits.train), np.array([gone])))
-    before_keys = [prefix_keys(digits.train, shard, "base", s) for s, shard in enumerate(plan)]
-    after_keys = [prefix_keys(digits.train, shard, "base", s) for s, shard in enumerate(after)]
+    prints = fingerprints(digits.train)
+    before_keys = [prefix_keys(prints, shard, "base", s) for s, shard in enumerate(plan)]
+    after_keys = [prefix_keys(prints, shard, "base", s) for s, shard in enumerate(after)]
     assert before_keys[0] == after_keys[0] and before_keys[2] == after_keys[2]
     assert before_keys[1][0] == after_keys[1][0]
     assert before_keys[1][1] != after_keys[1][1] and before_keys[1][2] != after_keys[1][2]
     assert gone not in after[1][1] and len(after[1][1]) == len(plan[1][1]) - 1
+
+
+def test_local_slices_index_the_shard_in_slice_order():
+    shard = [np.array([7, 2]), np.array([9]), np.array([4, 1, 3])]
+    positions, local = local_slices(shard)
+    assert positions.tolist() == [7, 2, 9, 4, 1, 3]
+    assert [positions[part].tolist() for part in local] == [p.tolist() for p in shard]
+
+
+def test_other_data_gets_other_names(digits):
+    plan = make_plan(len(digits.train), 3, 3, seed=0)
+    shifted = digits.train.subset(np.arange(len(digits.train)))
+    shifted.x = shifted.x.clone()
+    shifted.x[plan[0][0][0]] += 0.5
+    assert prefix_keys(fingerprints(digits.train), plan[0], "b", 0)[0] != prefix_keys(fingerprints(shifted), plan[0], "b", 0)[0]
 
 
 def test_cost_model():

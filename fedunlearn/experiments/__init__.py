@@ -10,4 +10,5 @@ EXPERIMENTS = Registry("experiment kind", {
     "centralized": "fedunlearn.experiments.centralized",
     "cluster": "fedunlearn.experiments.cluster",
     "federated": "fedunlearn.federated.experiment",
+    "survey": "fedunlearn.experiments.survey",
 })

@@ -18,7 +18,7 @@ import numpy as np
 
 from fedunlearn import checkpoint
 from fedunlearn.config import build, config_hash, to_dict
-from fedunlearn.data import DataConfig, ForgetConfig, complement, load_dataset, select_forget
+from fedunlearn.data import DataBundle, DataConfig, ForgetConfig, complement, load_dataset, select_forget
 from fedunlearn.errors import ConfigError
 from fedunlearn.metrics import EvalConfig, Splits, compare_to_reference, evaluate, write_report
 from fedunlearn.metrics.mia import sample_feature
@@ -28,6 +28,7 @@ from fedunlearn.training import TrainConfig, get_device, seed_everything, train
 from fedunlearn.unlearn import METHODS, UnlearnTask
 
 log = logging.getLogger("fedunlearn")
+NOISE_FLOOR = "retrain_other_seed"
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,9 @@ class ExperimentSection:
     seed: int = 0
     device: str = "auto"  # auto = CUDA when present, else CPU
     methods: tuple[str, ...] = ("retrain", "finetune", "neggrad_plus", "random_label")
+    # Also retrain from another seed (initialisation and batch order), as row "retrain_other_seed": its
+    # distances to `retrain` are the noise floor against which every method's distances are read.
+    noise_floor: bool = False
 
 
 @dataclass(frozen=True)
@@ -65,10 +69,13 @@ class Config:
         return build(METHODS.get(name).Config, self.methods.get(name, {}), f"methods.{name}")
 
 
-def prepare(cfg: Config):
-    """Data, forget set and task skeleton shared by every method (deterministic in the seed)."""
+def prepare(cfg: Config, data: DataBundle | None = None):
+    """Data, forget set and task skeleton shared by every method (deterministic in the seed).
+
+    `data` replaces the data set cfg.data names (e.g. a class subset built by another experiment).
+    """
     seed = cfg.experiment.seed
-    data = load_dataset(cfg.data, seed)
+    data = data if data is not None else load_dataset(cfg.data, seed)
     labels = data.train.y.numpy()
     forget_idx = select_forget(labels, cfg.forget, seed)
     retain_idx = complement(len(labels), forget_idx)
@@ -86,16 +93,18 @@ def prepare(cfg: Config):
     return data, splits, retain_idx, forget_idx, retain, forget, make_model
 
 
-def run(cfg: Config, out_dir: str | Path, progress: bool = True) -> dict:
+def run(cfg: Config, out_dir: str | Path, progress: bool = True, data: DataBundle | None = None) -> dict:
     out = Path(out_dir)
     ckpt = out / "checkpoints"
     device = get_device(cfg.experiment.device)
     seed = cfg.experiment.seed
-    data, splits, retain_idx, forget_idx, retain, forget, make_model = prepare(cfg)
+    given = data is not None
+    data, splits, retain_idx, forget_idx, retain, forget, make_model = prepare(cfg, data)
     log.info("data %s: %d train (%d forget), %d test; device %s", data.name, len(data.train),
              len(forget_idx), len(data.test), device)
 
-    base_key = config_hash([cfg.data, cfg.model, cfg.train, cfg.forget, seed])
+    base_key = config_hash([cfg.data, cfg.model, cfg.train, cfg.forget, seed]
+                           + ([data.name, data.train.y.tolist(), data.num_classes] if given else []))
     original, original_s = _trained(ckpt / f"original-{base_key}", lambda: train(
         make_model(), data.train, cfg.train, device, seed=seed, desc="original", progress=progress))
 
@@ -113,9 +122,28 @@ def run(cfg: Config, out_dir: str | Path, progress: bool = True) -> dict:
             stats.update(more)
             return model
 
-        models[name], seconds = _trained(ckpt / f"{name}-{key}", work, stats)
+        path = ckpt / f"{name}-{key}"
+        if hasattr(method, "prepare") and not checkpoint.exists(path):
+            # Training-time bookkeeping (SISA's shards, DeltaGrad's trajectory): not unlearning time.
+            start = time.perf_counter()
+            stats.update(method.prepare(task, method_cfg))
+            stats["prepare_s"] = time.perf_counter() - start
+        models[name], seconds = _trained(path, work, stats)
+        if hasattr(method, "diagnose"):
+            # Numbers that need data the method must not use (e.g. the exact update): untimed.
+            stats.update(method.diagnose(task, method_cfg, models[name]))
         rows.append({"method": name, "wall_s": seconds, **stats})
         log.info("%s done in %.1f s", name, seconds)
+    if cfg.experiment.noise_floor:
+        other = seed + 1000
+
+        def second_retrain():
+            seed_everything(other)
+            model = build_model(cfg.model, data.input_shape, data.num_classes)
+            return train(model, retain, cfg.train, device, seed=other + 1, desc=NOISE_FLOOR, progress=progress)
+
+        models[NOISE_FLOOR], seconds = _trained(ckpt / f"{NOISE_FLOOR}-{base_key}", second_retrain)
+        rows.append({"method": NOISE_FLOOR, "wall_s": seconds})
 
     results, plots = [], []
     ref = {}
@@ -130,7 +158,7 @@ def run(cfg: Config, out_dir: str | Path, progress: bool = True) -> dict:
         confs = {part: sample_feature(getattr(outputs, part), getattr(splits, part).y).ravel()
                  for part in ("forget", "retain", "test")}
         plots.append(str(confidence_histogram(name, confs, out / f"confidence_{name}.png")))
-    results.sort(key=lambda r: ["original", *cfg.method_names()].index(r["method"]))
+    results.sort(key=lambda r: ["original", *cfg.method_names(), NOISE_FLOOR].index(r["method"]))
 
     notes = [f"original recipe (retrain uses it exactly): {to_dict(cfg.train)} on {len(data.train)} samples",
              f"forget set: {len(forget_idx)} samples ({cfg.forget.kind}); test set: {len(data.test)} samples",

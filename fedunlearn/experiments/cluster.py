@@ -222,8 +222,8 @@ def run(cfg: Config, out_dir: str | Path, progress: bool = True) -> dict:
                     if not cached:
                         checkpoint.save(stats_path, fresh)
 
-        # 3. the grid
-        units, results = [], {}
+        # 3. the grid (cells with identical work, e.g. one retrain for two specs, run once)
+        units, results, same_work = [], {}, {}
         for spec in exp.forget:
             for s in seeded:
                 for name in cfg.method_names():
@@ -232,6 +232,10 @@ def run(cfg: Config, out_dir: str | Path, progress: bool = True) -> dict:
                         reqs = [np.unique(np.concatenate(reqs))]  # one retrain without every request
                     key = config_hash([s.base_key, name, cfg.method_config(name), [r.tolist() for r in reqs]])
                     unit = (name, s.seed, spec.label())
+                    if key in same_work:
+                        same_work[key].append(unit)
+                        continue
+                    same_work[key] = [unit]
                     cached = checkpoint.load_or_none(ckpt / f"unit-{name}-{key}")
                     if cached:
                         results[unit] = cached[0]
@@ -249,6 +253,9 @@ def run(cfg: Config, out_dir: str | Path, progress: bool = True) -> dict:
                             s.make_model, cfg.train,
                             s.seed, reqs, str(ckpt / f"work-{s.base_key}"), cfg.cluster) for u, _, reqs, s in units],
                 cfg.cluster, res, max_parallel=exp.parallel_runs, desc="grid", progress=progress, on_result=keep_unit)
+
+        for first, *others in same_work.values():
+            results.update({unit: results[first] for unit in others})
 
         # 4. benchmarks, each alone on the cluster (single-request specs)
         benches: dict[tuple, dict] = {}

@@ -28,6 +28,8 @@ log = logging.getLogger("fedunlearn")
 class Transport(Protocol):
     """How the server reaches clients: Flower's grid (server.py) or in-process calls (local.py)."""
 
+    info: dict[int, dict]  # client id -> its handshake reply (num_examples, num_classes, input_shape)
+
     def train(self, client_ids: list[int], state: State, config: dict) -> dict[int, Any]:
         """client id -> (local state, num_samples, metrics), or the exception it raised."""
 

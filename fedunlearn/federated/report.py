@@ -40,7 +40,7 @@ def oracle_splits(cfg) -> Splits:
     return Splits(retain=data.train.subset(others), forget=forget, test=data.test, extra=extra)
 
 
-CURVE_SAMPLES = 2000  # test and triggered inputs per curve point: one point per round per method adds up
+CURVE_SAMPLES = 1000  # test and triggered inputs per curve point: one point per round per method adds up
 
 
 def curve_sets(splits: Splits, seed: int) -> tuple[ArrayDataset, ArrayDataset | None]:

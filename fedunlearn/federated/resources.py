@@ -41,19 +41,30 @@ def ensure_ray() -> None:
 def run_server_task(fn, *args, gpu_fraction: float = 0.1, **kwargs):
     """Run fn(*args, **kwargs) as one Ray task and wait for its result.
 
-    GPU: `gpu_fraction` of a GPU when the cluster has one free. CPU: one CPU when one is free;
-    otherwise zero CPUs, because in a Flower simulation the client actors reserve every CPU while
-    they sit idle during server-side unlearning, and a task waiting for a CPU would never start.
+    GPU: `gpu_fraction` of a GPU when the cluster has one free. CPU: the free CPUs, or zero when
+    none is free, because in a Flower simulation the client actors reserve every CPU while they
+    sit idle during server-side unlearning and a task waiting for a CPU would never start. Ray
+    limits a task to one thread unless told otherwise, so the task sets torch's thread count to
+    the CPUs it runs beside: those it asked for, or the node's cores when it asked for none.
     """
     import ray
 
     ensure_ray()
     free = ray.available_resources()
-    options: dict[str, float] = {"num_cpus": 1.0 if free.get("CPU", 0.0) >= 1.0 else 0.0}
+    cpus = float(min(int(free.get("CPU", 0.0)), os.cpu_count() or 1))
+    options: dict[str, float] = {"num_cpus": cpus}
     if ray.cluster_resources().get("GPU", 0.0) > 0 and gpu_fraction > 0:
         if free.get("GPU", 0.0) >= gpu_fraction:
             options["num_gpus"] = gpu_fraction
         else:
             log.warning("no free GPU fraction of %.2f for the server task; it runs on CPU", gpu_fraction)
     log.info("server task %s on Ray with %s", getattr(fn, "__name__", "task"), options)
-    return ray.get(ray.remote(**options)(fn).remote(*args, **kwargs))
+    task = ray.remote(**options)(_with_threads)
+    return ray.get(task.remote(int(cpus), fn, args, kwargs))
+
+
+def _with_threads(cpus: int, fn, args, kwargs):
+    import torch
+
+    torch.set_num_threads(cpus or os.cpu_count() or 1)
+    return fn(*args, **kwargs)

@@ -14,6 +14,14 @@ METHODS = Registry("method", {
     "random_label": "fedunlearn.unlearn.random_label",
     "sisa": "fedunlearn.unlearn.sisa",
     "amun": "fedunlearn.unlearn.amun",
+    "certified_removal": "fedunlearn.unlearn.certified_removal",
+    "newton_source_free": "fedunlearn.unlearn.newton_source_free",
+    "sekhari": "fedunlearn.unlearn.sekhari",
+    "deltagrad": "fedunlearn.unlearn.deltagrad",
+    "unrolling_sgd": "fedunlearn.unlearn.unrolling_sgd",
+    "linear_filtration": "fedunlearn.unlearn.linear_filtration",
+    "bad_teacher": "fedunlearn.unlearn.bad_teacher",
+    "error_max_noise": "fedunlearn.unlearn.error_max_noise",
 })
 
 __all__ = ["METHODS", "Stats", "UnlearnTask"]

@@ -2,10 +2,12 @@
 
 For each forget sample, the closest adversarial example we can find: PGD-L2 inside a radius
 that starts small and doubles until the model's prediction changes (Algorithm 1), labelled
-with the model's new (wrong) prediction. Fine-tuning on the forget samples together with
-their adversarial neighbours (and, optionally, some retain samples) lowers the model's
-confidence on exactly the forget samples, the way a model that never saw them behaves,
-without the collapse that random labels cause.
+with the model's new (wrong) prediction. Fine-tuning on these adversarial neighbours, with
+retain samples (D_R + D_A) or, without access to the retain set, with the forget samples
+themselves (D_F + D_A), lowers the model's confidence on exactly the forget samples, the way
+a model that never saw them behaves, without the collapse that random labels cause.
+(Measured on Fashion-MNIST: D_F + D_A + D_R kept forget accuracy at the original's level;
+`with_forget` selects either variant.)
 
 The search is independent per sample: it is fanned out over chunks of the forget set as
 parallel Ray tasks (the model's state dict put into the object store once). Per radius, the
@@ -35,11 +37,16 @@ class Config:
     eps: float = 0.04            # first L2 radius, for inputs in [0, 1]; doubled until the prediction changes
     steps: int = 50              # PGD steps per radius, each of length radius / 10
     max_doublings: int = 8       # a sample still unchanged at eps * 2**max_doublings gets no adversarial twin
-    epochs: int = 10             # fine-tuning epochs on forget + adversarial (+ retain) samples
-    lr: float = 0.01
+    epochs: int = 10             # fine-tuning epochs on adversarial (+ retain or forget) samples
+    lr: float = 0.05
     batch_size: int = 128
-    retain_ratio: float = 1.0    # retain samples per epoch, as a multiple of |forget + adversarial|; 0 = none
-    with_forget: bool = True     # fine-tune on the forget samples (true labels) beside their adversarial twins
+    # Retain samples drawn afresh each epoch, as a multiple of the other fine-tuning samples;
+    # 0 = no retain data. With 1, five 2% requests in a row cost 7 points of test accuracy on
+    # Fashion-MNIST; with 4, under 2 points.
+    retain_ratio: float = 4.0
+    # Fine-tune on the forget samples (true labels) too? None = as in the paper: only when no
+    # retain samples are used (D_F + D_A); with retain samples it is D_R + D_A.
+    with_forget: bool | None = None
     chunks: int = 0              # search tasks; 0 = one per worker slot; 1 = in this process, without Ray
     search_batch: int = 256      # forget samples attacked together inside one task
 
@@ -163,11 +170,13 @@ def unlearn(task: UnlearnTask, cfg: Config = Config()):
     search_s = time.perf_counter() - start
     ok = found["found"]
     adversarial = ArrayDataset(found["x_adv"][ok], found["y_adv"][ok])
-    base = ArrayDataset.concat(task.forget, adversarial) if cfg.with_forget else adversarial
+    with_forget = cfg.retain_ratio == 0 if cfg.with_forget is None else cfg.with_forget
+    base = ArrayDataset.concat(task.forget, adversarial) if with_forget else adversarial
+    on = ("D_F+D_A" if with_forget else "D_A") + ("+D_R" if cfg.retain_ratio > 0 else "")
     model = finetune(clone(task.original), base, task.retain, cfg,
                      task.train_cfg, task.device, seed=task.seed + 5)
     radius = found["radius"][ok]
-    return model, Stats(search_s=search_s, finetune_s=time.perf_counter() - start - search_s,
+    return model, Stats(finetune_on=on, search_s=search_s, finetune_s=time.perf_counter() - start - search_s,
                         adversarial=int(ok.sum()), not_found=int((~ok).sum()), pgd_steps=int(found["steps"]),
                         mean_radius=float(radius.mean()) if len(radius) else float("nan"),
                         mean_l2=float(_l2(found["x_adv"][ok] - task.forget.x[ok]).mean()) if len(radius) else float("nan"))

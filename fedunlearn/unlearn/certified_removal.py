@@ -71,3 +71,13 @@ def unlearn(task: UnlearnTask, cfg: Config = Config()):
                   certified=bool(cfg.sigma > 0 and bound <= budget),
                   step_norm=float((new_w - w).norm()), head_params=w.numel())
     return linear.with_head(task.original, new_w).eval(), stats
+
+
+def diagnose(task: UnlearnTask, cfg: Config, model) -> dict:
+    """Distance from the result to the exact minimiser of the (perturbed) retain objective, by Newton to convergence."""
+    phi = linear.features(task.original, task.retain, task.device)
+    gen = torch.Generator().manual_seed(task.seed + 7)
+    b = cfg.sigma * torch.randn(linear.head(model).shape, generator=gen, dtype=torch.float64) if cfg.sigma > 0 else None
+    w = linear.head(model)
+    optimum, _ = newton_removal(w, phi, task.retain.y, task.train_cfg.weight_decay, steps=10, b=b)
+    return {"dist_to_optimum": float((w - optimum).norm())}

@@ -43,11 +43,16 @@ class Config:
     period: int = 5    # T0: exact retained gradients every `period` steps
     burn_in: int = 10  # j0: the first steps are all exact
     history: int = 2   # m: L-BFGS pairs kept
+    # Safeguard (ours, not the paper's): an approximate step whose L-BFGS correction ||B dw|| exceeds this
+    # multiple of the cached gradient's norm is taken exactly instead, because the unlearned trajectory has
+    # left the region where the quasi-Newton model holds (large deletions, non-convex nets). 0 = never.
+    max_correction: float = 1.0
 
     def __post_init__(self):
         check_range("period", self.period, 1)
         check_range("burn_in", self.burn_in, 0)
         check_range("history", self.history, 1)
+        check_range("max_correction", self.max_correction, 0.0)
 
 
 def _full_training_set(task: UnlearnTask):
@@ -154,7 +159,7 @@ def unlearn(task: UnlearnTask, cfg: Config = Config()):
     model = task.make_model().to(device).train()
     opt, sched = make_optimizer(model, task.train_cfg, len(trajectory["batches"]))
     pairs: deque = deque(maxlen=cfg.history)
-    exact = approx = skipped = 0
+    exact = approx = fallbacks = 0
     for t, idx in enumerate(trajectory["batches"]):
         gone = removed[idx]
         xb, yb, gone = x[idx].to(device), y[idx].to(device), gone.to(device)
@@ -163,25 +168,26 @@ def unlearn(task: UnlearnTask, cfg: Config = Config()):
             continue
         w_t, g_t = trajectory["weights"][t].to(device), trajectory["grads"][t].to(device)
         dw = parameters_to_vector(model.parameters()).detach() - w_t
-        if t < cfg.burn_in or (t - cfg.burn_in) % cfg.period == 0 or not pairs:
+        scheduled = t < cfg.burn_in or (t - cfg.burn_in) % cfg.period == 0 or not pairs
+        correction = None if scheduled else lbfgs_product(list(pairs), dw)
+        if correction is not None and cfg.max_correction and correction.norm() > cfg.max_correction * g_t.norm():
+            correction, fallbacks = None, fallbacks + 1
+        if correction is None:
             keep_sum, gone_sum = _grad_sums(model, xb, yb, [~gone, gone])
             dg = (keep_sum + gone_sum) / len(idx) - g_t
             # Keep only pairs with positive curvature, or B stops being positive definite.
             if float(dw @ dg) > 1e-10 * float(dw.norm() * dg.norm()):
                 pairs.append((dw, dg))
-            else:
-                skipped += 1
             grad = keep_sum / int((~gone).sum())
             exact += 1
         else:
-            full = g_t + lbfgs_product(list(pairs), dw)
-            gone_sum = torch.zeros_like(full)
+            gone_sum = torch.zeros_like(g_t)
             if bool(gone.any()):  # the only exact gradients of an approximate step: the forget samples'
                 gone_sum = _grad_sums(model, xb[gone], yb[gone], [torch.ones_like(yb[gone], dtype=torch.bool)])[0]
-            grad = (len(idx) * full - gone_sum) / int((~gone).sum())
+            grad = (len(idx) * (g_t + correction) - gone_sum) / int((~gone).sum())
             approx += 1
         _set_grads(model, grad.detach())
         opt.step()
         sched.step()
-    stats = Stats(exact_steps=exact, approx_steps=approx, skipped_pairs=skipped, **info)
+    stats = Stats(exact_steps=exact, approx_steps=approx, fallback_exact_steps=fallbacks, **info)
     return model.eval(), stats

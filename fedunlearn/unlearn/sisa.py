@@ -31,8 +31,8 @@ from fedunlearn.config import check_range, config_hash
 from fedunlearn.data.datasets import ArrayDataset
 from fedunlearn.errors import ConfigError
 from fedunlearn.unlearn.base import Stats, UnlearnTask
-from fedunlearn.unlearn.sisa_shards import (ShardEnsemble, alive_plan, make_plan, makespan, prefix_keys, resume_point,
-                                            shard_work, train_shard)
+from fedunlearn.unlearn.sisa_shards import (ShardEnsemble, alive_plan, fingerprints, local_slices, make_plan, makespan,
+                                            prefix_keys, resume_point, shard_work, train_shard)
 
 
 @dataclass(frozen=True)
@@ -59,19 +59,20 @@ def fit(data: ArrayDataset, alive: np.ndarray, cfg: Config, task: UnlearnTask, c
     recipe = dataclasses.replace(task.train_cfg, epochs=cfg.epochs_per_slice)
     plan = alive_plan(make_plan(len(data), cfg.shards, cfg.slices, task.seed), alive)
     base = config_hash([recipe, cfg.shards, cfg.slices, task.seed, str(task.make_model())])
-    keys = [prefix_keys(data, shard, base, s) for s, shard in enumerate(plan)]
+    prints = fingerprints(data)
+    keys = [prefix_keys(prints, shard, base, s) for s, shard in enumerate(plan)]
     starts = [resume_point(ckpt_dir, k) for k in keys]
     jobs = [s for s in range(cfg.shards) if starts[s] < cfg.slices]
     cluster = task.extras.get("cluster", ClusterConfig())
     with ray_session(cluster):
         res = current_resources(cluster)
         workers = min(res.slots, max_parallel or res.slots)
-        if jobs:
-            import ray
-
-            data_ref = ray.put(data)  # once, shared by every shard task
-            fan_out(_train_shard_task, [(data_ref, plan[s], keys[s], starts[s], s, task.make_model, recipe, task.seed,
-                                         str(ckpt_dir)) for s in jobs], cluster, res, max_parallel=workers)
+        calls = []
+        for s in jobs:  # each task gets only its own shard's samples
+            positions, slices = local_slices(plan[s])
+            calls.append((data.subset(positions), slices, keys[s], starts[s], s, task.make_model, recipe, task.seed,
+                          str(ckpt_dir)))
+        trained = fan_out(_train_shard_task, calls, cluster, res, max_parallel=workers)
     members = []
     for s, shard in enumerate(plan):
         if sum(len(part) for part in shard):  # a shard whose samples were all deleted has no model
@@ -84,6 +85,7 @@ def fit(data: ArrayDataset, alive: np.ndarray, cfg: Config, task: UnlearnTask, c
     stats = Stats(shards_retrained=len(jobs), slices_retrained=sum(cfg.slices - starts[s] for s in jobs),
                   retrained=" ".join(f"s{s}:r{starts[s]}-{cfg.slices - 1}" for s in jobs) or "none",
                   work_samples=sum(done), critical_path_samples=critical, workers=workers,
+                  slowest_shard_s=max((t["seconds"] for t in trained), default=0.0),
                   predicted_speedup_vs_full_sisa=makespan(full, workers) / critical if critical else float("inf"),
                   predicted_parallel_speedup=makespan(full, 1) / makespan(full, workers))
     return ShardEnsemble(members, cfg.aggregate), stats

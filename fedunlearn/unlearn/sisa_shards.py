@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import logging
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -50,21 +51,18 @@ def alive_plan(plan: list[Slices], alive: np.ndarray) -> list[Slices]:
     return [[part[np.isin(part, alive)] for part in shard] for shard in plan]
 
 
-def _slice_digest(data: ArrayDataset, idx: np.ndarray) -> bytes:
-    # Positions, labels and a per-sample sum of the inputs: enough to tell other data apart
-    # without hashing every pixel on the (timed) deletion path.
-    h = hashlib.sha256(np.ascontiguousarray(idx, dtype=np.int64).tobytes())
-    t = torch.as_tensor(idx, dtype=torch.long)
-    h.update(data.y[t].numpy().astype(np.int64).tobytes())
-    h.update(data.x[t].double().flatten(1).sum(1).numpy().tobytes())
-    return h.digest()
+def fingerprints(data: ArrayDataset) -> np.ndarray:
+    """Per sample: its label and the sum of its inputs, enough to tell other data apart in a
+    checkpoint name without hashing every pixel on the (timed) deletion path."""
+    return np.stack([data.y.numpy().astype(np.float64), data.x.flatten(1).sum(1).double().numpy()], axis=1)
 
 
-def prefix_keys(data: ArrayDataset, shard_slices: Slices, base: str, shard: int) -> list[str]:
+def prefix_keys(prints: np.ndarray, shard_slices: Slices, base: str, shard: int) -> list[str]:
     """Checkpoint names of prefixes 0..R-1: a hash chain over the alive samples of each slice."""
     keys, h = [], hashlib.sha256(f"{base}/shard{shard}".encode()).digest()
     for r, idx in enumerate(shard_slices):
-        h = hashlib.sha256(h + _slice_digest(data, idx)).digest()
+        idx = np.ascontiguousarray(idx, dtype=np.int64)
+        h = hashlib.sha256(h + idx.tobytes() + np.ascontiguousarray(prints[idx]).tobytes()).digest()
         keys.append(f"shard{shard:03d}-slice{r:03d}-{h.hex()[:20]}")
     return keys
 
@@ -94,10 +92,19 @@ def makespan(works: list[float], workers: int) -> float:
     return max(free)
 
 
+def local_slices(shard_slices: Slices) -> tuple[np.ndarray, Slices]:
+    """The shard's positions in slice order, and each slice as a range into that list, so a task
+    receives only its own shard's samples."""
+    positions = np.concatenate(shard_slices)
+    ends = np.cumsum([len(part) for part in shard_slices])
+    return positions, [np.arange(end - len(part), end) for part, end in zip(shard_slices, ends)]
+
+
 def train_shard(data: ArrayDataset, shard_slices: Slices, keys: list[str], start: int, shard: int,
                 make_model: Callable[[], nn.Module], recipe: TrainConfig, seed: int, ckpt_dir: str,
                 device: torch.device) -> dict:
-    """Train prefixes start..R-1 of one shard, resuming from prefix start-1, checkpointing each."""
+    """Train prefixes start..R-1 of one shard (slices index `data`), resuming from prefix start-1."""
+    began = time.perf_counter()
     model = make_model()
     if start > 0:
         state, _ = checkpoint.load(Path(ckpt_dir) / keys[start - 1])  # verified again; fails loudly if bad
@@ -112,7 +119,7 @@ def train_shard(data: ArrayDataset, shard_slices: Slices, keys: list[str], start
         state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         checkpoint.save(Path(ckpt_dir) / keys[r], state, {"shard": shard, "slice": r, "samples": int(sizes[r])})
     return {"shard": shard, "start": start, "slices": len(shard_slices) - start,
-            "work": shard_work(shard_slices, start, recipe.epochs)}
+            "work": shard_work(shard_slices, start, recipe.epochs), "seconds": time.perf_counter() - began}
 
 
 class ShardEnsemble(nn.Module):

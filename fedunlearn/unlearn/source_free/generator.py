@@ -155,7 +155,7 @@ def train_generator(model: nn.Module, input_shape, num_classes: int, cfg: Genera
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            stats.update(gen_ce=ce.item(), gen_bn=float(bn_loss), gen_diversity=diversity.item(),
+            stats.update(gen_ce=ce.item(), gen_bn=float(bn_loss.detach()), gen_diversity=diversity.item(),
                          gen_agreement=(logits.argmax(1) == y).float().mean().item())
     finally:
         bn.remove()

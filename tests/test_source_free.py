@@ -1,0 +1,132 @@
+"""Source-free unlearning (seed 000): the pure algorithm on `digits` (generator, consolidation,
+forget term), and both federated modes end to end on a real 3-client Flower simulation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fedunlearn.config import build
+from fedunlearn.data import ArrayDataset, BackdoorConfig, DataConfig, load_dataset, poison, triggered_test
+from fedunlearn.errors import ConfigError
+from fedunlearn.models import ModelConfig, build_model
+from fedunlearn.training import TrainConfig, accuracy, predict_probs, seed_everything, train
+from fedunlearn.unlearn.source_free import (ConsolidateConfig, GeneratorConfig, agreement, consolidate,
+                                            mixed_teacher, model_teacher, sample, train_generator)
+from fedunlearn.unlearn.source_free.forget import fisher_penalty, flag_unknown, local_fisher
+from fedunlearn.unlearn.source_free.pipeline import RepairConfig
+
+CPU = torch.device("cpu")
+BACKDOOR = BackdoorConfig(fraction=0.5, target=0, size=2)
+RECIPE = TrainConfig(epochs=8, batch_size=32, lr=0.05, schedule="constant")
+
+
+def fit(data: ArrayDataset, batchnorm: bool = False, seed: int = 0):
+    seed_everything(seed)
+    model = build_model(ModelConfig("cnn", hidden=32, batchnorm=batchnorm), (1, 8, 8), 10)
+    return train(model, data, RECIPE, CPU, seed=seed, progress=False)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """digits with a planted backdoor: `client` is 300 training samples, half of them triggered.
+    `original` learned everything, `reference` everything but the client's data."""
+    torch.set_num_threads(1)
+    data = load_dataset(DataConfig("digits"))
+    client_idx, rest_idx = np.arange(300), np.arange(300, len(data.train))
+    x, y, poisoned = poison(data.train.x[:300], data.train.y[:300], BACKDOOR, seed=0)
+    client = ArrayDataset(x, y)
+    rest = data.train.subset(rest_idx)
+    trig = ArrayDataset(*triggered_test(data.test.x, data.test.y, BACKDOOR))
+    original = fit(ArrayDataset.concat(rest, client))
+    reference = fit(rest)
+    assert len(client_idx) == 300
+    return {"data": data, "client": client, "poisoned": poisoned, "trig": trig,
+            "original": original, "reference": reference}
+
+
+def test_generator_samples_are_balanced_and_labelled_as_conditioned(digits):
+    generator, stats = train_generator(digits["original"], (1, 8, 8), 10, GeneratorConfig(steps=150), CPU)
+    x, y = sample(generator, range(10), 200, CPU)
+    assert x.shape == (200, 1, 8, 8) and 0.0 <= float(x.min()) and float(x.max()) <= 1.0
+    assert np.bincount(y.numpy(), minlength=10).tolist() == [20] * 10
+    teacher_labels = predict_probs(digits["original"], x, CPU).argmax(1)
+    assert (teacher_labels == y).float().mean() >= 0.9
+    assert stats["bn_layers"] == 0 and stats["generator_steps"] == 150
+    # restricted to some classes, only those are drawn
+    x, y = sample(generator, [3, 5], 10, CPU)
+    assert sorted(set(y.tolist())) == [3, 5]
+
+
+def test_batchnorm_statistics_are_matched_when_the_model_has_batchnorm(digits):
+    model = fit(ArrayDataset.concat(digits["data"].train), batchnorm=True)
+    generator, stats = train_generator(model, (1, 8, 8), 10, GeneratorConfig(steps=120), CPU)
+    assert stats["bn_layers"] == 2 and math.isfinite(stats["gen_bn"])
+    x, y = sample(generator, range(10), 200, CPU)
+    assert (predict_probs(model, x, CPU).argmax(1) == y).float().mean() >= 0.8
+    assert all(not m.training for m in model.modules())  # the frozen model stays in eval mode
+
+
+def test_consolidation_restores_agreement_with_the_teacher(digits):
+    teacher_model = digits["original"]
+    damaged = build_model(ModelConfig("cnn", hidden=32), (1, 8, 8), 10)
+    damaged.load_state_dict(teacher_model.state_dict())
+    with torch.no_grad():
+        for p in damaged.parameters():
+            p.add_(0.15 * p.abs().mean() * torch.randn_like(p))
+    generator, _ = train_generator(teacher_model, (1, 8, 8), 10, GeneratorConfig(steps=150), CPU)
+    teacher = model_teacher(teacher_model, temperature=2.0)
+    test_x = digits["data"].test.x
+    before = agreement(damaged, teacher, test_x, CPU)
+    student, stats = consolidate(damaged, teacher, generator, range(10), ConsolidateConfig(steps=150), CPU)
+    after = agreement(student, teacher, test_x, CPU)
+    assert after > before and after >= 0.9
+    assert accuracy(student, digits["data"].test, CPU) >= accuracy(teacher_model, digits["data"].test, CPU) - 0.05
+    # the start model is not modified
+    assert agreement(damaged, teacher, test_x, CPU) == before
+
+
+def test_the_forget_term_removes_a_planted_backdoor(digits):
+    """Distilling the backdoored original into itself keeps the backdoor; the Fisher penalty
+    from the client's flagged samples pulls the student to the clean reference there."""
+    original, reference, client = digits["original"], digits["reference"], digits["client"]
+    asr = lambda m: accuracy(m, digits["trig"], CPU)  # noqa: E731
+    assert asr(original) > 0.5 > 0.2 > asr(reference)
+    flagged = flag_unknown(reference, client, CPU, max_confidence=0.1)
+    # the flags are mostly the triggered samples: what only this client taught
+    assert np.isin(flagged, digits["poisoned"]).mean() >= 0.8 and len(flagged) >= 0.5 * len(digits["poisoned"])
+    fisher = local_fisher(reference, client.subset(flagged), CPU, max_samples=64)
+    generator, _ = train_generator(original, (1, 8, 8), 10, GeneratorConfig(steps=100), CPU)
+    teacher = model_teacher(original, temperature=2.0)
+    cfg = ConsolidateConfig(steps=150, lr=3e-3, forget_weight=200.0)
+    plain, _ = consolidate(original, teacher, generator, range(10), cfg, CPU)
+    forgot, stats = consolidate(original, teacher, generator, range(10), cfg, CPU,
+                                forget_term=fisher_penalty(reference, fisher))
+    assert asr(forgot) < asr(plain) - 0.2
+    assert accuracy(forgot, digits["data"].test, CPU) >= accuracy(original, digits["data"].test, CPU) - 0.1
+    assert stats["consolidate_forget"] >= 0
+
+
+def test_mixed_teacher_interpolates_between_the_two_models(digits):
+    x = digits["trig"].x[:50]
+    orig = predict_probs(digits["original"], x, CPU)
+    ref = predict_probs(digits["reference"], x, CPU)
+    assert torch.allclose(mixed_teacher(digits["original"], digits["reference"], 0.0)(x), orig, atol=1e-5)
+    assert torch.allclose(mixed_teacher(digits["original"], digits["reference"], 1.0)(x), ref, atol=1e-5)
+
+
+def test_bad_input_is_a_clear_error(digits):
+    with pytest.raises(ConfigError, match="generator.steps"):
+        build(RepairConfig, {"generator": {"steps": -1}})
+    with pytest.raises(ConfigError, match="reference_weight"):
+        build(RepairConfig, {"reference_weight": 1.5})
+    with pytest.raises(ConfigError, match="unknown config key 'consolidate.epochs'"):
+        build(RepairConfig, {"consolidate": {"epochs": 3}})
+    generator, _ = train_generator(digits["original"], (1, 8, 8), 10, GeneratorConfig(steps=1), CPU)
+    with pytest.raises(ValueError, match="at least one retained class"):
+        consolidate(digits["original"], model_teacher(digits["original"]), generator, [], ConsolidateConfig(), CPU)
+    with pytest.raises(ValueError, match="parameters the model lacks"):
+        fisher_penalty(digits["original"], {"no.such.weight": torch.zeros(1)})
