@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedunlearn.config import apply_overrides, build, config_hash, load_toml
+from fedunlearn import checkpoint
+from fedunlearn.config import apply_overrides, build, load_toml
 from fedunlearn.data import ArrayDataset, triggered_test
 from fedunlearn.federated import fedavg
 from fedunlearn.federated.client import federation_data, local_data
@@ -59,8 +60,10 @@ def main():
     ap.add_argument("--grid", action="append", default=[], help="method key=v1,v2 (e.g. consolidate.steps=100,200)")
     ap.add_argument("--modes", default="absent,cooperative")
     ap.add_argument("--cache", default="/tmp/sf_cache")
+    ap.add_argument("--from-run", default="", help="a run's checkpoints folder: use its federation and retrain")
     ap.add_argument("--skip-retrain", action="store_true", help="no retrain unless it is cached")
     args = ap.parse_args()
+    torch.set_num_threads(1)  # the machine is shared: two spinning threads per process thrash
 
     mapping = apply_overrides(load_toml(args.config), args.set + ['experiment.methods=["retrain","subtract"]'])
     cfg = build(FedConfig, mapping)
@@ -74,10 +77,6 @@ def main():
     def make_model():
         seed_everything(seed)
         return build_model(cfg.model, data.input_shape, data.num_classes)
-
-    key = hashlib.sha1(config_hash([cfg.data, cfg.model, cfg.federation, cfg.backdoor, k, seed]).encode()).hexdigest()[:10]
-    cache = Path(args.cache)
-    trained = cached(cache / f"fed-{key}.pt", lambda: train_federation(cfg, transport, make_model))
 
     def context():
         return FedContext(global_state=fedavg.copy_state(trained["global_state"]),
@@ -94,8 +93,19 @@ def main():
         state = retrain.unlearn(context(), retrain.Config()).state
         return {"state": state, "wall_s": time.perf_counter() - start}
 
-    path = cache / f"retrain-{key}.pt"
-    ret = None if args.skip_retrain and not path.exists() else cached(path, timed_retrain)
+    if args.from_run:
+        # the exact federation (and retrain) of a `fedunlearn run` of the same config
+        ckpts = Path(args.from_run)
+        trained = checkpoint.load(sorted(ckpts.glob("federation-*.pt"))[-1])[0]
+        found = sorted(ckpts.glob("method-retrain-*.pt"))
+        ret = {"state": (r := checkpoint.load(found[-1])[0])["state"], "wall_s": r["row"]["wall_s"]} if found else None
+    else:
+        # keyed by the file and the overrides: a change in the package's config classes keeps the cache
+        key = hashlib.sha1(repr([Path(args.config).name, sorted(args.set)]).encode()).hexdigest()[:10]
+        cache = Path(args.cache)
+        trained = cached(cache / f"fed-{key}.pt", lambda: train_federation(cfg, transport, make_model))
+        path = cache / f"retrain-{key}.pt"
+        ret = None if args.skip_retrain and not path.exists() else cached(path, timed_retrain)
     cpu = torch.device("cpu")
     sizes = [len(local_data(cfg, c).train) for c in range(cfg.federation.num_clients)]
     print(f"{args.config} {args.set}: client sizes {sizes}; departing client's labels "

@@ -58,14 +58,14 @@ def cmd_list(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from fedunlearn.metrics.report import load_report, markdown_table
-
-    report = load_report(args.dir)
-    if args.emit:
+    if args.emit:  # inside a submitted job: print the files for `fedunlearn submit` to fetch (no torch needed)
         from fedunlearn.submit import emit
 
         print(emit(args.dir))
         return 0
+    from fedunlearn.metrics.report import load_report, markdown_table
+
+    report = load_report(args.dir)
     print(f"# {report.get('title', '')}\n")
     print(markdown_table(report["results"]))
     return 0

@@ -30,6 +30,8 @@ def entrypoint(config: str, out: str, overrides: list[str]) -> str:
 def emit(out_dir: str | Path) -> str:
     """What `fedunlearn report DIR --emit` prints: both report files in one JSON between markers."""
     out = Path(out_dir)
+    if not (out / "report.json").is_file():
+        raise FedUnlearnError(f"no report.json in '{out}'")
     files = {name: (out / name).read_text() for name in ("report.json", "report.md") if (out / name).is_file()}
     return f"{BEGIN}\n{json.dumps(files)}\n{END}"
 
@@ -47,6 +49,22 @@ def extract(logs: str, dest: str | Path) -> Path:
     return dest / "report.json"
 
 
+def _submit_when_ready(client, command: str, runtime_env: dict, wait_s: float = 120.0) -> str:
+    """A cluster that has just started answers 'No available agent' until its job agent is up."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return client.submit_job(entrypoint=command, runtime_env=runtime_env)
+        except RuntimeError as err:
+            if "No available agent" not in str(err) or time.monotonic() > deadline:
+                raise
+            time.sleep(2.0)
+
+
+def _tail(client, job: str, lines: int = 20) -> str:
+    return "\n".join(client.get_job_logs(job).splitlines()[-lines:])
+
+
 def submit(config: str, address: str, storage: str, fetch_to: str, overrides: list[str] | None = None,
            working_dir: str = ".", timeout_s: float = 3600, poll_s: float = 2.0) -> tuple[str, Path]:
     """Submit, wait, fetch. Returns (job id, local report.json). Raises if the job fails."""
@@ -62,20 +80,19 @@ def submit(config: str, address: str, storage: str, fetch_to: str, overrides: li
     except (ConnectionError, RuntimeError, ValueError) as err:
         raise FedUnlearnError(f"cannot reach the Ray cluster's job server at '{address}' ({err}); "
                               "pass its dashboard address, e.g. http://HEAD_IP:8265") from None
-    job = client.submit_job(entrypoint=entrypoint(config, out, overrides or []),
-                            runtime_env={"working_dir": working_dir, "excludes": EXCLUDES})
+    job = _submit_when_ready(client, entrypoint(config, out, overrides or []),
+                             {"working_dir": working_dir, "excludes": EXCLUDES})
     print(f"submitted job {job}: {config} -> {out}")
     deadline = time.monotonic() + timeout_s
     status = client.get_job_status(job)
     while status not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
         if time.monotonic() > deadline:
             raise FedUnlearnError(f"job {job} still {status} after {timeout_s:.0f} s; it keeps running: "
-                                  f"`ray job logs {job}` to follow it, rerun this command to resume it")
+                                  f"`ray job logs {job}` to follow it. Last log lines:\n{_tail(client, job)}")
         time.sleep(poll_s)
         status = client.get_job_status(job)
     logs = client.get_job_logs(job)
     if status != JobStatus.SUCCEEDED:
-        tail = "\n".join(logs.splitlines()[-20:])
-        raise FedUnlearnError(f"job {job} ended {status}; last log lines:\n{tail}\n"
+        raise FedUnlearnError(f"job {job} ended {status}; last log lines:\n{_tail(client, job)}\n"
                               "rerun the same command to resume from the checkpoints under the storage path")
     return job, extract(logs, fetch_to)

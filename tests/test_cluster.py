@@ -24,7 +24,7 @@ from fedunlearn.training import TrainConfig, train
 @pytest.fixture(scope="module", autouse=True)
 def local_ray():
     # Workers import this file's task functions by name, so they need tests/ on their path.
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).parent)}})
     yield
     ray.shutdown()
@@ -153,7 +153,8 @@ def test_runner_grid_continual_and_resume(tmp_path):
     assert [r["request"] for r in rows if r["method"] == "retrain" and r["forget"] == "cont"] == [3]
     for row in rows:
         assert row["seeds"] == 2
-        for key in ("test_acc", "retain_acc", "forget_acc", "mia_efficacy", "mia_auc", "avg_gap", "wall_s", "speedup"):
+        for key in ("test_acc", "retain_acc", "forget_acc", "mia_efficacy", "mia_auc", "avg_gap", "wall_s", "speedup",
+                    "cpu_s"):
             assert key in row and f"{key}_std" in row
     assert len(report["runs"]) == 2 * len(rows)
     sisa_one = next(r for r in rows if r["method"] == "sisa" and r["forget"] == "one")

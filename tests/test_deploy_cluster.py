@@ -19,10 +19,24 @@ from fedunlearn.submit import submit
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = "simulations/sisa.toml"
-TINY = ["data.name=digits", "data.train_size=0", "data.test_size=0", "model.name=mlp",
-        "experiment.seeds=[0]", "experiment.benchmark=false"]
+TINY = ["data.name=digits", "data.train_size=0", "model.hidden=64", "train.epochs=20",
+        'experiment.forget=[{name="two", kind="indices", indices=[5, 700]}]', "experiment.benchmark=false",
+        "methods.sisa.compare_one_worker=false", "methods.sisa.epochs_per_slice=10"]
 METRICS = ("test_acc", "retain_acc", "forget_acc")
 REPORTS: dict = {}  # the first job's report, compared with the job that loses a node
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        return sock.getsockname()[1]
+
+
+def _node_args(num_cpus: int) -> dict:
+    # Every node on one machine needs its own agent port (a second node on 52365 loses its job agent).
+    return {"num_cpus": num_cpus, "dashboard_agent_listen_port": _free_port()}
 
 
 @pytest.fixture(scope="module")
@@ -32,15 +46,15 @@ def cluster():
     # The job's entrypoint runs `python -m fedunlearn` in a shell on the head node.
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
     c = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "include_dashboard": True, "dashboard_port": 8297})
-    worker = c.add_node(num_cpus=1)
+        **_node_args(1), "include_dashboard": True, "dashboard_port": _free_port()})
+    worker = c.add_node(**_node_args(1))
     yield c, worker
     c.shutdown()
 
 
 def _submit(c, storage, fetch_to, extra=()):
     return submit(CONFIG, f"http://{c.webui_url}", str(storage), str(fetch_to), [*TINY, *extra],
-                  working_dir=str(ROOT), timeout_s=600, poll_s=1.0)
+                  working_dir=str(ROOT), timeout_s=300, poll_s=1.0)
 
 
 def _rows(report_path):
@@ -78,7 +92,7 @@ def test_losing_a_worker_node_mid_run_gives_the_same_result(cluster, tmp_path_fa
             running = list_tasks(address=c.address, filters=[("state", "=", "RUNNING")], raise_on_missing_output=False)
             if any(t.node_id == worker.node_id and "_call" in t.name for t in running):
                 c.remove_node(worker)
-                c.add_node(num_cpus=1)  # a replacement joins, as an autoscaler would add one
+                c.add_node(**_node_args(1))  # a replacement joins, as an autoscaler would add one
                 return
             time.sleep(0.2)
 

@@ -27,7 +27,7 @@ CFG = sisa.Config(shards=3, slices=3, epochs_per_slice=5)
 
 @pytest.fixture(scope="module", autouse=True)
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)  # never a neighbour's cluster
     yield
     ray.shutdown()
 

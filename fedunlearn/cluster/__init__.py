@@ -1,8 +1,8 @@
 """Ray at the edge: attach or start a cluster, choose resources at run time, fan plain functions out."""
 
-from fedunlearn.cluster.fanout import fan_out, warm_up
+from fedunlearn.cluster.fanout import fan_out, task_cpu_seconds, warm_up
 from fedunlearn.cluster.ray_env import (ClusterConfig, Resources, choose_resources, current_resources, ray_session,
                                         worker_device)
 
 __all__ = ["ClusterConfig", "Resources", "choose_resources", "current_resources", "fan_out", "ray_session",
-           "warm_up", "worker_device"]
+           "task_cpu_seconds", "warm_up", "worker_device"]

@@ -11,6 +11,7 @@ A task whose worker process dies (killed, out of memory, node lost) is rerun by 
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, Sequence
 
 from tqdm.auto import tqdm
@@ -18,13 +19,25 @@ from tqdm.auto import tqdm
 from fedunlearn.cluster.ray_env import ClusterConfig, Resources, current_resources
 
 
-def _call(fn: Callable, threads: int, *args) -> Any:
+# CPU seconds used by the tasks this process fanned out, theirs included. Wall time on a shared
+# machine measures the neighbours too; CPU time measures the work (see task_cpu_seconds).
+_task_cpu_s = 0.0
+
+
+def task_cpu_seconds() -> float:
+    """CPU seconds of every task fanned out from this process so far (a running total)."""
+    return _task_cpu_s
+
+
+def _call(fn: Callable, threads: int, *args) -> tuple[Any, float]:
     import torch
 
     # Ray limits a task's CPUs by bookkeeping only; without this, torch would start one
     # thread per core in every task and concurrent tasks would fight over the cores.
     torch.set_num_threads(threads)
-    return fn(*args)
+    cpu, nested = time.process_time(), _task_cpu_s
+    result = fn(*args)
+    return result, time.process_time() - cpu + _task_cpu_s - nested
 
 
 def fan_out(fn: Callable, calls: Sequence[tuple], cluster: ClusterConfig = ClusterConfig(),
@@ -43,25 +56,29 @@ def fan_out(fn: Callable, calls: Sequence[tuple], cluster: ClusterConfig = Clust
     remote = ray.remote(_call).options(num_cpus=res.num_cpus, num_gpus=res.num_gpus,
                                        max_retries=cluster.max_retries, retry_exceptions=False)
     threads = max(1, int(res.num_cpus))
-    refs: list = [None] * len(calls)
+    results: list = [None] * len(calls)
     running: dict = {}
     bar = tqdm(total=len(calls), desc=desc, disable=not progress, leave=False)
     next_call = 0
     while next_call < len(calls) or running:
         while next_call < len(calls) and len(running) < limit:
             ref = remote.remote(fn, threads, *calls[next_call])  # top-level ObjectRefs arrive resolved
-            refs[next_call] = ref
             running[ref] = next_call
             next_call += 1
         done, _ = ray.wait(list(running), num_returns=1)
         for ref in done:
             i = running.pop(ref)
-            result = ray.get(ref)  # a failed task raises here, before more work is submitted
+            result, cpu = ray.get(ref)  # a failed task raises here, before more work is submitted
+            global _task_cpu_s
+            _task_cpu_s += cpu
+            results[i] = result
             if on_result is not None:
                 on_result(i, result)
             bar.update(1)
     bar.close()
-    return ray.get(refs)
+    # Results are kept as they arrive: fetching them again at the end would need objects that
+    # may have lived on a node that has since died (Ray would have to rebuild them).
+    return results
 
 
 def _warm(seconds: float) -> int:

@@ -61,10 +61,13 @@ def ray_session(cfg: ClusterConfig = ClusterConfig()):
         cpus = cfg.num_cpus or os.cpu_count() or 1
         # Keep idle worker processes alive (Ray's default kills the ones beyond one per CPU
         # after about a second): a task that fans out needs a second set of workers, and a
-        # fresh one costs seconds of Python and torch imports inside a timed region.
+        # fresh one costs seconds of Python and torch imports inside a timed region. Workers
+        # run at normal priority (Ray's default is nice 15): on a shared machine niced tasks
+        # get the leftovers of every other process, and wall times would measure the neighbours.
         ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False,
                  _system_config={"num_workers_soft_limit": 2 * cpus,
-                                 "idle_worker_killing_time_threshold_ms": 3_600_000})
+                                 "idle_worker_killing_time_threshold_ms": 3_600_000,
+                                 "worker_niceness": 0})
     try:
         yield
     finally:

@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from fedunlearn import checkpoint
-from fedunlearn.cluster import ClusterConfig, current_resources, fan_out, ray_session, warm_up, worker_device
-from fedunlearn.config import build, check_range, config_hash, to_dict
+from fedunlearn.cluster import (ClusterConfig, current_resources, fan_out, ray_session, task_cpu_seconds, warm_up,
+                                worker_device)
+from fedunlearn.config import build, check_range, config_hash
 from fedunlearn.data import DataConfig, ForgetConfig, complement, load_dataset, select_forget
 from fedunlearn.data.datasets import ArrayDataset
 from fedunlearn.errors import ConfigError
@@ -159,9 +160,11 @@ def run_unit(name: str, method_cfg, train_set: ArrayDataset, num_classes: int, o
                            train_cfg=recipe, make_model=make_model, num_classes=num_classes,
                            device=device, seed=seed, retain_idx=retain_idx, forget_idx=forget_idx, workdir=workdir,
                            extras={"cluster": cluster, "train_size": len(train_set)})
-        start = time.perf_counter()
+        start, cpu, nested = time.perf_counter(), time.process_time(), task_cpu_seconds()
         model, stats = method.unlearn(task, method_cfg)
-        results.append({"model": model.cpu().eval(), "stats": dict(stats), "wall_s": time.perf_counter() - start})
+        wall_s = time.perf_counter() - start
+        cpu_s = time.process_time() - cpu + task_cpu_seconds() - nested  # this task's and its sub-tasks'
+        results.append({"model": model.cpu().eval(), "stats": dict(stats), "wall_s": wall_s, "cpu_s": cpu_s})
     return results
 
 
@@ -179,101 +182,115 @@ def _task(cfg: Config, s: Seeded, requests: list[np.ndarray], device, workdir: P
 
 
 def run(cfg: Config, out_dir: str | Path, progress: bool = True) -> dict:
-    out, exp = Path(out_dir), cfg.experiment
+    out = Path(out_dir)
     ckpt = out / "checkpoints"
-    device = get_device(exp.device)
-    seeded = [_seeded(cfg, seed) for seed in exp.seeds]
+    device = get_device(cfg.experiment.device)
+    seeded = [_seeded(cfg, seed) for seed in cfg.experiment.seeds]
     with ray_session(cfg.cluster):
         import ray
 
         res = current_resources(cfg.cluster)
         log.info("Ray cluster: %s; %s", ray.cluster_resources(), res.describe())
         warm_up(cfg.cluster)
-        refs = {s.seed: ray.put(s.data.train) for s in seeded}  # each seed's training set, once
+        train_refs = {s.seed: ray.put(s.data.train) for s in seeded}  # each seed's training set, once
+        _originals(cfg, seeded, train_refs, ckpt, res, progress)
+        prepared = _prepare(cfg, seeded, ckpt, device)
+        results = _grid(cfg, seeded, train_refs, ckpt, res, progress)
+        benches = _benchmarks(cfg, seeded, results, ckpt, device) if cfg.experiment.benchmark else {}
+    return write_cluster_report(cfg, out, seeded, results, prepared, benches, device, res.describe())
 
-        # 1. originals, one task per seed
-        todo = []
+
+def _originals(cfg: Config, seeded: list[Seeded], train_refs: dict, ckpt: Path, res, progress: bool) -> None:
+    """1. The original model of every seed, one Ray task each (or its checkpoint)."""
+    todo = []
+    for s in seeded:
+        cached = checkpoint.load_or_none(ckpt / f"original-{s.base_key}")
+        if cached:
+            s.original, s.original_s = cached[0], cached[1]["wall_s"]
+        else:
+            todo.append(s)
+
+    def keep(i, result):
+        todo[i].original, todo[i].original_s = result
+        checkpoint.save(ckpt / f"original-{todo[i].base_key}", result[0], {"wall_s": result[1]})
+
+    fan_out(train_original, [(train_refs[s.seed], s.make_model, cfg.train, s.seed) for s in todo], cfg.cluster, res,
+            desc="originals", progress=progress, on_result=keep)
+
+
+def _prepare(cfg: Config, seeded: list[Seeded], ckpt: Path, device) -> dict[tuple, dict]:
+    """2. Methods' untimed preparation (SISA's initial shards), alone on the cluster."""
+    prepared = {}
+    for name in [n for n in cfg.method_names() if hasattr(METHODS.get(n), "prepare")]:
         for s in seeded:
-            cached = checkpoint.load_or_none(ckpt / f"original-{s.base_key}")
-            if cached:
-                s.original, s.original_s = cached[0], cached[1]["wall_s"]
-            else:
-                todo.append(s)
+            log.info("%s: preparing (seed %d), not timed", name, s.seed)
+            stats = METHODS.get(name).prepare(_task(cfg, s, [], device, ckpt / f"work-{s.base_key}"),
+                                              cfg.method_config(name))
+            # A resumed run finds its work done; report the first run's figures.
+            path = ckpt / f"prepare-{name}-{config_hash([s.base_key, cfg.method_config(name)])}"
+            cached = checkpoint.load_or_none(path)
+            prepared[name, s.seed] = cached[0] if cached else dict(stats)
+            if not cached:
+                checkpoint.save(path, dict(stats))
+    return prepared
 
-        def keep_original(i, result):
-            todo[i].original, todo[i].original_s = result
-            checkpoint.save(ckpt / f"original-{todo[i].base_key}", result[0], {"wall_s": result[1]})
 
-        fan_out(train_original, [(refs[s.seed], s.make_model, cfg.train, s.seed) for s in todo], cfg.cluster, res,
-                desc="originals", progress=progress, on_result=keep_original)
+def _grid(cfg: Config, seeded: list[Seeded], train_refs: dict, ckpt: Path, res, progress: bool) -> dict[tuple, list]:
+    """3. Every (method, seed, forget spec) as one Ray task; identical cells (one retrain serving
+    two specs with the same final forget set) run once. Each finished cell is checkpointed."""
+    exp = cfg.experiment
+    todo, results, same_work = [], {}, {}
+    for spec in exp.forget:
+        for s in seeded:
+            for name in cfg.method_names():
+                reqs = s.requests[spec.label()]
+                if name == "retrain" and not exp.retrain_each_request and len(reqs) > 1:
+                    reqs = [np.unique(np.concatenate(reqs))]  # one retrain without every request
+                key = config_hash([s.base_key, name, cfg.method_config(name), [r.tolist() for r in reqs]])
+                cell = (name, s.seed, spec.label())
+                same_work.setdefault(key, []).append(cell)
+                if len(same_work[key]) > 1:
+                    continue
+                cached = checkpoint.load_or_none(ckpt / f"unit-{name}-{key}")
+                if cached:
+                    results[cell] = cached[0]
+                else:
+                    todo.append((cell, key, reqs, s))
 
-        # 2. prepare hooks (untimed), alone on the cluster
-        prepared: dict[tuple, dict] = {}
-        for name in cfg.method_names():
-            method = METHODS.get(name)
+    def keep(i, result):
+        cell, key = todo[i][:2]
+        results[cell] = result
+        checkpoint.save(ckpt / f"unit-{cell[0]}-{key}", result)
+        log.info("%s, seed %d, %s: %s", *cell, ", ".join(f"{r['wall_s']:.1f} s" for r in result))
+
+    import ray
+
+    originals = {s.seed: ray.put({k: v.cpu() for k, v in s.original.state_dict().items()}) for s in seeded}
+    calls = [(cell[0], cfg.method_config(cell[0]), train_refs[s.seed], s.data.num_classes, originals[s.seed],
+              s.make_model, cfg.train, s.seed, reqs, str(ckpt / f"work-{s.base_key}"), cfg.cluster)
+             for cell, _, reqs, s in todo]
+    fan_out(run_unit, calls, cfg.cluster, res, max_parallel=exp.parallel_runs, desc="grid", progress=progress,
+            on_result=keep)
+    for first, *others in same_work.values():
+        results.update({cell: results[first] for cell in others})
+    return results
+
+
+def _benchmarks(cfg: Config, seeded: list[Seeded], results: dict, ckpt: Path, device) -> dict[tuple, dict]:
+    """4. Methods' parallel-against-one-worker measurements, each alone on the cluster."""
+    benches = {}
+    for name in [n for n in cfg.method_names() if hasattr(METHODS.get(n), "benchmark")]:
+        for spec in [sp for sp in cfg.experiment.forget if sp.requests == 1]:
             for s in seeded:
-                if hasattr(method, "prepare"):
-                    task = _task(cfg, s, [], device, ckpt / f"work-{s.base_key}")
-                    log.info("%s: preparing (seed %d), not timed", name, s.seed)
-                    stats_path = ckpt / f"prepare-{name}-{config_hash([s.base_key, cfg.method_config(name)])}"
-                    fresh = method.prepare(task, cfg.method_config(name))
-                    cached = checkpoint.load_or_none(stats_path)
-                    prepared[name, s.seed] = cached[0] if cached else fresh
-                    if not cached:
-                        checkpoint.save(stats_path, fresh)
-
-        # 3. the grid (cells with identical work, e.g. one retrain for two specs, run once)
-        units, results, same_work = [], {}, {}
-        for spec in exp.forget:
-            for s in seeded:
-                for name in cfg.method_names():
-                    reqs = s.requests[spec.label()]
-                    if name == "retrain" and not exp.retrain_each_request and len(reqs) > 1:
-                        reqs = [np.unique(np.concatenate(reqs))]  # one retrain without every request
-                    key = config_hash([s.base_key, name, cfg.method_config(name), [r.tolist() for r in reqs]])
-                    unit = (name, s.seed, spec.label())
-                    if key in same_work:
-                        same_work[key].append(unit)
-                        continue
-                    same_work[key] = [unit]
-                    cached = checkpoint.load_or_none(ckpt / f"unit-{name}-{key}")
-                    if cached:
-                        results[unit] = cached[0]
-                    else:
-                        units.append((unit, key, reqs, s))
-
-        def keep_unit(i, result):
-            unit, key = units[i][:2]
-            results[unit] = result
-            checkpoint.save(ckpt / f"unit-{unit[0]}-{key}", result)
-            log.info("%s, seed %d, %s: %s", *unit, ", ".join(f"{r['wall_s']:.1f} s" for r in result))
-
-        originals = {s.seed: ray.put({k: v.cpu() for k, v in s.original.state_dict().items()}) for s in seeded}
-        fan_out(run_unit, [(u[0], cfg.method_config(u[0]), refs[s.seed], s.data.num_classes, originals[s.seed],
-                            s.make_model, cfg.train,
-                            s.seed, reqs, str(ckpt / f"work-{s.base_key}"), cfg.cluster) for u, _, reqs, s in units],
-                cfg.cluster, res, max_parallel=exp.parallel_runs, desc="grid", progress=progress, on_result=keep_unit)
-
-        for first, *others in same_work.values():
-            results.update({unit: results[first] for unit in others})
-
-        # 4. benchmarks, each alone on the cluster (single-request specs)
-        benches: dict[tuple, dict] = {}
-        for name in cfg.method_names() if exp.benchmark else []:
-            method = METHODS.get(name)
-            for spec in [sp for sp in exp.forget if sp.requests == 1 and hasattr(method, "benchmark")]:
-                for s in seeded:
-                    unit = (name, s.seed, spec.label())
-                    path = ckpt / f"bench-{name}-{config_hash([unit, s.base_key, cfg.method_config(name)])}"
-                    cached = checkpoint.load_or_none(path)
-                    if cached is None:
-                        task = _task(cfg, s, s.requests[spec.label()], device, ckpt / f"work-{s.base_key}")
-                        first = results[unit][0]
-                        log.info("%s: benchmark (seed %d, %s)", name, s.seed, spec.label())
-                        stats = method.benchmark(task, cfg.method_config(name), {"wall_s": first["wall_s"], **first["stats"]})
-                        checkpoint.save(path, dict(stats))
-                        cached = (dict(stats), {})
-                    benches[unit] = cached[0]
-        resources = res.describe()
-
-    return write_cluster_report(cfg, out, seeded, results, prepared, benches, device, resources)
+                cell, reqs = (name, s.seed, spec.label()), s.requests[spec.label()]
+                path = ckpt / f"bench-{name}-{config_hash([s.base_key, cfg.method_config(name), reqs[0].tolist()])}"
+                cached = checkpoint.load_or_none(path)
+                if cached is None:
+                    log.info("%s: benchmark (seed %d, %s)", name, s.seed, spec.label())
+                    done = results[cell][0]
+                    stats = METHODS.get(name).benchmark(_task(cfg, s, reqs, device, ckpt / f"work-{s.base_key}"),
+                                                        cfg.method_config(name), {"wall_s": done["wall_s"], **done["stats"]})
+                    checkpoint.save(path, dict(stats))
+                    cached = (dict(stats), {})
+                benches[cell] = cached[0]
+    return benches

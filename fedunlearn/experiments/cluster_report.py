@@ -9,6 +9,7 @@ retrained shards and predicted speedups, AMUN's search, parallel against one wor
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -19,18 +20,18 @@ from fedunlearn.metrics.mia import sample_feature
 from fedunlearn.metrics.plots import confidence_histogram, curves
 
 COLUMNS = ["method", "forget", "request", "test_acc", "retain_acc", "forget_acc", "mia_efficacy", "mia_auc",
-           "js_to_retrain", "avg_gap", "wall_s", "speedup"]
+           "js_to_retrain", "avg_gap", "wall_s", "speedup", "cpu_s", "cpu_speedup"]
 STD_COLUMNS = ["forget_acc", "mia_auc", "avg_gap", "speedup"]
 NOT_DETAILS = set(COLUMNS) | {"seed", "seeds", "requests", "l2_to_retrain"}
 
 
 def _entries(name: str, s, results: dict, label: str, count: int) -> list[tuple[int, object, float, dict]]:
-    """(request position, model, wall seconds, stats) for one method, seed and spec."""
+    """(request position, model, wall seconds, stats with cpu_s) for one method, seed and spec."""
     if name == "original":
         return [(count - 1, s.original, s.original_s, {})]
     done = results[name, s.seed, label]
     first = count - len(done)  # a single retrain for a continual spec stands at the last request
-    return [(first + i, r["model"], r["wall_s"], r["stats"]) for i, r in enumerate(done)]
+    return [(first + i, r["model"], r["wall_s"], {"cpu_s": r["cpu_s"], **r["stats"]}) for i, r in enumerate(done)]
 
 
 def evaluate_runs(cfg, seeded, results, prepared, benches, device) -> tuple[list[dict], dict]:
@@ -42,12 +43,13 @@ def evaluate_runs(cfg, seeded, results, prepared, benches, device) -> tuple[list
             splits = [Splits(retain=s.eval_retain, forget=s.data.train.subset(np.unique(np.concatenate(reqs[:i + 1]))),
                              test=s.data.test) for i in range(len(reqs))]
             # The reference after request i: retrain for request i, else the single retrain.
-            retrained = {i: (model, wall_s) for i, model, wall_s, _ in _entries("retrain", s, results, label, len(reqs))}
+            retrained = {i: (model, wall_s, stats["cpu_s"])
+                         for i, model, wall_s, stats in _entries("retrain", s, results, label, len(reqs))}
             ref = {}
             for i in range(len(reqs)):
-                model, wall_s = retrained.get(i, retrained[max(retrained)])
+                model, wall_s, cpu_s = retrained.get(i, retrained[max(retrained)])
                 metrics, out = evaluate(model, splits[i], device, cfg.eval, seed=s.seed)
-                ref[i] = (metrics, out, model, wall_s)
+                ref[i] = (metrics, out, model, wall_s, cpu_s)
             judged = {}
             for name in ["retrain", "original", *cfg.method_names()[1:]]:
                 for i, model, wall_s, stats in _entries(name, s, results, label, len(reqs)):
@@ -57,10 +59,14 @@ def evaluate_runs(cfg, seeded, results, prepared, benches, device) -> tuple[list
                            **metrics, "wall_s": wall_s, **stats, **prepared.get((name, s.seed), {})}
                     if i == 0:
                         row.update(benches.get((name, s.seed, label), {}))
-                    r_metrics, r_out, r_model, r_s = ref[i]
+                    r_metrics, r_out, r_model, r_s, r_cpu = ref[i]
                     compare_to_reference(row, out, model, r_metrics, r_out, r_model, r_s)
-                    if "predicted_speedup" in row:
+                    if "cpu_s" in row:
+                        row["cpu_speedup"] = r_cpu / row["cpu_s"]
+                    if "predicted_speedup" in row:  # a method that predicts its speedup (SISA)
                         row["speedup_of_predicted"] = row["speedup"] / row["predicted_speedup"]
+                    if "predicted_cpu_speedup" in row:
+                        row["cpu_speedup_of_predicted"] = row["cpu_speedup"] / row["predicted_cpu_speedup"]
                     rows.append(row)
                     judged[name] = (out, splits[i])
             if s is seeded[0] and spec is cfg.experiment.forget[0]:
@@ -115,7 +121,11 @@ def write_cluster_report(cfg, out: Path, seeded, results, prepared, benches, dev
              f"seeds {list(exp.seeds)} (mean over seeds, *_std = sample std)",
              f"Ray tasks: {resources}; up to {exp.parallel_runs or 'as many as fit'} grid tasks at once, each timed "
              "inside its task; prepare steps (SISA's initial training) are not timed; benchmarks ran alone",
-             "speedup = retrain wall time / method wall time for the same request, measured in this run"]
+             "speedup = retrain wall time / method wall time for the same request, measured in this run; "
+             "cpu_speedup = the same for CPU seconds (the task's and its sub-tasks'), which neighbours on a "
+             "shared machine disturb far less than wall time",
+             f"machine load (1-minute load average) at report time: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; "
+             "wall times on a shared machine include its neighbours"]
     for spec in [sp for sp in exp.forget if sp.requests > 1]:
         ref = "retrain after every request" if exp.retrain_each_request else \
             "one retrain without all requests (evaluated on the samples forgotten so far)"

@@ -33,7 +33,7 @@ class GeneratorConfig:
     batch_size: int = 64
     lr: float = 1e-2
     noise_dim: int = 64
-    width: int = 64           # channels of the first feature map; the generator stays small
+    width: int = 32           # channels of the first feature map; the generator stays small
     w_balance: float = 1.0
     w_diversity: float = 0.1
     w_bn: float = 1.0         # ignored when the model has no BatchNorm
