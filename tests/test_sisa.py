@@ -42,7 +42,8 @@ def make_task(data, forget_idx, workdir) -> UnlearnTask:
     forget_idx = np.asarray(sorted(forget_idx), dtype=np.int64)
     retain_idx = complement(n, forget_idx)
     make_model = functools.partial(fresh_model, ModelConfig(name="mlp", hidden=32), data.input_shape, 10, 0)
-    return UnlearnTask(original=make_model(), retain=data.train.subset(retain_idx), forget=data.train.subset(forget_idx),
+    return UnlearnTask(original=make_model(), retain=data.train.subset(retain_idx),
+                       forget=data.train.subset(forget_idx),
                        train_cfg=TrainConfig(epochs=4, batch_size=32), make_model=make_model, num_classes=10,
                        device=torch.device("cpu"), seed=0, retain_idx=retain_idx, forget_idx=forget_idx,
                        workdir=str(workdir))
@@ -99,7 +100,8 @@ def test_other_data_gets_other_names(digits):
     shifted = digits.train.subset(np.arange(len(digits.train)))
     shifted.x = shifted.x.clone()
     shifted.x[plan[0][0][0]] += 0.5
-    assert prefix_keys(fingerprints(digits.train), plan[0], "b", 0)[0] != prefix_keys(fingerprints(shifted), plan[0], "b", 0)[0]
+    before, after = fingerprints(digits.train), fingerprints(shifted)
+    assert prefix_keys(before, plan[0], "b", 0)[0] != prefix_keys(after, plan[0], "b", 0)[0]
 
 
 def test_cost_model():
@@ -152,7 +154,8 @@ def test_single_deletion_retrains_one_shard_and_repeats_for_free(digits, tmp_pat
     assert fresh_stats["slices_retrained"] == 9
     assert same(states(model), states(fresh))
 
-    splits = Splits(retain=digits.train.subset(np.arange(300)), forget=digits.train.subset([position]), test=digits.test)
+    splits = Splits(retain=digits.train.subset(np.arange(300)), forget=digits.train.subset([position]),
+                    test=digits.test)
     row, _ = evaluate(model, splits, torch.device("cpu"), EvalConfig(mia_max_samples=100))
     assert row["test_acc"] > 0.5
 

@@ -117,7 +117,7 @@ class Seeded:
     base_key: str
     make_model: object
     original: object = None
-    original_s: float = 0.0
+    original_times: dict = field(default_factory=dict)  # wall_s and cpu_s of its training
 
 
 def _seeded(cfg: Config, seed: int) -> Seeded:
@@ -127,7 +127,8 @@ def _seeded(cfg: Config, seed: int) -> Seeded:
     for spec in cfg.experiment.forget:
         chosen = select_forget(labels, spec, seed)
         if len(chosen) < spec.requests:
-            raise ConfigError(f"forget spec '{spec.label()}' selects {len(chosen)} samples, fewer than its {spec.requests} requests")
+            raise ConfigError(f"forget spec '{spec.label()}' selects {len(chosen)} samples, "
+                              f"fewer than its {spec.requests} requests")
         order = np.random.default_rng(seed + 7).permutation(chosen)
         requests[spec.label()] = [np.sort(part) for part in np.array_split(order, spec.requests)]
     # Retain accuracy on a sample that no spec forgets, so every request is judged on the same set.
@@ -141,13 +142,14 @@ def _seeded(cfg: Config, seed: int) -> Seeded:
 
 
 def train_original(train_set: ArrayDataset, make_model, recipe: TrainConfig, seed: int):
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     model = train(make_model(), train_set, recipe, worker_device(), seed=seed, desc="original", progress=False)
-    return model.cpu(), time.perf_counter() - start
+    return model.cpu(), {"wall_s": time.perf_counter() - start, "cpu_s": time.process_time() - cpu}
 
 
 def run_unit(name: str, method_cfg, train_set: ArrayDataset, num_classes: int, original_state: dict, make_model,
-             recipe: TrainConfig, seed: int, requests: list[np.ndarray], workdir: str, cluster: ClusterConfig) -> list[dict]:
+             recipe: TrainConfig, seed: int, requests: list[np.ndarray], workdir: str,
+             cluster: ClusterConfig) -> list[dict]:
     """One grid cell, inside a Ray task: the requests in order, each `unlearn` call timed."""
     method, device = METHODS.get(name), worker_device()
     model = make_model()
@@ -206,13 +208,13 @@ def _originals(cfg: Config, seeded: list[Seeded], train_refs: dict, ckpt: Path, 
     for s in seeded:
         cached = checkpoint.load_or_none(ckpt / f"original-{s.base_key}")
         if cached:
-            s.original, s.original_s = cached[0], cached[1]["wall_s"]
+            s.original, s.original_times = cached
         else:
             todo.append(s)
 
     def keep(i, result):
-        todo[i].original, todo[i].original_s = result
-        checkpoint.save(ckpt / f"original-{todo[i].base_key}", result[0], {"wall_s": result[1]})
+        todo[i].original, todo[i].original_times = result
+        checkpoint.save(ckpt / f"original-{todo[i].base_key}", *result)
 
     fan_out(train_original, [(train_refs[s.seed], s.make_model, cfg.train, s.seed) for s in todo], cfg.cluster, res,
             desc="originals", progress=progress, on_result=keep)
@@ -288,8 +290,9 @@ def _benchmarks(cfg: Config, seeded: list[Seeded], results: dict, ckpt: Path, de
                 if cached is None:
                     log.info("%s: benchmark (seed %d, %s)", name, s.seed, spec.label())
                     done = results[cell][0]
-                    stats = METHODS.get(name).benchmark(_task(cfg, s, reqs, device, ckpt / f"work-{s.base_key}"),
-                                                        cfg.method_config(name), {"wall_s": done["wall_s"], **done["stats"]})
+                    task = _task(cfg, s, reqs, device, ckpt / f"work-{s.base_key}")
+                    stats = METHODS.get(name).benchmark(task, cfg.method_config(name),
+                                                        {"wall_s": done["wall_s"], **done["stats"]})
                     checkpoint.save(path, dict(stats))
                     cached = (dict(stats), {})
                 benches[cell] = cached[0]

@@ -28,7 +28,8 @@ NOT_DETAILS = set(COLUMNS) | {"seed", "seeds", "requests", "l2_to_retrain"}
 def _entries(name: str, s, results: dict, label: str, count: int) -> list[tuple[int, object, float, dict]]:
     """(request position, model, wall seconds, stats with cpu_s) for one method, seed and spec."""
     if name == "original":
-        return [(count - 1, s.original, s.original_s, {})]
+        times = s.original_times
+        return [(count - 1, s.original, times["wall_s"], {"cpu_s": times.get("cpu_s", float("nan"))})]
     done = results[name, s.seed, label]
     first = count - len(done)  # a single retrain for a continual spec stands at the last request
     return [(first + i, r["model"], r["wall_s"], {"cpu_s": r["cpu_s"], **r["stats"]}) for i, r in enumerate(done)]
@@ -115,7 +116,8 @@ def write_cluster_report(cfg, out: Path, seeded, results, prepared, benches, dev
     rows, confidences = evaluate_runs(cfg, seeded, results, prepared, benches, device)
     summary = summarize(rows)
     exp = cfg.experiment
-    plots = [str(confidence_histogram(name, conf, out / f"confidence_{name}.png")) for name, conf in confidences.items()]
+    plots = [str(confidence_histogram(name, conf, out / f"confidence_{name}.png"))
+             for name, conf in confidences.items()]
     notes = [f"original recipe, reused exactly by retrain: {to_dict(cfg.train)}; model {to_dict(cfg.model)}",
              f"data: {cfg.data.name}, {len(seeded[0].data.train)} training / {len(seeded[0].data.test)} test samples; "
              f"seeds {list(exp.seeds)} (mean over seeds, *_std = sample std)",
@@ -124,7 +126,8 @@ def write_cluster_report(cfg, out: Path, seeded, results, prepared, benches, dev
              "speedup = retrain wall time / method wall time for the same request, measured in this run; "
              "cpu_speedup = the same for CPU seconds (the task's and its sub-tasks'), which neighbours on a "
              "shared machine disturb far less than wall time",
-             f"machine load (1-minute load average) at report time: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; "
+             f"machine load (1-minute load average) at report time: {os.getloadavg()[0]:.1f} "
+             f"on {os.cpu_count()} cores; "
              "wall times on a shared machine include its neighbours"]
     for spec in [sp for sp in exp.forget if sp.requests > 1]:
         ref = "retrain after every request" if exp.retrain_each_request else \

@@ -84,23 +84,18 @@ def nearest_adversarial(model: nn.Module, x: torch.Tensor, cfg: Config, device: 
     active = torch.arange(len(x), device=device)
     for doubling in range(cfg.max_doublings + 1):
         eps = cfg.eps * 2 ** doubling
-        for step in range(cfg.steps + 1):  # the last pass only checks the final step
+        for step in range(cfg.steps + 1):  # the last pass only checks where the last step landed
             d = delta[active].requires_grad_(True)
             logits = model(x[active] + d)
             flipped = logits.argmax(1) != y0[active]
-            if flipped.any():
-                hit = active[flipped]
-                x_adv[hit] = (x[hit] + delta[hit]).detach()
-                y_adv[hit] = logits.argmax(1)[flipped].detach()
-                radius[hit], found[hit] = eps, True
-                active, d_keep = active[~flipped], ~flipped
-            else:
-                d_keep = torch.ones_like(flipped)
+            hit = active[flipped]  # found at this radius: keep the point, stop moving it
+            x_adv[hit], y_adv[hit] = x[hit] + delta[hit], logits.argmax(1)[flipped]
+            radius[hit], found[hit] = eps, True
+            active, moving = active[~flipped], ~flipped
             if len(active) == 0 or step == cfg.steps:
                 break
-            loss = F.cross_entropy(logits[d_keep], y0[active], reduction="sum")
-            (grad,) = torch.autograd.grad(loss, d)
-            grad = grad[d_keep]
+            loss = F.cross_entropy(logits[moving], y0[active], reduction="sum")
+            grad = torch.autograd.grad(loss, d)[0][moving]
             moved = delta[active] + (eps / 10) * grad / _l2(grad)
             moved = moved * (eps / _l2(moved)).clamp(max=1.0)            # back into the L2 ball
             delta[active] = (x[active] + moved).clamp(0, 1) - x[active]  # and into the image range
@@ -116,8 +111,11 @@ def search_chunk(make_model, state: dict, x: torch.Tensor, cfg: Config, device: 
     device = device or worker_device()
     model = make_model()
     model.load_state_dict(state)
-    parts = [nearest_adversarial(model, x[i:i + cfg.search_batch], cfg, device)
-             for i in range(0, len(x), cfg.search_batch)]
+    return _merge([nearest_adversarial(model, x[i:i + cfg.search_batch], cfg, device)
+                   for i in range(0, max(1, len(x)), cfg.search_batch)])
+
+
+def _merge(parts: list[dict]) -> dict:
     merged = {k: torch.cat([p[k] for p in parts]) for k in ("x_adv", "y_adv", "radius", "found")}
     merged["steps"] = sum(p["steps"] for p in parts)
     return merged
@@ -138,9 +136,7 @@ def search(task: UnlearnTask, model: nn.Module, cfg: Config, max_parallel: int =
         pieces = [x[idx] for idx in np.array_split(np.arange(len(x)), min(chunks, len(x)))]
         parts = fan_out(search_chunk, [(task.make_model, state_ref, piece, cfg) for piece in pieces], cluster,
                         max_parallel=max_parallel)
-    merged = {k: torch.cat([p[k] for p in parts]) for k in ("x_adv", "y_adv", "radius", "found")}
-    merged["steps"] = sum(p["steps"] for p in parts)
-    return merged
+    return _merge(parts)
 
 
 def finetune(model: nn.Module, base: ArrayDataset, retain: ArrayDataset, cfg: Config, recipe: TrainConfig,
@@ -150,6 +146,8 @@ def finetune(model: nn.Module, base: ArrayDataset, retain: ArrayDataset, cfg: Co
     seed_everything(seed)
     rng = np.random.default_rng(seed)
     per_epoch = min(len(retain), int(round(cfg.retain_ratio * len(base))))
+    if len(base) + per_epoch == 0:
+        return model.eval()  # no adversarial example found and nothing else to train on
     steps = cfg.epochs * -(-(len(base) + per_epoch) // cfg.batch_size)
     opt, sched = make_optimizer(model, TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
                                                    momentum=recipe.momentum, weight_decay=recipe.weight_decay,
@@ -174,14 +172,13 @@ def unlearn(task: UnlearnTask, cfg: Config = Config()):
     adversarial = ArrayDataset(found["x_adv"][ok], found["y_adv"][ok])
     with_forget = cfg.retain_ratio == 0 if cfg.with_forget is None else cfg.with_forget
     base = ArrayDataset.concat(task.forget, adversarial) if with_forget else adversarial
-    on = ("D_F+D_A" if with_forget else "D_A") + ("+D_R" if cfg.retain_ratio > 0 else "")
-    model = finetune(clone(task.original), base, task.retain, cfg,
-                     task.train_cfg, task.device, seed=task.seed + 5)
-    radius = found["radius"][ok]
-    return model, Stats(finetune_on=on, search_s=search_s, finetune_s=time.perf_counter() - start - search_s,
+    model = finetune(clone(task.original), base, task.retain, cfg, task.train_cfg, task.device, seed=task.seed + 5)
+    distance = _l2(found["x_adv"][ok] - task.forget.x[ok]).flatten()
+    return model, Stats(finetune_on=("D_F+D_A" if with_forget else "D_A") + ("+D_R" if cfg.retain_ratio else ""),
+                        search_s=search_s, finetune_s=time.perf_counter() - start - search_s,
                         adversarial=int(ok.sum()), not_found=int((~ok).sum()), pgd_steps=int(found["steps"]),
-                        mean_radius=float(radius.mean()) if len(radius) else float("nan"),
-                        mean_l2=float(_l2(found["x_adv"][ok] - task.forget.x[ok]).mean()) if len(radius) else float("nan"))
+                        mean_radius=float(found["radius"][ok].mean()) if ok.any() else float("nan"),
+                        mean_l2=float(distance.mean()) if ok.any() else float("nan"))
 
 
 def benchmark(task: UnlearnTask, cfg: Config, result: dict) -> Stats:

@@ -14,7 +14,7 @@ samples' gradients are computed exactly and subtracted:
 The saving is that most steps touch only the forget samples. The method assumes per-sample
 losses (no BatchNorm batch statistics); its theory is for strongly convex objectives and small
 deletions. On deep nets the quasi-Newton model can stop predicting the gradient, and the error
-then grows along the trajectory: a safeguard (`max_error`) falls back to exact steps while that
+then grows along the trajectory: a safeguard (`max_gradient_error`) falls back to exact steps while that
 lasts, trading speed for accuracy; the fallbacks and the median prediction error are reported.
 """
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -38,12 +39,8 @@ from fedunlearn.training import make_optimizer, seed_everything
 from fedunlearn.unlearn.base import Stats, UnlearnTask
 
 log = logging.getLogger("fedunlearn")
-# Safeguard thresholds. At an exact step, the L-BFGS prediction g_t + B dw of the batch gradient is
-# checked against the exact one: an error above this share of the gradient's norm would misdirect
-# the step, and B is not trusted until an exact step predicts well again. At an approximate step, a
-# correction ||B dw|| beyond twice the change measured at the last exact step means dw has left the
-# region where B was fitted: that step is taken exactly.
-MAX_GRADIENT_ERROR = 0.1
+# Safeguard: at an approximate step, a correction ||B dw|| beyond twice the gradient change measured
+# at the last exact step means dw has left the region where B was fitted; that step is taken exactly.
 MAX_CORRECTION_GROWTH = 2.0
 
 
@@ -52,14 +49,17 @@ class Config:
     period: int = 5    # T0: exact retained gradients every `period` steps
     burn_in: int = 10  # j0: the first steps are all exact
     history: int = 2   # m: L-BFGS pairs kept
-    # Ours, not the paper's: fall back to exact steps while the quasi-Newton model fails (large deletions,
-    # non-convex nets), see the thresholds below. false = the paper's DeltaGrad, which never falls back.
-    safeguard: bool = True
+    # Safeguard (ours, not the paper's): at each exact step the L-BFGS prediction g_t + B dw of the batch
+    # gradient is checked against the exact one; above this error (relative to the gradient's norm) B is
+    # not trusted and steps stay exact until it predicts well again (large deletions, non-convex nets).
+    # inf = the paper's DeltaGrad, which never falls back.
+    max_gradient_error: float = 0.25
 
     def __post_init__(self):
         check_range("period", self.period, 1)
         check_range("burn_in", self.burn_in, 0)
         check_range("history", self.history, 1)
+        check_range("max_gradient_error", self.max_gradient_error, 0.0)
 
 
 def _full_training_set(task: UnlearnTask):
@@ -126,21 +126,34 @@ def _trajectory(task: UnlearnTask):
     return trajectory, info
 
 
-def lbfgs_product(pairs, v: torch.Tensor) -> torch.Tensor:
-    """B v for the L-BFGS compact representation (Byrd, Nocedal, Schnabel 1994) of the (dw, dg) pairs.
+class LBFGS:
+    """B v from the last `history` (dw, dg) pairs: the L-BFGS compact representation (Byrd, Nocedal,
+    Schnabel 1994), B = sigma I - W M^-1 W^T with W = [Y, sigma S].
 
-    In float64: successive dw are nearly parallel, so the small middle matrix is ill-conditioned.
+    In float64, because successive dw are nearly parallel and M is ill-conditioned; M is inverted
+    only when a pair is added, so a product costs two thin matrix-vector products.
     """
-    s = torch.stack([p[0] for p in pairs], dim=1).double()
-    yv = torch.stack([p[1] for p in pairs], dim=1).double()
-    v = v.double()
-    sy = s.T @ yv
-    sigma = float(yv[:, -1] @ s[:, -1]) / float(s[:, -1] @ s[:, -1])
-    lower = torch.tril(sy, diagonal=-1)
-    middle = torch.cat([torch.cat([-torch.diag(torch.diag(sy)), lower.T], 1),
-                        torch.cat([lower, sigma * s.T @ s], 1)], 0)
-    rhs = torch.cat([yv.T @ v, sigma * (s.T @ v)])
-    return (sigma * v - torch.cat([yv, sigma * s], 1) @ torch.linalg.solve(middle, rhs)).float()
+
+    def __init__(self, history: int):
+        self.pairs: deque = deque(maxlen=history)
+        self.sigma, self.w, self.m_inv = 0.0, None, None
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def add(self, dw: torch.Tensor, dg: torch.Tensor) -> None:
+        self.pairs.append((dw.double(), dg.double()))
+        s, y = (torch.stack(list(col), dim=1) for col in zip(*self.pairs))
+        sy = s.T @ y
+        self.sigma = float(y[:, -1] @ s[:, -1]) / float(s[:, -1] @ s[:, -1])
+        lower = torch.tril(sy, diagonal=-1)
+        middle = torch.cat([torch.cat([-torch.diag(torch.diag(sy)), lower.T], 1),
+                            torch.cat([lower, self.sigma * s.T @ s], 1)], 0)
+        self.w, self.m_inv = torch.cat([y, self.sigma * s], 1), torch.linalg.inv(middle)
+
+    def product(self, v: torch.Tensor) -> torch.Tensor:
+        v = v.double()
+        return (self.sigma * v - self.w @ (self.m_inv @ (self.w.T @ v))).float()
 
 
 def _grad_sum(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -167,8 +180,9 @@ def unlearn(task: UnlearnTask, cfg: Config = Config()):
     device = task.device
     model = task.make_model().to(device).train()
     opt, sched = make_optimizer(model, task.train_cfg, len(trajectory["batches"]))
-    pairs: deque = deque(maxlen=cfg.history)
+    pairs = LBFGS(cfg.history)
     exact = approx = fallbacks = 0
+    safeguard = math.isfinite(cfg.max_gradient_error)
     trusted, last_change, errors = False, 0.0, []
     for t, idx in enumerate(trajectory["batches"]):
         gone = removed[idx]
@@ -181,11 +195,11 @@ def unlearn(task: UnlearnTask, cfg: Config = Config()):
         dw = parameters_to_vector(model.parameters()).detach() - w_t
         gone_sum = _grad_sum(model, xb[gone], yb[gone])  # exact at every step: the forget samples are few
         scheduled = t < cfg.burn_in or (t - cfg.burn_in) % cfg.period == 0 or not pairs
-        approximate = not scheduled and (trusted or not cfg.safeguard)
+        approximate = not scheduled and (trusted or not safeguard)
         if approximate:
-            correction = lbfgs_product(list(pairs), dw)
+            correction = pairs.product(dw)
             # Written so that a non-finite correction fails the test too.
-            if cfg.safeguard and not bool(correction.norm() <= MAX_CORRECTION_GROWTH * last_change):
+            if safeguard and not bool(correction.norm() <= MAX_CORRECTION_GROWTH * last_change):
                 approximate = trusted = False
         if approximate:
             grad = (len(idx) * (g_t + correction) - gone_sum) / kept
@@ -196,12 +210,12 @@ def unlearn(task: UnlearnTask, cfg: Config = Config()):
             dg = (keep_sum + gone_sum) / len(idx) - g_t
             if pairs:
                 full_norm = (g_t + dg).norm().clamp_min(1e-12)
-                errors.append(float((dg - lbfgs_product(list(pairs), dw)).norm() / full_norm))
-                trusted = errors[-1] <= MAX_GRADIENT_ERROR
+                errors.append(float((dg - pairs.product(dw)).norm() / full_norm))
+                trusted = errors[-1] <= cfg.max_gradient_error
             last_change = float(dg.norm())
             # Keep only pairs with positive curvature, or B stops being positive definite.
             if float(dw @ dg) > 1e-10 * float(dw.norm() * dg.norm()):
-                pairs.append((dw, dg))
+                pairs.add(dw, dg)
             grad = keep_sum / kept
             exact += 1
         _set_grads(model, grad.detach())

@@ -39,7 +39,7 @@ from fedunlearn.unlearn.sisa_shards import (ShardEnsemble, alive_plan, fingerpri
 class Config:
     shards: int = 4
     slices: int = 4
-    epochs_per_slice: int = 2        # epochs on the cumulative data each time a slice is added
+    epochs_per_slice: int = 5        # epochs on the cumulative data each time a slice is added
     aggregate: Literal["mean", "vote"] = "mean"  # mean softmax, or majority vote of the shard models
     compare_one_worker: bool = True  # benchmark: full SISA retraining on all workers and on one
     benchmark_repeats: int = 2       # interleaved runs of each; the fastest counts (least disturbed)

@@ -55,14 +55,15 @@ def unlearn(task: UnlearnTask, cfg: Config = Config()):
         for acc, g in zip(forget_grad, torch.autograd.grad(loss, params)):
             acc += g
     lr_eff = mean_learning_rate(recipe) / (1.0 - recipe.momentum)
-    step = cfg.scale * lr_eff * recipe.epochs / recipe.batch_size * parameters_to_vector(forget_grad)
+    n_total = len(task.retain) + len(task.forget)
+    batch = min(recipe.batch_size, n_total)  # the batches training actually had
+    step = cfg.scale * lr_eff * recipe.epochs / batch * parameters_to_vector(forget_grad)
 
     model = clone(task.original).to(device)
     with torch.no_grad():
         vector_to_parameters(parameters_to_vector(model.parameters()) + step, model.parameters())
     stats = Stats(step_norm=float(step.norm()), lr_eff=lr_eff)
     if cfg.hvp_samples:
-        n_total = len(task.retain) + len(task.forget)
         steps = recipe.epochs * math.ceil(n_total / recipe.batch_size)
         stats["verification_error_est"] = steps / 2 * lr_eff * _hvp_norm(init, task, step, cfg.hvp_samples)
     return model.eval(), stats
