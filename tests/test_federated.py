@@ -41,7 +41,7 @@ def tiny(**sections) -> dict:
 @pytest.fixture(scope="module", autouse=True)
 def local_ray():
     # One local Ray for the module: each simulation attaches to it instead of starting its own.
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from fedunlearn.config import build
 from fedunlearn.data import DataConfig, complement, load_dataset
 from fedunlearn.errors import ConfigError, DataError
 from fedunlearn.experiments.cluster import fresh_model
-from fedunlearn.metrics import EvalConfig, Splits, evaluate
+from fedunlearn.metrics import EvalConfig, Splits, evaluate, l2_distance
 from fedunlearn.models import ModelConfig
 from fedunlearn.training import TrainConfig
 from fedunlearn.unlearn import METHODS, UnlearnTask
@@ -158,6 +159,7 @@ def test_single_deletion_retrains_one_shard_and_repeats_for_free(digits, tmp_pat
                     test=digits.test)
     row, _ = evaluate(model, splits, torch.device("cpu"), EvalConfig(mia_max_samples=100))
     assert row["test_acc"] > 0.5
+    assert math.isnan(l2_distance(model, model.members[0]))  # an ensemble has no parameter distance to one model
 
 
 def test_deletion_touching_several_shards_and_batched_requests(digits, tmp_path):

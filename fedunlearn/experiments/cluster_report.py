@@ -121,7 +121,7 @@ def write_cluster_report(cfg, out: Path, seeded, results, prepared, benches, dev
     notes = [f"original recipe, reused exactly by retrain: {to_dict(cfg.train)}; model {to_dict(cfg.model)}",
              f"data: {cfg.data.name}, {len(seeded[0].data.train)} training / {len(seeded[0].data.test)} test samples; "
              f"seeds {list(exp.seeds)} (mean over seeds, *_std = sample std)",
-             f"Ray tasks: {resources}; up to {exp.parallel_runs or 'as many as fit'} grid tasks at once, each timed "
+             f"Ray tasks: {resources}; grid tasks at once: {exp.parallel_runs or 'as many as fit'}, each timed "
              "inside its task; prepare steps (SISA's initial training) are not timed; benchmarks ran alone",
              "speedup = retrain wall time / method wall time for the same request, measured in this run; "
              "cpu_speedup = the same for CPU seconds (the task's and its sub-tasks'), which neighbours on a "

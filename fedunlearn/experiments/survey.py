@@ -38,6 +38,7 @@ from fedunlearn.unlearn import METHODS
 log = logging.getLogger("fedunlearn")
 COLUMNS = ["method", "test_acc", "retain_acc", "forget_acc", "mia_efficacy", "js_to_retrain", "l2_to_retrain",
            "avg_gap", "wall_s", "speedup", "keeps_test_acc", "forget_gap_closed"]
+CONVEX_COLUMNS = ["dist_to_optimum", "dist_to_exact_newton", "hessian_rel_error"]
 
 
 @dataclass(frozen=True)
@@ -167,17 +168,18 @@ def run(cfg: Config, out_dir: str | Path, progress: bool = True) -> dict:
         sections.append(_section(f"Class forgetting (class {exp.forget_class})", rows, caveats))
     if "random" in exp.parts:
         methods = [m for m in surveyed if not getattr(METHODS.get(m), "CLASS_FORGETTING_ONLY", False)]
-        rows, caveats = part("random", cfg.part_config("random", methods,
-                                                       ForgetConfig(kind="random", fraction=exp.random_fraction)))
+        forget = ForgetConfig(kind="random", fraction=exp.random_fraction)
+        rows, caveats = part("random", cfg.part_config("random", methods, forget))
         skipped = sorted(set(surveyed) - set(methods))
-        sections.append(_section(f"Random forgetting ({exp.random_fraction:.0%} of the training set)", rows,
-                                 caveats + ([f"skipped (class forgetting only): {', '.join(skipped)}"] if skipped else [])))
+        if skipped:
+            caveats.append(f"skipped (class forgetting only): {', '.join(skipped)}")
+        sections.append(_section(f"Random forgetting ({exp.random_fraction:.0%} of the training set)", rows, caveats))
     if "convex" in exp.parts:
         methods = ["retrain"] + [m for m in cfg.convex.methods if m in surveyed]
-        rows, caveats = part("convex", cfg.part_config("convex", methods, convex=True,
-                                                       forget=ForgetConfig(kind="random", fraction=cfg.convex.fraction)))
-        sections.append(_section("Convex case: logistic regression on fixed features", rows, caveats + _convex_notes(rows),
-                                 COLUMNS + ["dist_to_optimum", "dist_to_exact_newton", "hessian_rel_error"]))
+        forget = ForgetConfig(kind="random", fraction=cfg.convex.fraction)
+        rows, caveats = part("convex", cfg.part_config("convex", methods, forget, convex=True))
+        sections.append(_section("Convex case: logistic regression on fixed features", rows,
+                                 caveats + _convex_notes(rows), COLUMNS + CONVEX_COLUMNS))
     if "labels" in exp.parts:
         methods = [m for m in (cfg.labels.methods or surveyed) if m in surveyed]
         full = load_dataset(cfg.data, exp.seed)
@@ -190,9 +192,11 @@ def run(cfg: Config, out_dir: str | Path, progress: bool = True) -> dict:
         sections.append(section)
         plots.append(plot)
 
-    notes = ["Each part is a centralized run in its own folder (report.md, confidence plots, checkpoints).",
+    notes = ["Each part is a centralized run in its own folder (report.md, confidence plots, checkpoints); "
+             "every method's own numbers (residuals, fallbacks, epsilons) are in report.json.",
              f"keeps_test_acc: test accuracy within {exp.keep_tolerance:.0%} of retrain's; forget_gap_closed: "
-             "1 - |forget_acc - retrain's| / |original's - retrain's| (1 = forgets like retraining, 0 = like the original)."]
+             "1 - |forget_acc - retrain's| / |original's - retrain's| (1 = forgets like retraining, 0 = like "
+             "the original)."]
     title = f"{exp.name}: every method side by side"
     write_report(out, title, to_dict(cfg), results, columns=["part"] + COLUMNS)  # report.json
     md = [f"# {title}", "\n".join(f"- {n}" for n in notes), *sections,
@@ -206,7 +210,8 @@ def _section(title: str, rows: list[dict], notes=(), columns=COLUMNS) -> str:
     lose = [r["method"] for r in rows if r["keeps_test_acc"] == "no"]
     forget = [r["method"] for r in rows if r["forget_gap_closed"] >= 0.5 and r["method"] != "retrain"]
     lines = [f"## {title}", "", markdown_table(rows, [c for c in columns if any(c in r for r in rows)]), "",
-             f"- keep test accuracy: {', '.join(keep) or 'none'}", f"- lose test accuracy: {', '.join(lose) or 'none'}",
+             f"- keep test accuracy: {', '.join(keep) or 'none'}",
+             f"- lose test accuracy: {', '.join(lose) or 'none'}",
              f"- close at least half the forget-accuracy gap to retrain: {', '.join(forget) or 'none'}"]
     return "\n".join(lines + [f"- {n}" for n in notes])
 
@@ -217,11 +222,13 @@ def _convex_notes(rows: list[dict]) -> list[str]:
     notes = [f"noise floor: two retrains from different seeds are {floor:.4f} apart (L2)"]
     for name, row in by.items():
         if name not in ("original", "retrain", centralized.NOISE_FLOOR):
-            notes.append(f"{name}: l2_to_retrain {row['l2_to_retrain']:.4f} = {row['l2_to_retrain'] / floor:.2f} x the noise floor")
+            distance = row["l2_to_retrain"]
+            notes.append(f"{name}: l2_to_retrain {distance:.4f} = {distance / floor:.2f} x the noise floor")
     if "newton_source_free" in by:
         row = by["newton_source_free"]
         notes.append(f"newton_source_free vs the exact Newton update: distance {row['dist_to_exact_newton']:.4f} "
-                     f"(exact step {row['exact_newton_step_norm']:.4f}; Hessian relative error {row['hessian_rel_error']:.3f})")
+                     f"(exact step {row['exact_newton_step_norm']:.4f}; "
+                     f"Hessian relative error {row['hessian_rel_error']:.3f})")
     return notes
 
 

@@ -35,7 +35,8 @@ def ensure_ray() -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"])
     else:
-        ray.init(include_dashboard=False)
+        # "local": a private cluster, never a `ray start` cluster someone else left on this machine.
+        ray.init(address="local", include_dashboard=False)
 
 
 def run_server_task(fn, *args, gpu_fraction: float = 0.1, **kwargs):

@@ -14,8 +14,8 @@ samples' gradients are computed exactly and subtracted:
 The saving is that most steps touch only the forget samples. The method assumes per-sample
 losses (no BatchNorm batch statistics); its theory is for strongly convex objectives and small
 deletions. On deep nets the quasi-Newton model can stop predicting the gradient, and the error
-then grows along the trajectory: a safeguard (`max_gradient_error`) falls back to exact steps while that
-lasts, trading speed for accuracy; the fallbacks and the median prediction error are reported.
+then grows along the trajectory: a safeguard (`max_gradient_error`) falls back to exact steps
+while that lasts, trading speed for accuracy; fallbacks and the median error are reported.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.nn.utils import parameters_to_vector, vector_to_parameters
+from torch.nn.utils import parameters_to_vector
 
 from fedunlearn import checkpoint
 from fedunlearn.config import check_range, config_hash
