@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import spearmanr
 
-from fedunlearn.config import build, check_range, to_dict
+from fedunlearn.config import check_range, to_dict
 from fedunlearn.data import DataBundle, DataConfig, ForgetConfig, load_dataset
 from fedunlearn.errors import ConfigError
 from fedunlearn.experiments import centralized
@@ -64,8 +64,8 @@ class SurveySection:
 class ConvexSection:
     data: DataConfig = DataConfig(train_size=6000, test_size=2000)
     model: ModelConfig = ModelConfig(name="logistic", pool=2)
-    train: TrainConfig = TrainConfig(epochs=20, batch_size=128, lr=0.5, weight_decay=5e-3)
-    fraction: float = 0.05
+    train: TrainConfig = TrainConfig(epochs=40, batch_size=512, lr=1.0, weight_decay=5e-3)
+    fraction: float = 0.1
     methods: tuple[str, ...] = ("certified_removal", "newton_source_free", "sekhari", "deltagrad")
     method_settings: dict = field(default_factory=dict)  # [convex.method_settings.<name>]: over [methods.<name>]
 
@@ -248,7 +248,3 @@ def _label_study(rows: list[dict], counts, out: Path):
              "- Spearman correlation of speedup with K per method (seed 003, Table 14: mostly negative for "
              "training-based methods). Accuracies per K are in labels-K/report.md and in report.json."]
     return "\n".join(lines), str(plot)
-
-
-def load_config(mapping: dict) -> Config:
-    return build(Config, mapping)

@@ -53,7 +53,7 @@ class Config:
     # gradient is checked against the exact one; above this error (relative to the gradient's norm) B is
     # not trusted and steps stay exact until it predicts well again (large deletions, non-convex nets).
     # inf = the paper's DeltaGrad, which never falls back.
-    max_gradient_error: float = 0.25
+    max_gradient_error: float = 0.1
 
     def __post_init__(self):
         check_range("period", self.period, 1)

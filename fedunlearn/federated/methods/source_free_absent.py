@@ -2,12 +2,13 @@
 
 The server uses only what it holds: the global model, the round-0 weights and the departing
 client's stored updates. It subtracts those updates (the `subtract` method: the reference),
-then repairs the reference without any data: a generator trained against the frozen global
-model synthesizes stand-in samples, and a student starting at the reference is distilled on
-them from a log-space mix of the global model and the reference (fedunlearn.unlearn.
-source_free.pipeline). The remaining clients get no message; the departing client is not
-asked anything. Generator and distillation run as one server-side Ray task (a GPU fraction
-when the cluster has one).
+then repairs the reference without any data (fedunlearn.unlearn.source_free.pipeline): a
+generator trained against the frozen global model synthesizes stand-in samples; if the
+reference disagrees with the global model on many of them (subtraction lost knowledge, as
+under label skew), a student starting at the reference is distilled from the global model
+on them. The remaining clients get no message and the departing client is not asked
+anything. Generator and distillation run as one server-side Ray task (a GPU fraction when
+the cluster has one).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from fedunlearn.federated.context import FedContext, FedResult
 from fedunlearn.federated.history import State
 from fedunlearn.federated.methods import subtract
 from fedunlearn.training import get_device
-from fedunlearn.unlearn.source_free.forget import fisher_penalty
 from fedunlearn.unlearn.source_free.pipeline import RepairConfig, repair
 
 COOPERATIVE = False
@@ -28,28 +28,27 @@ COOPERATIVE = False
 
 @dataclass(frozen=True)
 class Config(RepairConfig):
-    """[methods.source_free_absent]: generator.*, consolidate.*, reference_weight (see RepairConfig)."""
+    """[methods.source_free_absent]: generator.*, consolidate.*, skip_agreement, check_samples."""
 
 
 def unlearn(ctx: FedContext, cfg: Config) -> FedResult:
     reference = subtract.unlearn(ctx, subtract.Config(rescale=True)).state
-    state, stats = ctx.run_task(server_repair, ctx.make_model, ctx.global_state, reference, ctx.num_classes,
-                                ctx.input_shape, cfg, None, ctx.seed)
+    state, _, stats = ctx.run_task(server_repair, ctx.make_model, ctx.global_state, reference, ctx.num_classes,
+                                   ctx.input_shape, cfg, ctx.seed)
     return FedResult(state, 0, [], stats)
 
 
-def server_repair(make_model, global_state: State, reference_state: State, num_classes: int, input_shape,
-                  cfg: RepairConfig, fisher: dict | None, seed: int) -> tuple[State, dict]:
-    """The server task: models from states, `repair`, the student's state back on the CPU.
+def to_state(model: torch.nn.Module) -> State:
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
-    `fisher` (cooperative mode) is the departing client's Fisher statistics on its flagged
-    samples; it becomes a penalty holding the student to the reference there.
-    """
+
+def server_repair(make_model, global_state: State, reference_state: State, num_classes: int, input_shape,
+                  cfg: RepairConfig, seed: int):
+    """The server task: models from states, `repair`; returns (state, generator on the CPU, stats)."""
     device = get_device("auto")  # inside the Ray task: the GPU Ray assigned, if any
     original, reference = make_model(), make_model()
     original.load_state_dict(global_state)
     reference.load_state_dict(reference_state)
-    term = fisher_penalty(reference.to(device), fisher) if fisher else None
-    student, stats = repair(original, reference, num_classes, input_shape, cfg, device, forget_term=term, seed=seed)
+    student, generator, stats = repair(original, reference, num_classes, input_shape, cfg, device, seed=seed)
     stats["threads"] = torch.get_num_threads()
-    return {k: v.detach().cpu() for k, v in student.state_dict().items()}, stats
+    return to_state(student), generator.cpu(), stats

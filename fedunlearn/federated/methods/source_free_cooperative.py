@@ -1,56 +1,83 @@
 """source_free_cooperative: source-free unlearning with the departing client's help, once.
 
 As `source_free_absent` (subtract the client's stored updates, then repair the result with a
-generator and distillation, no data), plus a forget term computed by the departing client on
-its own data. The server sends it the reference model (one message); the client flags its
-samples that the reference confidently gets wrong (what only this client taught: backdoored
-or memorised samples; not its ordinary samples, which a model retrained without it still
-classifies well) and replies with the diagonal Fisher information of the reference's
-predictions on them: a statistic the size of the model, no sample. On the server the
-penalty 0.5 * sum F (theta - theta_ref)^2 then holds the student to the reference on those
-samples while distillation restores accuracy elsewhere (fedunlearn.unlearn.source_free.forget).
-The remaining clients get no message.
+generator and distillation from the global model, no data), then, when a repair was needed,
+one exchange with the departing client: the server sends it the repaired model; the client
+flags its samples to which that model gives their label a low probability (what only this
+client taught, such as backdoored samples: its ordinary samples, which a model trained
+without it still classifies, are not flagged) and replies with the diagonal Fisher
+information of the model's predictions on them: a statistic the size of the model, no
+sample. The server then distils further from the global model while the penalty
+0.5 * sum F (theta - theta_repaired)^2 holds the student where the client's data says it
+must stay (fedunlearn.unlearn.source_free.forget): the extra steps win back accuracy without
+re-teaching the backdoor. The remaining clients get no message.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fedunlearn.config import check_range
 from fedunlearn.federated.context import FedContext, FedResult
+from fedunlearn.federated.history import State
 from fedunlearn.federated.methods import subtract
-from fedunlearn.federated.methods.source_free_absent import server_repair
+from fedunlearn.federated.methods.source_free_absent import server_repair, to_state
+from fedunlearn.training import get_device
+from fedunlearn.unlearn.source_free.consolidate import ConsolidateConfig
 from fedunlearn.unlearn.source_free.forget import flag_unknown, local_fisher
-from fedunlearn.unlearn.source_free.pipeline import RepairConfig
+from fedunlearn.unlearn.source_free.pipeline import RepairConfig, refine
 
 COOPERATIVE = True
 
 
 @dataclass(frozen=True)
 class Config(RepairConfig):
-    """[methods.source_free_cooperative]: RepairConfig's keys plus the client's flagging rule."""
+    """[methods.source_free_cooperative]: RepairConfig's keys, the refinement, the client's flagging rule.
 
-    max_confidence: float = 0.1  # flag a sample when the reference gives its label less than this
-    max_flagged: int = 256       # the client computes the Fisher on at most this many flagged samples
+    The refinement uses `consolidate`'s settings with refine_steps and forget_weight."""
+
+    refine_steps: int = 150      # distillation steps after the client's reply, with its forget term
+    forget_weight: float = 10.0  # lambda of that forget term
+    max_confidence: float = 0.1  # the client flags a sample when the model gives its label less than this
+    max_flagged: int = 128       # the client computes the Fisher on at most this many flagged samples
 
     def __post_init__(self):
         super().__post_init__()
         check_range("max_confidence", self.max_confidence, 0.0, 1.0)
         check_range("max_flagged", self.max_flagged, 1)
+        check_range("refine_steps", self.refine_steps, 0)
+        check_range("forget_weight", self.forget_weight, 0.0)
 
 
 def unlearn(ctx: FedContext, cfg: Config) -> FedResult:
     reference = subtract.unlearn(ctx, subtract.Config(rescale=True)).state
-    fisher, metrics = ctx.query(ctx.departing, "source_free_forget", reference,
-                                {"max_confidence": cfg.max_confidence, "max_flagged": cfg.max_flagged})
-    state, stats = ctx.run_task(server_repair, ctx.make_model, ctx.global_state, reference, ctx.num_classes,
-                                ctx.input_shape, cfg, fisher, ctx.seed)
-    stats.update({f"client_{k}": v for k, v in metrics.items()})
+    state, generator, stats = ctx.run_task(server_repair, ctx.make_model, ctx.global_state, reference,
+                                           ctx.num_classes, ctx.input_shape, cfg, ctx.seed)
+    stats["client_asked"] = bool(stats["consolidated"])
+    if stats["consolidated"]:  # nothing was distilled, so nothing can have been re-taught
+        fisher, metrics = ctx.query(ctx.departing, "source_free_forget", state,
+                                    {"max_confidence": cfg.max_confidence, "max_flagged": cfg.max_flagged})
+        state, more = ctx.run_task(server_refine, ctx.make_model, ctx.global_state, state, generator, fisher,
+                                   replace(cfg.consolidate, steps=cfg.refine_steps, forget_weight=cfg.forget_weight),
+                                   ctx.seed)
+        stats.update(more)
+        stats.update({f"client_{k}": v for k, v in metrics.items()})
     return FedResult(state, 0, [], stats)
 
 
+def server_refine(make_model, global_state: State, student_state: State, generator, fisher: dict,
+                  cfg: ConsolidateConfig, seed: int):
+    """The second server task: `refine` with the client's Fisher statistics; returns (state, stats)."""
+    device = get_device("auto")
+    original, student = make_model(), make_model()
+    original.load_state_dict(global_state)
+    student.load_state_dict(student_state)
+    refined, stats = refine(student, original, generator.to(device), fisher, cfg, device, seed=seed)
+    return to_state(refined), stats
+
+
 def client_forget(model, local, config: dict):
-    """On the departing client: Fisher statistics of the sent reference model on the flagged samples."""
+    """On the departing client: Fisher statistics of the sent model on the flagged samples."""
     flagged = flag_unknown(model, local.train, local.device, float(config["max_confidence"]))
     fisher = local_fisher(model, local.train.subset(flagged), local.device, int(config["max_flagged"]),
                           seed=local.seed)

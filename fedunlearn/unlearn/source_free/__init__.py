@@ -1,13 +1,14 @@
 """Source-free unlearning (seed 000): synthesize stand-in data from the model, then consolidate.
 
-Plain PyTorch, no Ray or Flower: `train_generator` (phase 1) and `consolidate` (phase 2).
-The federated methods `source_free_absent` / `source_free_cooperative` call these.
+Plain PyTorch, no Ray or Flower: `train_generator` (phase 1), `consolidate` (phase 2), the
+forget terms in `forget`, and `pipeline.repair` / `pipeline.refine`, which the federated
+methods `source_free_absent` / `source_free_cooperative` run on the server.
 """
 
 from fedunlearn.unlearn.source_free.consolidate import (ConsolidateConfig, agreement, consolidate, freeze_batchnorm,
-                                                        mixed_teacher, model_teacher)
-from fedunlearn.unlearn.source_free.generator import (BatchNormMatcher, Generator, GeneratorConfig, draw_labels, sample,
-                                                      train_generator)
+                                                        model_teacher)
+from fedunlearn.unlearn.source_free.generator import (BatchNormMatcher, Generator, GeneratorConfig, draw_labels,
+                                                      random_view, sample, train_generator)
 
 __all__ = ["BatchNormMatcher", "ConsolidateConfig", "Generator", "GeneratorConfig", "agreement", "consolidate",
-           "draw_labels", "freeze_batchnorm", "mixed_teacher", "model_teacher", "sample", "train_generator"]
+           "draw_labels", "freeze_batchnorm", "model_teacher", "random_view", "sample", "train_generator"]

@@ -3,11 +3,10 @@ consolidation. A student, initialised from a start model, is distilled from a te
 synthetic samples of the retained classes, minimising KL(p_teacher || p_student), plus an
 optional lambda * forget term supplied by the caller.
 
-The teacher is any function from inputs to probabilities, so the caller chooses what the
-student learns from: the original model, a reference model without the forgotten data, or a
-mix of the two (`mixed_teacher`). The forget term is any function of the student returning a
-scalar; it is where knowledge that must go is named (a quadratic penalty from a departing
-client's statistics, for instance).
+The teacher is any function from inputs to probabilities (`model_teacher` wraps a frozen
+model). The forget term is any function of the student returning a scalar; it is where
+knowledge that must go is named (a quadratic penalty from a departing client's statistics,
+for instance).
 
 BatchNorm layers stay in eval mode throughout: synthetic batches have other statistics than
 real data, and updating the running statistics on them would drift the model (measured).
@@ -35,7 +34,7 @@ ForgetTerm = Callable[[nn.Module], torch.Tensor]   # student -> scalar loss
 class ConsolidateConfig:
     steps: int = 100             # few: the student starts near its goal, and long distillation from a
                                  # teacher that still holds a backdoor slowly re-teaches it (measured)
-    batch_size: int = 64
+    batch_size: int = 32
     lr: float = 1e-3             # Adam
     temperature: float = 1.0     # higher passes more of the teacher's small probabilities, backdoor included
     forget_weight: float = 1.0   # lambda in KL + lambda * forget term
@@ -55,26 +54,6 @@ def model_teacher(model: nn.Module, temperature: float = 1.0) -> Teacher:
     @torch.no_grad()
     def probs(x: torch.Tensor) -> torch.Tensor:
         return F.softmax(model(x) / temperature, dim=1)
-
-    return probs
-
-
-def mixed_teacher(original: nn.Module, reference: nn.Module, reference_weight: float,
-                  temperature: float = 1.0) -> Teacher:
-    """Geometric mix of two models' predictions: p ~ p_orig^(1-w) * p_ref^w.
-
-    A geometric (log-space) mix keeps a class likely only where both models find it likely,
-    so what only the original believes (a backdoor, say) is damped while what both know
-    is kept; w = 0 is the original, w = 1 the reference.
-    """
-    check_range("reference_weight", reference_weight, 0.0, 1.0)
-    original.eval()
-    reference.eval()
-
-    @torch.no_grad()
-    def probs(x: torch.Tensor) -> torch.Tensor:
-        mixed = (1 - reference_weight) * F.log_softmax(original(x), 1) + reference_weight * F.log_softmax(reference(x), 1)
-        return F.softmax(mixed / temperature, dim=1)
 
     return probs
 
