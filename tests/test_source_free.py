@@ -14,10 +14,10 @@ from fedunlearn.data import ArrayDataset, BackdoorConfig, DataConfig, load_datas
 from fedunlearn.errors import ConfigError
 from fedunlearn.models import ModelConfig, build_model
 from fedunlearn.training import TrainConfig, accuracy, predict_probs, seed_everything, train
-from fedunlearn.unlearn.source_free import (ConsolidateConfig, GeneratorConfig, agreement, consolidate,
-                                            mixed_teacher, model_teacher, sample, train_generator)
+from fedunlearn.unlearn.source_free import (ConsolidateConfig, GeneratorConfig, agreement, consolidate, model_teacher,
+                                            sample, train_generator)
 from fedunlearn.unlearn.source_free.forget import fisher_penalty, flag_unknown, local_fisher
-from fedunlearn.unlearn.source_free.pipeline import RepairConfig
+from fedunlearn.unlearn.source_free.pipeline import RepairConfig, repair
 
 CPU = torch.device("cpu")
 BACKDOOR = BackdoorConfig(fraction=0.5, target=0, size=2)
@@ -43,9 +43,12 @@ def digits():
     trig = ArrayDataset(*triggered_test(data.test.x, data.test.y, BACKDOOR))
     original = fit(ArrayDataset.concat(rest, client))
     reference = fit(rest)
+    # a model that never saw classes 3 and 8, like a reference after a label-skewed client left
+    without = np.flatnonzero(~np.isin(data.train.y.numpy(), [3, 8]))
+    lost_two = fit(data.train.subset(without))
     assert len(client_idx) == 300
     return {"data": data, "client": client, "poisoned": poisoned, "trig": trig,
-            "original": original, "reference": reference}
+            "original": original, "reference": reference, "lost_two": lost_two}
 
 
 def test_generator_samples_are_balanced_and_labelled_as_conditioned(digits):
@@ -54,7 +57,7 @@ def test_generator_samples_are_balanced_and_labelled_as_conditioned(digits):
     assert x.shape == (200, 1, 8, 8) and 0.0 <= float(x.min()) and float(x.max()) <= 1.0
     assert np.bincount(y.numpy(), minlength=10).tolist() == [20] * 10
     teacher_labels = predict_probs(digits["original"], x, CPU).argmax(1)
-    assert (teacher_labels == y).float().mean() >= 0.9
+    assert (teacher_labels == y).float().mean() >= 0.85
     assert stats["bn_layers"] == 0 and stats["generator_steps"] == 150
     # restricted to some classes, only those are drawn
     x, y = sample(generator, [3, 5], 10, CPU)
@@ -70,23 +73,22 @@ def test_batchnorm_statistics_are_matched_when_the_model_has_batchnorm(digits):
     assert all(not m.training for m in model.modules())  # the frozen model stays in eval mode
 
 
-def test_consolidation_restores_agreement_with_the_teacher(digits):
-    teacher_model = digits["original"]
-    damaged = build_model(ModelConfig("cnn", hidden=32), (1, 8, 8), 10)
-    damaged.load_state_dict(teacher_model.state_dict())
-    with torch.no_grad():
-        for p in damaged.parameters():
-            p.add_(0.15 * p.abs().mean() * torch.randn_like(p))
+def test_consolidation_keeps_and_restores_agreement_with_the_teacher(digits):
+    teacher_model, test = digits["original"], digits["data"].test
     generator, _ = train_generator(teacher_model, (1, 8, 8), 10, GeneratorConfig(steps=150), CPU)
-    teacher = model_teacher(teacher_model, temperature=2.0)
-    test_x = digits["data"].test.x
-    before = agreement(damaged, teacher, test_x, CPU)
-    student, stats = consolidate(damaged, teacher, generator, range(10), ConsolidateConfig(steps=150), CPU)
-    after = agreement(student, teacher, test_x, CPU)
-    assert after > before and after >= 0.9
-    assert accuracy(student, digits["data"].test, CPU) >= accuracy(teacher_model, digits["data"].test, CPU) - 0.05
-    # the start model is not modified
-    assert agreement(damaged, teacher, test_x, CPU) == before
+    teacher = model_teacher(teacher_model)
+    cfg = ConsolidateConfig(steps=300)
+    # started at the teacher, distillation on synthetic samples does not drift away from it
+    kept, _ = consolidate(teacher_model, teacher, generator, range(10), cfg, CPU)
+    assert agreement(kept, teacher, test.x, CPU) >= 0.95
+    # started at a model that never learned two classes, it learns them from the synthetic samples
+    damaged = digits["lost_two"]
+    before = agreement(damaged, teacher, test.x, CPU)
+    student, stats = consolidate(damaged, teacher, generator, range(10), cfg, CPU)
+    assert before < 0.85 and agreement(student, teacher, test.x, CPU) >= before + 0.03
+    assert accuracy(student, test, CPU) >= accuracy(damaged, test, CPU) + 0.03
+    assert agreement(damaged, teacher, test.x, CPU) == before  # the start model is not modified
+    assert stats["consolidate_steps"] == 300
 
 
 def test_the_forget_term_removes_a_planted_backdoor(digits):
@@ -110,12 +112,17 @@ def test_the_forget_term_removes_a_planted_backdoor(digits):
     assert stats["consolidate_forget"] >= 0
 
 
-def test_mixed_teacher_interpolates_between_the_two_models(digits):
-    x = digits["trig"].x[:50]
-    orig = predict_probs(digits["original"], x, CPU)
-    ref = predict_probs(digits["reference"], x, CPU)
-    assert torch.allclose(mixed_teacher(digits["original"], digits["reference"], 0.0)(x), orig, atol=1e-5)
-    assert torch.allclose(mixed_teacher(digits["original"], digits["reference"], 1.0)(x), ref, atol=1e-5)
+def test_repair_keeps_a_reference_that_lost_nothing_and_repairs_one_that_did(digits):
+    original = digits["original"]
+    cfg = RepairConfig(generator=GeneratorConfig(steps=150), consolidate=ConsolidateConfig(steps=300))
+    same, _, stats = repair(original, original, 10, (1, 8, 8), cfg, CPU)
+    assert stats["reference_agreement"] == 1.0 and not stats["consolidated"]
+    assert all(torch.equal(a, b) for a, b in zip(same.state_dict().values(), original.state_dict().values()))
+    broken = digits["lost_two"]  # never learned classes 3 and 8
+    student, _, stats = repair(original, broken, 10, (1, 8, 8), cfg, CPU)
+    assert stats["consolidated"] and stats["student_agreement"] > stats["reference_agreement"]
+    test = digits["data"].test
+    assert accuracy(student, test, CPU) > accuracy(broken, test, CPU) + 0.02
 
 
 def test_bad_input_is_a_clear_error(digits):

@@ -37,7 +37,7 @@ class Config(RepairConfig):
     The refinement uses `consolidate`'s settings with refine_steps and forget_weight."""
 
     refine_steps: int = 150      # distillation steps after the client's reply, with its forget term
-    forget_weight: float = 10.0  # lambda of that forget term
+    forget_weight: float = 30.0  # lambda of that forget term
     max_confidence: float = 0.1  # the client flags a sample when the model gives its label less than this
     max_flagged: int = 128       # the client computes the Fisher on at most this many flagged samples
 

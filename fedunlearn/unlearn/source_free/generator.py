@@ -43,7 +43,8 @@ class GeneratorConfig:
     w_diversity: float = 0.1
     w_bn: float = 1.0         # ignored when the model has no BatchNorm
     shift: float = 0.1        # random translation of the judged view, up to this fraction of the side
-    flip: bool = True         # horizontal flip of the judged view, half of the batches
+    flip: bool = False        # horizontal flip of the judged view, half of the batches: only for
+                              # data sets whose classes are mirror-symmetric (clothes yes, digits no)
 
     def __post_init__(self):
         check_range("generator.steps", self.steps, 0)

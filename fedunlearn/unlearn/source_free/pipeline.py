@@ -37,7 +37,7 @@ from fedunlearn.unlearn.source_free.generator import Generator, GeneratorConfig,
 class RepairConfig:
     generator: GeneratorConfig = GeneratorConfig()
     consolidate: ConsolidateConfig = ConsolidateConfig()
-    skip_agreement: float = 0.8  # keep the reference when it agrees with the original on this share; > 1: never
+    skip_agreement: float = 0.7  # keep the reference when it agrees with the original on this share; > 1: never
     check_samples: int = 512     # synthetic samples for that check
 
     def __post_init__(self):
