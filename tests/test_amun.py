@@ -6,7 +6,6 @@ import functools
 
 import numpy as np
 import pytest
-import ray
 import torch
 from torch import nn
 
@@ -22,11 +21,7 @@ from fedunlearn.unlearn import amun
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)  # never a neighbour's cluster
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("local_ray")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -21,13 +21,7 @@ from fedunlearn.models import ModelConfig, build_model
 from fedunlearn.training import TrainConfig, train
 
 
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    # Workers import this file's task functions by name, so they need tests/ on their path.
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).parent)}})
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("local_ray")  # tests/conftest.py
 
 
 # --- resource choice (pure) -------------------------------------------------------------

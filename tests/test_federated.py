@@ -9,7 +9,6 @@ import math
 import os
 
 import pytest
-import ray
 
 from fedunlearn.cli import main as cli_main
 from fedunlearn.config import build
@@ -38,12 +37,7 @@ def tiny(**sections) -> dict:
     return mapping
 
 
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    # One local Ray for the module: each simulation attaches to it instead of starting its own.
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("local_ray")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import ray
 import torch
 
 from fedunlearn.config import build
@@ -26,11 +25,7 @@ from fedunlearn.unlearn.sisa_shards import (ShardEnsemble, alive_plan, fingerpri
 CFG = sisa.Config(shards=3, slices=3, epochs_per_slice=5)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)  # never a neighbour's cluster
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("local_ray")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,13 @@ import math
 
 import numpy as np
 import pytest
+import ray
 import torch
 
 from fedunlearn.config import build
+from fedunlearn.errors import WithdrawalError
+from fedunlearn.federated import experiment
+from fedunlearn.federated.config import Config as FedConfig
 from fedunlearn.data import ArrayDataset, BackdoorConfig, DataConfig, load_dataset, poison, triggered_test
 from fedunlearn.errors import ConfigError
 from fedunlearn.models import ModelConfig, build_model
@@ -47,8 +51,8 @@ def digits():
     without = np.flatnonzero(~np.isin(data.train.y.numpy(), [3, 8]))
     lost_two = fit(data.train.subset(without))
     assert len(client_idx) == 300
-    return {"data": data, "client": client, "poisoned": poisoned, "trig": trig,
-            "original": original, "reference": reference, "lost_two": lost_two}
+    return {"data": data, "client": client, "poisoned": poisoned, "trig": trig, "original": original,
+            "reference": reference, "clean": fit(data.train), "lost_two": lost_two}
 
 
 def test_generator_samples_are_balanced_and_labelled_as_conditioned(digits):
@@ -74,7 +78,7 @@ def test_batchnorm_statistics_are_matched_when_the_model_has_batchnorm(digits):
 
 
 def test_consolidation_keeps_and_restores_agreement_with_the_teacher(digits):
-    teacher_model, test = digits["original"], digits["data"].test
+    teacher_model, test = digits["clean"], digits["data"].test
     generator, _ = train_generator(teacher_model, (1, 8, 8), 10, GeneratorConfig(steps=150), CPU)
     teacher = model_teacher(teacher_model)
     cfg = ConsolidateConfig(steps=300)
@@ -103,7 +107,7 @@ def test_the_forget_term_removes_a_planted_backdoor(digits):
     fisher = local_fisher(reference, client.subset(flagged), CPU, max_samples=64)
     generator, _ = train_generator(original, (1, 8, 8), 10, GeneratorConfig(steps=100), CPU)
     teacher = model_teacher(original, temperature=2.0)
-    cfg = ConsolidateConfig(steps=150, lr=3e-3, forget_weight=200.0)
+    cfg = ConsolidateConfig(steps=150, lr=3e-3, forget_weight=100.0)
     plain, _ = consolidate(original, teacher, generator, range(10), cfg, CPU)
     forgot, stats = consolidate(original, teacher, generator, range(10), cfg, CPU,
                                 forget_term=fisher_penalty(reference, fisher))
@@ -113,7 +117,7 @@ def test_the_forget_term_removes_a_planted_backdoor(digits):
 
 
 def test_repair_keeps_a_reference_that_lost_nothing_and_repairs_one_that_did(digits):
-    original = digits["original"]
+    original = digits["clean"]
     cfg = RepairConfig(generator=GeneratorConfig(steps=150), consolidate=ConsolidateConfig(steps=300))
     same, _, stats = repair(original, original, 10, (1, 8, 8), cfg, CPU)
     assert stats["reference_agreement"] == 1.0 and not stats["consolidated"]
@@ -137,3 +141,63 @@ def test_bad_input_is_a_clear_error(digits):
         consolidate(digits["original"], model_teacher(digits["original"]), generator, [], ConsolidateConfig(), CPU)
     with pytest.raises(ValueError, match="parameters the model lacks"):
         fisher_penalty(digits["original"], {"no.such.weight": torch.zeros(1)})
+
+
+# --- both federated modes on a real Flower simulation (Ray backend): 3 clients on digits ---
+
+SOURCE_FREE = ["retrain", "subtract", "source_free_absent", "source_free_cooperative"]
+SMALL = {"generator": {"steps": 20}, "consolidate": {"steps": 20},
+         "skip_agreement": 2.0}  # never skip the distillation, so that every stage runs
+
+
+def federation(**sections) -> dict:
+    mapping = {
+        "kind": "federated",
+        "experiment": {"name": "tiny-source-free", "methods": SOURCE_FREE},
+        "data": {"name": "digits", "train_size": 0, "test_size": 0},
+        "model": {"name": "cnn", "hidden": 32},
+        "federation": {"num_clients": 3, "rounds": 2, "local": {"epochs": 2, "batch_size": 32, "lr": 0.05,
+                                                                "schedule": "constant"}},
+        "withdrawal": {"client": 0},
+        "backdoor": {"fraction": 0.2, "target": 0, "size": 2},
+        "eval": {"mia_max_samples": 300},
+        "methods": {"source_free_absent": SMALL, "source_free_cooperative": {**SMALL, "refine_steps": 20}},
+    }
+    for name, values in sections.items():
+        mapping[name] = {**mapping.get(name, {}), **values}
+    return mapping
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def test_both_modes_end_to_end_without_messages_to_the_remaining_clients(local_ray, tmp_path):
+    report = experiment.run(build(FedConfig, federation()), tmp_path, progress=False)
+    rows = {r["method"]: r for r in report["results"]}
+    assert list(rows) == ["original", *SOURCE_FREE]
+    for name in ("source_free_absent", "source_free_cooperative"):
+        row = rows[name]
+        for column in ("test_acc", "backdoor_asr", "forget_acc", "mia_efficacy", "js_to_retrain", "speedup"):
+            assert math.isfinite(row[column]), (name, column)
+        assert row["messages_to_remaining"] == 0 and row["bytes_to_remaining"] == 0 and row["rounds"] == 0
+        assert row["consolidated"] and row["generator_steps"] == 20
+    assert rows["source_free_absent"]["messages_to_departing"] == 0
+    # the cooperative mode asks the departing client once, and only gets statistics back
+    coop = rows["source_free_cooperative"]
+    assert coop["messages_to_departing"] == 1 and coop["client_asked"]
+    assert 0 <= coop["client_flagged"] <= coop["client_samples"] and coop["refine_steps"] == 20
+
+
+def test_absent_mode_works_when_the_departing_client_is_offline(local_ray, tmp_path):
+    offline = federation(withdrawal={"departing_online": False}, federation={"rounds": 1},
+                         experiment={"methods": ["retrain", "source_free_cooperative"]})
+    with pytest.raises(WithdrawalError, match="source_free_cooperative"):
+        experiment.run(build(FedConfig, offline), tmp_path / "coop", progress=False)
+    offline["experiment"]["methods"] = ["retrain", "source_free_absent"]
+    report = experiment.run(build(FedConfig, offline), tmp_path / "absent", progress=False)
+    row = {r["method"]: r for r in report["results"]}["source_free_absent"]
+    assert row["messages_to_departing"] == 0 and row["messages_to_remaining"] == 0
