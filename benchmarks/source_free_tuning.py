@@ -1,13 +1,15 @@
 """Tuning harness for the source-free federated methods, in process (no Ray, no Flower).
 
-Trains the federation of a withdrawal config with the in-process transport (the same client
-code as the Flower app), caches the trained federation and `retrain` under --cache, then
-prints test accuracy / backdoor success / departing-client accuracy for the original, retrain,
-subtract and source-free variants (the repair called directly, not through a Ray task).
-Wall times are only comparable within one run on an otherwise idle machine.
+Takes the trained federation (and `retrain`) from a `fedunlearn run` checkpoints folder
+(--from-run), or trains it here with the in-process transport (the same client code as the
+Flower app) and caches it under --cache. Prints test accuracy / backdoor success /
+departing-client accuracy for the original, retrain, subtract and both source-free modes
+(the server tasks called directly, not through Ray) over a grid of method settings. Wall
+times are only comparable within one run on an otherwise idle machine.
 
-    python benchmarks/source_free_tuning.py simulations/withdrawal_noniid.toml --set model.batchnorm=true \
-        --grid forget_weight=1.0,10.0
+    fedunlearn run simulations/withdrawal_noniid.toml --out /tmp/noniid
+    python benchmarks/source_free_tuning.py simulations/withdrawal_noniid.toml --from-run /tmp/noniid/checkpoints \
+        --grid consolidate.steps=60,100 --grid forget_weight=10.0,30.0
 """
 
 from __future__ import annotations

@@ -5,17 +5,18 @@ uniform or negative cross-entropy; design.md): an IID client's data looks like e
 else's, and the target is a model retrained without it, which still classifies such data
 well. What must go is what only that data taught: backdoors and memorised samples. So:
 
-1. `flag_unknown` (run where the data is): keep the samples whose label a reference model
-   without the data (e.g. the global model minus the client's stored updates) finds very
-   unlikely. Backdoored samples are the typical hit: their label is the target, the
-   reference says the true class. Ordinary samples are not: the reference knows them.
+1. `flag_unknown` (run where the data is): keep the samples whose label a model that should
+   not know the data (the global model minus the client's stored updates, or that model
+   after a source-free repair) finds very unlikely. Backdoored samples are the typical hit:
+   their label is the target, the model says the true class. Ordinary samples are not: a
+   model trained without them still classifies them.
 2. `local_fisher` (same place): the diagonal Fisher information of the reference model's
    predictions on the flagged samples. It is a statistic of the model, the size of the
    model: no sample leaves.
 3. `fisher_penalty` (on the server): 0.5 * sum_i F_i (theta_i - theta_ref_i)^2, the
    quadratic approximation of the mean KL(p_ref || p_student) over the flagged samples. It
-   pulls the student toward the reference's predictions there (not toward uniform), so
-   distilling from a teacher that still carries the backdoor cannot re-teach it.
+   holds the student to the reference's predictions there (not to uniform ones), so that
+   distilling from a teacher that still carries the backdoor does not re-teach it.
 """
 
 from __future__ import annotations

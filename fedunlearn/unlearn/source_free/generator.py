@@ -145,8 +145,8 @@ def train_generator(model: nn.Module, input_shape, num_classes: int, cfg: Genera
     """Train a generator against the frozen `model` (left unchanged, in eval mode).
 
     `classes` restricts the conditioning labels (the retained classes); default all.
-    Returns the generator and stats: final losses and the model's agreement with the
-    conditioning labels over the last step's batch.
+    Returns the generator and stats: the last step's losses and the model's agreement with
+    the conditioning labels on that step's (shifted / flipped) view.
     """
     start = time.perf_counter()
     seed_everything(seed)

@@ -23,12 +23,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 from fedunlearn.config import check_range
 from fedunlearn.training import clone
-from fedunlearn.unlearn.source_free.consolidate import ConsolidateConfig, consolidate, model_teacher
+from fedunlearn.unlearn.source_free.consolidate import ConsolidateConfig, agreement, consolidate, model_teacher
 from fedunlearn.unlearn.source_free.forget import fisher_penalty
 from fedunlearn.unlearn.source_free.generator import Generator, GeneratorConfig, sample, train_generator
 
@@ -45,15 +44,6 @@ class RepairConfig:
         check_range("check_samples", self.check_samples, 1)
 
 
-@torch.no_grad()
-def agreement_on(model: nn.Module, original: nn.Module, x: torch.Tensor, device) -> float:
-    """Share of `x` on which `model` and `original` predict the same class."""
-    model.to(device).eval()
-    original.to(device).eval()
-    x = x.to(device)
-    return float((model(x).argmax(1) == original(x).argmax(1)).float().mean())
-
-
 def repair(original: nn.Module, reference: nn.Module, num_classes: int, input_shape, cfg: RepairConfig, device,
            classes=None, seed: int = 0) -> tuple[nn.Module, Generator, dict]:
     """Returns (student, generator, stats); `original` and `reference` are not modified."""
@@ -64,13 +54,13 @@ def repair(original: nn.Module, reference: nn.Module, num_classes: int, input_sh
     x, y = sample(generator, classes, cfg.check_samples, device, seed=seed + 1)
     original.to(device).eval()
     stats["synthetic_label_agreement"] = float((original(x.to(device)).argmax(1).cpu() == y).float().mean())
-    stats["reference_agreement"] = agreement_on(reference, original, x, device)
+    teacher = model_teacher(original, cfg.consolidate.temperature)
+    stats["reference_agreement"] = agreement(reference, teacher, x, device)
     stats["consolidated"] = stats["reference_agreement"] < cfg.skip_agreement
     if stats["consolidated"]:
-        student, more = consolidate(reference, model_teacher(original, cfg.consolidate.temperature), generator,
-                                    classes, cfg.consolidate, device, seed=seed + 2)
+        student, more = consolidate(reference, teacher, generator, classes, cfg.consolidate, device, seed=seed + 2)
         stats.update(more)
-        stats["student_agreement"] = agreement_on(student, original, x, device)
+        stats["student_agreement"] = agreement(student, teacher, x, device)
     else:
         student = clone(reference).to(device).eval()
     stats["repair_s"] = time.perf_counter() - start
