@@ -7,7 +7,6 @@ import math
 
 import numpy as np
 import pytest
-import ray
 import torch
 
 from fedunlearn.config import build
@@ -144,6 +143,7 @@ def test_bad_input_is_a_clear_error(digits):
 
 
 # --- both federated modes on a real Flower simulation (Ray backend): 3 clients on digits ---
+# (the local_ray fixture is tests/conftest.py's: one private local Ray for this module)
 
 SOURCE_FREE = ["retrain", "subtract", "source_free_absent", "source_free_cooperative"]
 SMALL = {"generator": {"steps": 20}, "consolidate": {"steps": 20},
@@ -166,13 +166,6 @@ def federation(**sections) -> dict:
     for name, values in sections.items():
         mapping[name] = {**mapping.get(name, {}), **values}
     return mapping
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 def test_both_modes_end_to_end_without_messages_to_the_remaining_clients(local_ray, tmp_path):

@@ -32,10 +32,26 @@ class Config(RepairConfig):
 
 
 def unlearn(ctx: FedContext, cfg: Config) -> FedResult:
-    reference = subtract.unlearn(ctx, subtract.Config(rescale=True)).state
+    reference = reference_state(ctx)
     state, _, stats = ctx.run_task(server_repair, ctx.make_model, ctx.global_state, reference, ctx.num_classes,
                                    ctx.input_shape, cfg, ctx.seed)
     return FedResult(state, 0, [], stats)
+
+
+def reference_state(ctx: FedContext) -> State:
+    """The `subtract` model, with valid BatchNorm statistics.
+
+    Subtracting and rescaling extrapolates the averaged running variances too, and under
+    label skew they can turn negative (measured), which makes every output NaN. A layer
+    whose running variance is not positive everywhere takes the global model's statistics.
+    """
+    state = subtract.unlearn(ctx, subtract.Config(rescale=True)).state
+    for key in [k for k in state if k.endswith("running_var")]:
+        if not bool((state[key] > 0).all()):
+            layer = key.removesuffix("running_var")
+            for stat in ("running_mean", "running_var"):
+                state[layer + stat] = ctx.global_state[layer + stat].clone()
+    return state
 
 
 def to_state(model: torch.nn.Module) -> State:

@@ -20,8 +20,7 @@ from dataclasses import dataclass, replace
 from fedunlearn.config import check_range
 from fedunlearn.federated.context import FedContext, FedResult
 from fedunlearn.federated.history import State
-from fedunlearn.federated.methods import subtract
-from fedunlearn.federated.methods.source_free_absent import server_repair, to_state
+from fedunlearn.federated.methods.source_free_absent import reference_state, server_repair, to_state
 from fedunlearn.training import get_device
 from fedunlearn.unlearn.source_free.consolidate import ConsolidateConfig
 from fedunlearn.unlearn.source_free.forget import flag_unknown, local_fisher
@@ -50,7 +49,7 @@ class Config(RepairConfig):
 
 
 def unlearn(ctx: FedContext, cfg: Config) -> FedResult:
-    reference = subtract.unlearn(ctx, subtract.Config(rescale=True)).state
+    reference = reference_state(ctx)
     state, generator, stats = ctx.run_task(server_repair, ctx.make_model, ctx.global_state, reference,
                                            ctx.num_classes, ctx.input_shape, cfg, ctx.seed)
     stats["client_asked"] = bool(stats["consolidated"])
