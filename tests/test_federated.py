@@ -15,26 +15,13 @@ from fedunlearn.config import build
 from fedunlearn.errors import WithdrawalError
 from fedunlearn.federated import experiment
 from fedunlearn.federated.config import Config
+from tiny_federation import tiny_federation
 
 METHODS = ["retrain", "continue", "federaser", "pga", "subtract"]
 
 
 def tiny(**sections) -> dict:
-    mapping = {
-        "kind": "federated",
-        "experiment": {"name": "tiny", "methods": METHODS},
-        "data": {"name": "digits", "train_size": 0, "test_size": 0},
-        "model": {"name": "cnn", "hidden": 32},
-        "federation": {"num_clients": 3, "rounds": 2, "local": {"epochs": 2, "batch_size": 32, "lr": 0.05,
-                                                                "schedule": "constant"}},
-        "withdrawal": {"client": 0},
-        "backdoor": {"fraction": 0.2, "target": 0, "size": 2},
-        "eval": {"mia_max_samples": 300},
-        "methods": {"continue": {"rounds": 1}, "pga": {"post_rounds": 1}},
-    }
-    for name, values in sections.items():
-        mapping[name] = {**mapping.get(name, {}), **values}
-    return mapping
+    return tiny_federation("tiny", METHODS, {"continue": {"rounds": 1}, "pga": {"post_rounds": 1}}, **sections)
 
 
 pytestmark = pytest.mark.usefixtures("local_ray")  # tests/conftest.py

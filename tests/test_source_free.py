@@ -21,6 +21,7 @@ from fedunlearn.unlearn.source_free import (ConsolidateConfig, GeneratorConfig, 
                                             sample, train_generator)
 from fedunlearn.unlearn.source_free.forget import fisher_penalty, flag_unknown, local_fisher
 from fedunlearn.unlearn.source_free.pipeline import RepairConfig, repair
+from tiny_federation import tiny_federation
 
 CPU = torch.device("cpu")
 BACKDOOR = BackdoorConfig(fraction=0.5, target=0, size=2)
@@ -151,21 +152,8 @@ SMALL = {"generator": {"steps": 20}, "consolidate": {"steps": 20},
 
 
 def federation(**sections) -> dict:
-    mapping = {
-        "kind": "federated",
-        "experiment": {"name": "tiny-source-free", "methods": SOURCE_FREE},
-        "data": {"name": "digits", "train_size": 0, "test_size": 0},
-        "model": {"name": "cnn", "hidden": 32},
-        "federation": {"num_clients": 3, "rounds": 2, "local": {"epochs": 2, "batch_size": 32, "lr": 0.05,
-                                                                "schedule": "constant"}},
-        "withdrawal": {"client": 0},
-        "backdoor": {"fraction": 0.2, "target": 0, "size": 2},
-        "eval": {"mia_max_samples": 300},
-        "methods": {"source_free_absent": SMALL, "source_free_cooperative": {**SMALL, "refine_steps": 20}},
-    }
-    for name, values in sections.items():
-        mapping[name] = {**mapping.get(name, {}), **values}
-    return mapping
+    return tiny_federation("tiny-source-free", SOURCE_FREE, {
+        "source_free_absent": SMALL, "source_free_cooperative": {**SMALL, "refine_steps": 20}}, **sections)
 
 
 def test_both_modes_end_to_end_without_messages_to_the_remaining_clients(local_ray, tmp_path):
