@@ -29,6 +29,9 @@ class Registry:
             raise unknown_choice(self.kind, name, self._entries)
         return name
 
+    def module_name(self, name: str) -> str:
+        return self._entries[self.check(name)]
+
     def get(self, name: str) -> ModuleType:
         return importlib.import_module(self._entries[self.check(name)])
 

@@ -81,21 +81,26 @@ def fan_out(fn: Callable, calls: Sequence[tuple], cluster: ClusterConfig = Clust
     return results
 
 
-def _warm(seconds: float) -> int:
+def _warm(seconds: float, modules: Sequence[str]) -> int:
+    import importlib
     import os
     import time
 
-    import fedunlearn.training  # noqa: F401  (imports torch: the slow part of a worker's start)
-
+    for name in modules:
+        importlib.import_module(name)
     time.sleep(seconds)  # stay busy so that every warm-up task gets its own process
     return os.getpid()
 
 
-def warm_up(cluster: ClusterConfig = ClusterConfig(), per_slot: int = 2) -> int:
+def warm_up(cluster: ClusterConfig = ClusterConfig(), per_slot: int = 2,
+            modules: Sequence[str] = ("fedunlearn.training",)) -> int:
     """Start worker processes before anything is timed: `per_slot` per task slot (a grid task
-    plus the tasks it fans out). Returns how many distinct processes answered."""
+    plus the tasks it fans out), each importing `modules`. Pass the modules whose functions the
+    timed tasks will unpickle: a first import in a fresh worker (torch, scikit-learn) costs
+    seconds that would otherwise land inside the first timed run. Returns how many distinct
+    processes answered."""
     import ray
 
     count = per_slot * current_resources(cluster).slots
     warm = ray.remote(_warm).options(num_cpus=0)  # no resources, so they all start at once
-    return len(set(ray.get([warm.remote(1.0) for _ in range(count)])))
+    return len(set(ray.get([warm.remote(1.0, tuple(modules)) for _ in range(count)])))

@@ -193,7 +193,8 @@ def run(cfg: Config, out_dir: str | Path, progress: bool = True) -> dict:
 
         res = current_resources(cfg.cluster)
         log.info("Ray cluster: %s; %s", ray.cluster_resources(), res.describe())
-        warm_up(cfg.cluster)
+        # The grid tasks unpickle functions of this module and of the methods they run.
+        warm_up(cfg.cluster, modules=(__name__, *map(METHODS.module_name, cfg.experiment.methods)))
         train_refs = {s.seed: ray.put(s.data.train) for s in seeded}  # each seed's training set, once
         _originals(cfg, seeded, train_refs, ckpt, res, progress)
         prepared = _prepare(cfg, seeded, ckpt, device)
