@@ -5,7 +5,7 @@ model, the round-0 weights and the stored history; it talks to clients only thro
 (one FedAvg round on chosen clients) and `query` (one named computation on one client's
 own data, see fedunlearn/federated/queries.py), and it counts every message and byte sent to
 the remaining clients and to the departing client. Heavy server-side work (a generator, a
-distillation) goes through `run_task`, a Ray task with a GPU fraction when the cluster has one.
+distillation) goes through `run_task`, on the server's Ray worker (a GPU fraction when the cluster has one).
 The oracle that evaluates models for the report is not part of the context.
 """
 
@@ -90,6 +90,7 @@ class FedContext:
     sample_counts: dict[int, int] = field(default_factory=dict)  # client id -> samples it reported
     seed: int = 0
     traffic: Traffic = field(default_factory=Traffic)
+    server: Any = None                   # a ServerWorker (resources.py) shared by the methods of a run
     _round: int = 0
 
     def model(self, state: State | None = None) -> nn.Module:
@@ -129,10 +130,12 @@ class FedContext:
         return self.transport.query(client_id, name, state, dict(config or {}))
 
     def run_task(self, fn: Callable, *args, **kwargs):
-        """Run fn(*args, **kwargs) as a server-side Ray task (GPU fraction if the cluster has one)."""
-        from fedunlearn.federated.resources import run_server_task
+        """Run fn(*args, **kwargs) in the server's Ray worker (GPU fraction if the cluster has one)."""
+        from fedunlearn.federated.resources import ServerWorker
 
-        return run_server_task(fn, *args, gpu_fraction=getattr(self.fed_cfg, "server_gpus", 0.1), **kwargs)
+        if self.server is None:  # a context built by hand (tests): a worker of its own
+            self.server = ServerWorker(getattr(self.fed_cfg, "server_gpus", 0.1))
+        return self.server.run(fn, *args, **kwargs)
 
     def _check_reachable(self, client_id: int) -> None:
         if client_id == self.departing and not self.departing_online:

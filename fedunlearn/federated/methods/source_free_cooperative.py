@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from fedunlearn.config import check_range
 from fedunlearn.federated.context import FedContext, FedResult
 from fedunlearn.federated.history import State
+from fedunlearn.federated.methods import source_free_absent
 from fedunlearn.federated.methods.source_free_absent import reference_state, server_repair, to_state
 from fedunlearn.training import get_device
 from fedunlearn.unlearn.source_free.consolidate import ConsolidateConfig
@@ -27,6 +28,7 @@ from fedunlearn.unlearn.source_free.forget import flag_unknown, local_fisher
 from fedunlearn.unlearn.source_free.pipeline import RepairConfig, refine
 
 COOPERATIVE = True
+warm_up = source_free_absent.warm_up  # the same server work, warmed once before timing (driver.py)
 
 
 @dataclass(frozen=True)
