@@ -114,3 +114,18 @@ def agreement(model: nn.Module, teacher: Teacher, x: torch.Tensor, device, batch
         xb = x[i:i + batch_size].to(device)
         same += int((model(xb).argmax(1) == teacher(xb).argmax(1)).sum())
     return same / max(1, len(x))
+
+
+
+@torch.no_grad()
+def predicted(model: nn.Module, x: torch.Tensor, device, batch_size: int = 512) -> torch.Tensor:
+    """The model's class for each input, on the CPU."""
+    model.to(device).eval()
+    return torch.cat([model(x[i:i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(x), batch_size)])
+
+
+def worst_class_agreement(ours: torch.Tensor, theirs: torch.Tensor, num_classes: int) -> float:
+    """min over classes c of: the share of inputs `theirs` puts in c that `ours` puts in c too
+    (classes `theirs` never predicts are left out)."""
+    shares = [float((ours[theirs == c] == c).float().mean()) for c in range(num_classes) if (theirs == c).any()]
+    return min(shares, default=1.0)

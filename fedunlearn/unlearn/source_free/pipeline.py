@@ -7,12 +7,16 @@ accuracy 0.81 -> 0.42 on Fashion-MNIST, Dirichlet 0.3). The repair gives that ba
 any training data:
 
 1. `repair`: a label-conditioned generator is trained against the frozen original model
-   (which holds everyone's knowledge) to synthesize stand-in data. If the reference already
-   agrees with the original on most synthetic samples (`skip_agreement`), subtraction lost
-   nothing the synthetic data can show, and the reference is kept as it is: measured, any
-   distillation from the original then costs accuracy and re-teaches some backdoor. Otherwise
-   a student initialised at the reference is distilled from the original on synthetic samples
-   for a short, fixed budget (long distillation slowly re-teaches the backdoor).
+   (which holds everyone's knowledge) to synthesize stand-in data. If, in every class, the
+   reference agrees with the original on most of the synthetic samples the original puts in
+   that class (`skip_agreement`), subtraction lost nothing the synthetic data can show, and
+   the reference is kept as it is: measured, any distillation from the original then costs
+   accuracy and re-teaches some backdoor. The check is per class because label skew loses
+   whole classes: on Fashion-MNIST, Dirichlet(0.3), 30k samples, subtraction lost 4 points of
+   test accuracy (class 2: 0.83 -> 0.49) while overall agreement stayed at 0.83; the worst
+   class's agreement was 0.36, against 0.59-0.78 for IID federations that lost nothing.
+   Otherwise a student initialised at the reference is distilled from the original on
+   synthetic samples for a short, fixed budget (long distillation slowly re-teaches the backdoor).
 2. `refine` (when the departing client cooperates): more distillation steps, with a forget
    term from the client's statistics (`forget.fisher_penalty`) holding the student where the
    client's own data says it must stay, so the extra steps restore accuracy without the backdoor.
@@ -27,7 +31,8 @@ from torch import nn
 
 from fedunlearn.config import check_range
 from fedunlearn.training import clone
-from fedunlearn.unlearn.source_free.consolidate import ConsolidateConfig, agreement, consolidate, model_teacher
+from fedunlearn.unlearn.source_free.consolidate import (ConsolidateConfig, consolidate, model_teacher, predicted,
+                                                       worst_class_agreement)
 from fedunlearn.unlearn.source_free.forget import fisher_penalty
 from fedunlearn.unlearn.source_free.generator import Generator, GeneratorConfig, sample, train_generator
 
@@ -36,8 +41,9 @@ from fedunlearn.unlearn.source_free.generator import Generator, GeneratorConfig,
 class RepairConfig:
     generator: GeneratorConfig = GeneratorConfig()
     consolidate: ConsolidateConfig = ConsolidateConfig()
-    skip_agreement: float = 0.7  # keep the reference when it agrees with the original on this share; > 1: never
-    check_samples: int = 512     # synthetic samples for that check
+    skip_agreement: float = 0.5  # keep the reference when, in every class, it agrees with the original on
+                                 # at least this share of the synthetic samples; > 1: always distil
+    check_samples: int = 1000    # synthetic samples for that check (about 100 per class)
 
     def __post_init__(self):
         check_range("skip_agreement", self.skip_agreement, 0.0)
@@ -52,15 +58,16 @@ def repair(original: nn.Module, reference: nn.Module, num_classes: int, input_sh
     generator, stats = train_generator(original, input_shape, num_classes, cfg.generator, device,
                                        classes=classes, seed=seed)
     x, y = sample(generator, classes, cfg.check_samples, device, seed=seed + 1)
-    original.to(device).eval()
-    stats["synthetic_label_agreement"] = float((original(x.to(device)).argmax(1).cpu() == y).float().mean())
-    teacher = model_teacher(original, cfg.consolidate.temperature)
-    stats["reference_agreement"] = agreement(reference, teacher, x, device)
-    stats["consolidated"] = stats["reference_agreement"] < cfg.skip_agreement
+    said, ref_said = predicted(original, x, device), predicted(reference, x, device)
+    stats["synthetic_label_agreement"] = float((said == y).float().mean())
+    stats["reference_agreement"] = float((ref_said == said).float().mean())
+    stats["reference_worst_class_agreement"] = worst_class_agreement(ref_said, said, num_classes)
+    stats["consolidated"] = stats["reference_worst_class_agreement"] < cfg.skip_agreement
     if stats["consolidated"]:
+        teacher = model_teacher(original, cfg.consolidate.temperature)
         student, more = consolidate(reference, teacher, generator, classes, cfg.consolidate, device, seed=seed + 2)
         stats.update(more)
-        stats["student_agreement"] = agreement(student, teacher, x, device)
+        stats["student_agreement"] = float((predicted(student, x, device) == said).float().mean())
     else:
         student = clone(reference).to(device).eval()
     stats["repair_s"] = time.perf_counter() - start
