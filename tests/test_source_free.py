@@ -182,3 +182,15 @@ def test_absent_mode_works_when_the_departing_client_is_offline(local_ray, tmp_p
     report = experiment.run(build(FedConfig, offline), tmp_path / "absent", progress=False)
     row = {r["method"]: r for r in report["results"]}["source_free_absent"]
     assert row["messages_to_departing"] == 0 and row["messages_to_remaining"] == 0
+
+
+def test_worst_class_agreement_sees_one_lost_class():
+    from fedunlearn.unlearn.source_free.consolidate import worst_class_agreement
+
+    theirs = torch.arange(10).repeat(20)          # 20 samples per class
+    ours = theirs.clone()
+    ours[theirs == 3] = 5                          # class 3 lost entirely: 90% overall agreement
+    assert float((ours == theirs).float().mean()) == pytest.approx(0.9)
+    assert worst_class_agreement(ours, theirs, 10) == 0.0
+    assert worst_class_agreement(theirs, theirs, 10) == 1.0
+    assert worst_class_agreement(theirs[theirs < 5], theirs[theirs < 5], 10) == 1.0  # unseen classes left out
