@@ -51,3 +51,11 @@ def test_svc_mia_separates_members_from_nonmembers():
     # Forget set that looks like test data: called non-members, AUC near 0.5.
     unseen = svc_mia(members, nonmembers, rng.uniform(0.2, 0.7, (100, 1)))
     assert unseen.efficacy > 0.95 and abs(unseen.auc - 0.5) < 0.1
+
+
+def test_mia_of_a_diverged_model_is_nan_not_a_crash():
+    ok = np.random.default_rng(0).random((50, 1))
+    broken = ok.copy()
+    broken[3] = np.nan
+    result = svc_mia(ok, ok, broken)
+    assert np.isnan(result.efficacy) and np.isnan(result.auc)

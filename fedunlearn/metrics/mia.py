@@ -8,6 +8,7 @@ against held-out test samples the attack never saw: 0.5 means the forget set loo
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Literal
 
@@ -17,6 +18,8 @@ from sklearn.metrics import roc_auc_score
 from sklearn.svm import SVC
 
 Feature = Literal["confidence", "entropy", "loss"]
+
+log = logging.getLogger("fedunlearn")
 
 
 @dataclass(frozen=True)
@@ -40,7 +43,13 @@ def sample_feature(probs: torch.Tensor, labels: torch.Tensor, kind: Feature = "c
 
 def svc_mia(retain: np.ndarray, test: np.ndarray, forget: np.ndarray, seed: int = 0,
             max_per_class: int = 2000) -> MiaResult:
-    """Features are (n, d) arrays. Half the test set trains the attack, the other half scores the AUC."""
+    """Features are (n, d) arrays. Half the test set trains the attack, the other half scores the AUC.
+
+    A model whose outputs are not finite (it diverged) gets nan for both, with a warning: one
+    broken method must not cost the report of every other."""
+    if not all(np.isfinite(a).all() for a in (retain, test, forget)):
+        log.warning("the model's outputs are not finite (NaN or inf); its MIA is reported as nan")
+        return MiaResult(float("nan"), float("nan"))
     rng = np.random.default_rng(seed)
     test = test[rng.permutation(len(test))]
     half = len(test) // 2

@@ -50,19 +50,8 @@ def warm_up(server, make_model, global_state: State, num_classes: int, input_sha
 
 
 def reference_state(ctx: FedContext) -> State:
-    """The `subtract` model, with valid BatchNorm statistics.
-
-    Subtracting and rescaling extrapolates the averaged running variances too, and under
-    label skew they can turn negative (measured), which makes every output NaN. A layer
-    whose running variance is not positive everywhere takes the global model's statistics.
-    """
-    state = subtract.unlearn(ctx, subtract.Config(rescale=True)).state
-    for key in [k for k in state if k.endswith("running_var")]:
-        if not bool((state[key] > 0).all()):
-            layer = key.removesuffix("running_var")
-            for stat in ("running_mean", "running_var"):
-                state[layer + stat] = ctx.global_state[layer + stat].clone()
-    return state
+    """The `subtract` model (with valid BatchNorm statistics, see subtract.py)."""
+    return subtract.unlearn(ctx, subtract.Config(rescale=True)).state
 
 
 def to_state(model: torch.nn.Module) -> State:

@@ -6,6 +6,11 @@ contributions with weights n_i / n_r instead of n_i / (n_r - n_k), so with `resc
 remaining trajectory w - w_0 is scaled by n / (n - n_k), as retraining without k would weight
 it. Exact when every round is stored and the model is linear in its updates; an estimate
 otherwise (the other clients trained from models that k had influenced).
+
+BatchNorm running statistics are averaged like weights, so they get subtracted and rescaled
+too, and under label skew a running variance can turn negative (measured), which makes every
+output NaN. A layer whose running variance is not positive everywhere keeps the global
+model's statistics.
 """
 
 from __future__ import annotations
@@ -40,4 +45,18 @@ def unlearn(ctx: FedContext, cfg: Config) -> FedResult:
         state = fedavg.add(ctx.initial_state, trajectory, 1.0 / (1.0 - share))
         # integer buffers (BatchNorm counters) come from the global model, not round 0
         state.update({k: v.clone() for k, v in ctx.global_state.items() if not fedavg.is_float(v)})
-    return FedResult(state, 0, [], {"stored_rounds_used": len(stored), "client_share": share})
+    kept = keep_valid_batchnorm(state, ctx.global_state)
+    return FedResult(state, 0, [], {"stored_rounds_used": len(stored), "client_share": share,
+                                    "batchnorm_layers_kept": kept})
+
+
+def keep_valid_batchnorm(state: fedavg.State, fallback: fedavg.State) -> int:
+    """In place: layers whose running variance is not all positive take `fallback`'s statistics."""
+    kept = 0
+    for key in [k for k in state if k.endswith("running_var")]:
+        if not bool((state[key] > 0).all()):
+            layer = key.removesuffix("running_var")
+            for stat in ("running_mean", "running_var"):
+                state[layer + stat] = fallback[layer + stat].clone()
+            kept += 1
+    return kept
