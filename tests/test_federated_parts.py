@@ -75,6 +75,26 @@ def test_subtract_is_exact_for_a_linear_model():
     assert torch.allclose(plain.state["w"], torch.tensor([0.0, 1.0]))
 
 
+def test_subtract_keeps_valid_batchnorm_statistics():
+    """Label skew: the departing client raised a running variance that the others lowered, so
+    subtracting and rescaling its share drives the variance negative; the layer must then keep
+    the global model's statistics, or every output is NaN."""
+    w0 = {"w": torch.zeros(2), "bn.running_mean": torch.zeros(2), "bn.running_var": torch.ones(2)}
+    ups = {0: ({"w": torch.ones(2), "bn.running_mean": torch.ones(2), "bn.running_var": torch.full((2,), 3.0)}, 2),
+           1: ({"w": torch.ones(2), "bn.running_mean": torch.zeros(2), "bn.running_var": torch.full((2,), -1.5)}, 1),
+           2: ({"w": torch.ones(2), "bn.running_mean": torch.zeros(2), "bn.running_var": torch.full((2,), -1.5)}, 1)}
+    history = History(store_every=1)
+    history.rounds.append(StoredRound(1, w0, dict(ups)))
+    state = fedavg.apply_updates(w0, list(ups.values()))
+    ctx = FedContext(global_state=state, initial_state=w0, history=history, departing=0, remaining=[1, 2],
+                     num_clients=3, num_classes=2, input_shape=(2,), make_model=None, fed_cfg=None,
+                     device=torch.device("cpu"), transport=None, train_rounds=1)
+    result = subtract.unlearn(ctx, subtract.Config(rescale=True))
+    assert result.stats["batchnorm_layers_kept"] == 1
+    assert torch.equal(result.state["bn.running_var"], state["bn.running_var"])
+    assert torch.allclose(result.state["w"], torch.ones(2))  # the weights are still subtracted
+
+
 def test_federaser_keeps_the_stored_direction_and_the_calibrated_size():
     stored = {"a": torch.tensor([3.0, 4.0]), "b": torch.tensor([1.0, 0.0])}
     calib = {"a": torch.tensor([0.0, 10.0]), "b": torch.tensor([0.0, 0.5])}
