@@ -61,11 +61,19 @@ def _rows(report_path):
     return {(r["method"], r.get("forget", "")): r for r in json.loads(Path(report_path).read_text())["results"]}
 
 
-def _task_nodes(c):
+def _task_nodes(c, want: int = 2, wait_s: float = 20.0):
+    """Node ids of the finished fan-out tasks. Workers report task events to the GCS in batches
+    (about every second), so a node's events can arrive after the job ends: poll a little."""
     from ray.util.state import list_tasks
 
-    tasks = list_tasks(address=c.address, filters=[("state", "=", "FINISHED")], limit=10000, raise_on_missing_output=False)
-    return {t.node_id for t in tasks if "_call" in t.name}
+    deadline = time.monotonic() + wait_s
+    while True:
+        tasks = list_tasks(address=c.address, filters=[("state", "=", "FINISHED")], limit=10000,
+                           raise_on_missing_output=False)
+        nodes = {t.node_id for t in tasks if "_call" in t.name}
+        if len(nodes) >= want or time.monotonic() > deadline:
+            return nodes
+        time.sleep(0.5)
 
 
 def test_job_runs_across_both_nodes_and_report_is_fetched(cluster, tmp_path_factory):
