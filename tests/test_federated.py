@@ -106,8 +106,8 @@ def test_bad_withdrawals_are_clear_errors(tmp_path, capsys):
     assert "cannot withdraw client 7" in capsys.readouterr().err
 
 
-def test_server_task_runs_on_ray():
-    from fedunlearn.federated.resources import run_server_task
+def test_server_worker_is_one_ray_process_reused_across_calls():
+    from fedunlearn.federated.resources import ServerWorker
 
     def threads_and_pid():  # nested: pickled by value, so Ray workers need not import this file
         import os
@@ -116,5 +116,7 @@ def test_server_task_runs_on_ray():
 
         return torch.get_num_threads(), os.getpid()
 
-    threads, pid = run_server_task(threads_and_pid)
-    assert pid != os.getpid() and 1 <= threads <= os.cpu_count()
+    with ServerWorker() as worker:
+        threads, pid = worker.run(threads_and_pid)
+        assert pid != os.getpid() and threads == os.cpu_count()  # the node's cores, free while the server works
+        assert worker.run(threads_and_pid)[1] == pid  # the same warm process, not a new one per call

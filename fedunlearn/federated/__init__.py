@@ -11,5 +11,5 @@ Layout, read in this order:
   server.py      Flower grid transport;  local.py  in-process transport (tests, debugging)
   driver.py      the server's script;  report.py  the oracle's evaluation and the report
   app.py         Flower ServerApp / ClientApp;  experiment.py  `fedunlearn run` on run_simulation
-  resources.py   Ray resources chosen at run time, the server's Ray task
+  resources.py   Ray resources chosen at run time, the server's Ray worker (ServerWorker)
 """

@@ -43,7 +43,7 @@ class FederationConfig:
     local: TrainConfig = LOCAL_RECIPE  # each client's local training per round
     client_cpus: float = 1.0       # Ray resources per simulated client
     client_gpus: float = -1.0      # -1 = auto: a GPU fraction when CUDA is present, else 0
-    server_gpus: float = 0.1       # GPU fraction of the server's Ray task (ctx.run_task), when GPUs exist
+    server_gpus: float = 0.1       # GPU fraction of the server's Ray worker (ctx.run_task), when GPUs exist
     fail_client: int = -1          # fault injection: this client raises during training round fail_round
     fail_round: int = 0
 

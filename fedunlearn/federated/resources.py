@@ -1,4 +1,4 @@
-"""Ray at the edge: client resources chosen at run time, and the server's own Ray task.
+"""Ray at the edge: client resources chosen at run time, and the server's own Ray worker.
 
 Never start a second Ray: attach when one runs (`ray.is_initialized()` or RAY_ADDRESS), start a
 local one only when there is none. Asking Ray for a GPU on a machine without one leaves a
@@ -14,7 +14,7 @@ import os
 log = logging.getLogger("fedunlearn")
 
 # Simulated clients share a GPU in fractions that leave a slice for the server's task:
-# floor(1 / 0.18) = 5 clients per GPU use 0.9 of it, the server task asks for 0.1.
+# floor(1 / 0.18) = 5 clients per GPU use 0.9 of it, the server's worker asks for 0.1.
 AUTO_CLIENT_GPUS = 0.18
 
 
@@ -111,8 +111,3 @@ class _ServerProcess:
     def run(self, fn, args, kwargs):
         return fn(*args, **kwargs)
 
-
-def run_server_task(fn, *args, gpu_fraction: float = 0.1, **kwargs):
-    """fn(*args, **kwargs) on a server worker started for this one call (see ServerWorker)."""
-    with ServerWorker(gpu_fraction) as worker:
-        return worker.run(fn, *args, **kwargs)

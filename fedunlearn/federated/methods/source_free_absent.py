@@ -4,10 +4,10 @@ The server uses only what it holds: the global model, the round-0 weights and th
 client's stored updates. It subtracts those updates (the `subtract` method: the reference),
 then repairs the reference without any data (fedunlearn.unlearn.source_free.pipeline): a
 generator trained against the frozen global model synthesizes stand-in samples; if the
-reference disagrees with the global model on many of them (subtraction lost knowledge, as
-under label skew), a student starting at the reference is distilled from the global model
-on them. The remaining clients get no message and the departing client is not asked
-anything. Generator and distillation run as one server-side Ray task (a GPU fraction when
+reference disagrees with the global model on most of the samples of some class (subtraction
+lost that class, as under label skew), a student starting at the reference is distilled from
+the global model on them. The remaining clients get no message and the departing client is not asked
+anything. Generator and distillation run on the server's Ray worker (a GPU fraction when
 the cluster has one).
 """
 
@@ -61,7 +61,7 @@ def to_state(model: torch.nn.Module) -> State:
 def server_repair(make_model, global_state: State, reference_state: State, num_classes: int, input_shape,
                   cfg: RepairConfig, seed: int):
     """The server task: models from states, `repair`; returns (state, generator on the CPU, stats)."""
-    device = get_device("auto")  # inside the Ray task: the GPU Ray assigned, if any
+    device = get_device("auto")  # on the server's Ray worker: the GPU Ray assigned, if any
     original, reference = make_model(), make_model()
     original.load_state_dict(global_state)
     reference.load_state_dict(reference_state)
