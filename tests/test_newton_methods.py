@@ -144,6 +144,10 @@ def test_newton_methods_reject_bad_input(convex):
         build(certified_removal.Config, {"newton_steps": 0})
     with pytest.raises(ConfigError, match="unknown config key 'sigm'"):
         build(newton_source_free.Config, {"sigm": 1.0})
+    with pytest.raises(ConfigError, match="hessian"):
+        build(newton_source_free.Config, {"hessian": "exact"})
+    with pytest.raises(ConfigError, match="min_class_samples"):
+        build(newton_source_free.Config, {"min_class_samples": 0})
     with pytest.raises(ConfigError, match="epsilon"):
         build(sekhari.Config, {"epsilon": 0.0})
     task = make(ForgetConfig(kind="random", fraction=0.05))

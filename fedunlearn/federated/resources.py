@@ -7,7 +7,6 @@ task pending forever, so GPU fractions are requested only where the cluster repo
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 
@@ -97,8 +96,6 @@ class ServerWorker:
 class _ServerProcess:
     def __init__(self):
         import torch
-
-        importlib.import_module("fedunlearn.unlearn.source_free")  # the server's work, imported before timing
 
         torch.set_num_threads(os.cpu_count() or 1)
 

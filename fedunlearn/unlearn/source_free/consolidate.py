@@ -116,7 +116,6 @@ def agreement(model: nn.Module, teacher: Teacher, x: torch.Tensor, device, batch
     return same / max(1, len(x))
 
 
-
 @torch.no_grad()
 def predicted(model: nn.Module, x: torch.Tensor, device, batch_size: int = 512) -> torch.Tensor:
     """The model's class for each input, on the CPU."""
