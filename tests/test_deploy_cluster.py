@@ -76,6 +76,21 @@ def _task_nodes(c, want: int = 2, wait_s: float = 20.0):
         time.sleep(0.5)
 
 
+def test_warm_up_starts_workers_on_every_node(cluster):
+    import ray
+
+    from fedunlearn.cluster import ClusterConfig, warm_up
+
+    c, worker = cluster
+    ray.init(address=c.address)
+    try:
+        per_node = warm_up(ClusterConfig(), per_slot=2)
+    finally:
+        ray.shutdown()
+    # One CPU per node, so one task slot each: two warm processes on the head and on the worker.
+    assert per_node == {c.head_node.node_id: 2, worker.node_id: 2}
+
+
 def test_job_runs_across_both_nodes_and_report_is_fetched(cluster, tmp_path_factory):
     c, _ = cluster
     storage, local = tmp_path_factory.mktemp("storage"), tmp_path_factory.mktemp("fetched")

@@ -81,26 +81,45 @@ def fan_out(fn: Callable, calls: Sequence[tuple], cluster: ClusterConfig = Clust
     return results
 
 
-def _warm(seconds: float, modules: Sequence[str]) -> int:
+def _warm(seconds: float, modules: Sequence[str]) -> tuple[str, int]:
     import importlib
     import os
     import time
 
+    import ray
+
     for name in modules:
         importlib.import_module(name)
     time.sleep(seconds)  # stay busy so that every warm-up task gets its own process
-    return os.getpid()
+    return ray.get_runtime_context().get_node_id(), os.getpid()
 
 
 def warm_up(cluster: ClusterConfig = ClusterConfig(), per_slot: int = 2,
-            modules: Sequence[str] = ("fedunlearn.training",)) -> int:
-    """Start worker processes before anything is timed: `per_slot` per task slot (a grid task
-    plus the tasks it fans out), each importing `modules`. Pass the modules whose functions the
-    timed tasks will unpickle: a first import in a fresh worker (torch, scikit-learn) costs
-    seconds that would otherwise land inside the first timed run. Returns how many distinct
-    processes answered."""
-    import ray
+            modules: Sequence[str] = ("fedunlearn.training",)) -> dict[str, int]:
+    """Start worker processes on every node before anything is timed: `per_slot` per task slot
+    of the node (a grid task plus the tasks it fans out), each importing `modules`. Pass the
+    modules whose functions the timed tasks will unpickle: a first import in a fresh worker
+    (torch, scikit-learn) costs seconds that would otherwise land inside the first timed run.
 
-    count = per_slot * current_resources(cluster).slots
-    warm = ray.remote(_warm).options(num_cpus=0)  # no resources, so they all start at once
-    return len(set(ray.get([warm.remote(1.0, tuple(modules)) for _ in range(count)])))
+    Each node is warmed explicitly (node affinity): zero-resource tasks left to Ray's default
+    policy all start on the driver's node, and a node with no warm worker then takes seconds
+    to grant its first lease, by which time the driver's node has taken the queued tasks too,
+    so a short fan-out never reaches the other nodes. Returns the number of warm processes
+    per node id."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    res = current_resources(cluster)
+    refs = []
+    for node in ray.nodes():
+        if not node.get("Alive"):
+            continue
+        cpus = float(node.get("Resources", {}).get("CPU", 0))
+        slots = max(1, int(cpus // res.num_cpus)) if res.num_cpus > 0 else res.slots
+        where = NodeAffinitySchedulingStrategy(node["NodeID"], soft=True)  # a node that just left is skipped
+        warm = ray.remote(_warm).options(num_cpus=0, scheduling_strategy=where)  # no resources: all at once
+        refs += [warm.remote(1.0, tuple(modules)) for _ in range(per_slot * min(slots, res.slots))]
+    per_node: dict[str, int] = {}
+    for node_id, _ in set(ray.get(refs)):
+        per_node[node_id] = per_node.get(node_id, 0) + 1
+    return per_node
