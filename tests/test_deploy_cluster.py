@@ -87,8 +87,9 @@ def test_warm_up_starts_workers_on_every_node(cluster):
         per_node = warm_up(ClusterConfig(), per_slot=2)
     finally:
         ray.shutdown()
-    # One CPU per node, so one task slot each: two warm processes on the head and on the worker.
-    assert per_node == {c.head_node.node_id: 2, worker.node_id: 2}
+    # Every node, not only the driver's, has warm workers (how many of the two per slot got their
+    # own process depends on how fast the raylet starts them, so only presence is asserted).
+    assert set(per_node) == {c.head_node.node_id, worker.node_id}
 
 
 def test_job_runs_across_both_nodes_and_report_is_fetched(cluster, tmp_path_factory):
