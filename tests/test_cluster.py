@@ -12,7 +12,7 @@ import ray
 import torch
 
 from fedunlearn.cli import load_experiment
-from fedunlearn.cluster import ClusterConfig, choose_resources, fan_out, ray_session, worker_device
+from fedunlearn.cluster import ClusterConfig, choose_resources, fan_out, ray_session, tasks_that_fit, worker_device
 from fedunlearn.config import apply_overrides, build
 from fedunlearn.data import DataConfig, load_dataset
 from fedunlearn.errors import ConfigError
@@ -42,6 +42,14 @@ def test_overrides_and_worker_cap():
     assert choose_resources(ClusterConfig(gpus_per_task=0), {"CPU": 8.0, "GPU": 1.0}).num_gpus == 0
     assert choose_resources(ClusterConfig(cpus_per_task=2), {"CPU": 8.0}).slots == 4
     assert choose_resources(ClusterConfig(workers=3), {"CPU": 8.0}).slots == 3
+
+
+def test_tasks_that_fit_a_node():
+    assert tasks_that_fit({"CPU": 4.0, "GPU": 1.0}, 1.0, 0.25) == 4
+    assert tasks_that_fit({"CPU": 2.0, "GPU": 1.0}, 1.0, 0.25) == 2     # CPUs run out first
+    assert tasks_that_fit({"CPU": 0.0, "GPU": 1.0}, 1.0, 0.25) == 0     # a head node with --num-cpus=0
+    assert tasks_that_fit({"CPU": 8.0}, 1.0, 0.5) == 0                  # no GPU for a GPU task
+    assert tasks_that_fit({"GPU": 1.0}, 0.0, 1 / 3) == 3                # fractions that do not sum exactly
 
 
 def test_gpu_request_without_gpu_is_an_error():

@@ -2,7 +2,7 @@
 
 from fedunlearn.cluster.fanout import fan_out, task_cpu_seconds, warm_up
 from fedunlearn.cluster.ray_env import (ClusterConfig, Resources, choose_resources, current_resources, ray_session,
-                                        worker_device)
+                                        tasks_that_fit, worker_device)
 
 __all__ = ["ClusterConfig", "Resources", "choose_resources", "current_resources", "fan_out", "ray_session",
-           "task_cpu_seconds", "warm_up", "worker_device"]
+           "task_cpu_seconds", "tasks_that_fit", "warm_up", "worker_device"]

@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 
 from tqdm.auto import tqdm
 
-from fedunlearn.cluster.ray_env import ClusterConfig, Resources, current_resources
+from fedunlearn.cluster.ray_env import ClusterConfig, Resources, current_resources, tasks_that_fit
 
 
 # CPU seconds used by the tasks this process fanned out, theirs included. Wall time on a shared
@@ -96,10 +96,11 @@ def _warm(seconds: float, modules: Sequence[str]) -> tuple[str, int]:
 
 def warm_up(cluster: ClusterConfig = ClusterConfig(), per_slot: int = 2,
             modules: Sequence[str] = ("fedunlearn.training",)) -> dict[str, int]:
-    """Start worker processes on every node before anything is timed: `per_slot` per task slot
-    of the node (a grid task plus the tasks it fans out), each importing `modules`. Pass the
-    modules whose functions the timed tasks will unpickle: a first import in a fresh worker
-    (torch, scikit-learn) costs seconds that would otherwise land inside the first timed run.
+    """Start worker processes on every node that can run our tasks, before anything is timed:
+    `per_slot` per task slot of the node (a grid task plus the tasks it fans out), each
+    importing `modules`. Pass the modules whose functions the timed tasks will unpickle: a first
+    import in a fresh worker (torch, scikit-learn) costs seconds that would otherwise land
+    inside the first timed run.
 
     Each node is warmed explicitly (node affinity): zero-resource tasks left to Ray's default
     policy all start on the driver's node, and a node with no warm worker then takes seconds
@@ -114,11 +115,12 @@ def warm_up(cluster: ClusterConfig = ClusterConfig(), per_slot: int = 2,
     for node in ray.nodes():
         if not node.get("Alive"):
             continue
-        cpus = float(node.get("Resources", {}).get("CPU", 0))
-        slots = max(1, int(cpus // res.num_cpus)) if res.num_cpus > 0 else res.slots
+        slots = min(tasks_that_fit(node.get("Resources", {}), res.num_cpus, res.num_gpus), res.slots)
+        if not slots:  # e.g. a head node started with --num-cpus=0: no task of ours runs there
+            continue
         where = NodeAffinitySchedulingStrategy(node["NodeID"], soft=True)  # a node that just left is skipped
         warm = ray.remote(_warm).options(num_cpus=0, scheduling_strategy=where)  # no resources: all at once
-        refs += [warm.remote(1.0, tuple(modules)) for _ in range(per_slot * min(slots, res.slots))]
+        refs += [warm.remote(1.0, tuple(modules)) for _ in range(per_slot * slots)]
     per_node: dict[str, int] = {}
     for node_id, _ in set(ray.get(refs)):
         per_node[node_id] = per_node.get(node_id, 0) + 1

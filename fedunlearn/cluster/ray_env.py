@@ -97,13 +97,21 @@ def choose_resources(cfg: ClusterConfig, cluster: dict[str, float]) -> Resources
                           "forever. Set cluster.gpus_per_task = -1 (auto) or 0 (CPU only)")
     if cfg.cpus_per_task > cpus:
         raise ConfigError(f"cluster.cpus_per_task = {cfg.cpus_per_task:g} but the cluster has {cpus:g} CPUs")
-    fits = [int(cpus // cfg.cpus_per_task)] if cfg.cpus_per_task > 0 else []
-    if num_gpus > 0:
-        fits.append(int(round(gpus / num_gpus, 6)))
-    slots = max(1, min(fits) if fits else 1)
+    slots = max(1, tasks_that_fit(cluster, cfg.cpus_per_task, num_gpus))
     if cfg.workers:
         slots = min(slots, cfg.workers)
     return Resources(float(cfg.cpus_per_task), float(num_gpus), slots)
+
+
+def tasks_that_fit(resources: dict[str, float], num_cpus: float, num_gpus: float) -> int:
+    """How many tasks needing (num_cpus, num_gpus) fit at once in `resources` (a node's or the
+    cluster's totals); 1 for a task that needs neither."""
+    fits = []
+    if num_cpus > 0:
+        fits.append(int(float(resources.get("CPU", 0)) // num_cpus))
+    if num_gpus > 0:
+        fits.append(int(round(float(resources.get("GPU", 0)) / num_gpus, 6)))
+    return min(fits) if fits else 1
 
 
 def current_resources(cfg: ClusterConfig = ClusterConfig()) -> Resources:
