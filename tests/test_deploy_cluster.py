@@ -9,7 +9,6 @@ finish with the same numbers (Ray retries the lost tasks; checkpoints already wr
 import json
 import os
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -105,26 +104,27 @@ def test_job_runs_across_both_nodes_and_report_is_fetched(cluster, tmp_path_fact
 
 
 def test_losing_a_worker_node_mid_run_gives_the_same_result(cluster, tmp_path_factory):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ray.util.state import list_tasks
+
     c, worker = cluster
     storage, local = tmp_path_factory.mktemp("storage2"), tmp_path_factory.mktemp("fetched2")
-
-    def kill_worker_once_busy():
-        from ray.util.state import list_tasks
-
+    # The job is watched from a thread; the node is removed and replaced from the main thread,
+    # because starting a Ray node installs signal handlers, which only the main thread may do.
+    with ThreadPoolExecutor(1) as pool:
+        job = pool.submit(_submit, c, storage, local)
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
+        while not job.done() and time.monotonic() < deadline:
             running = list_tasks(address=c.address, filters=[("state", "=", "RUNNING")], raise_on_missing_output=False)
             if any(t.node_id == worker.node_id and "_call" in t.name for t in running):
                 c.remove_node(worker)
                 c.add_node(**_node_args(1))  # a replacement joins, as an autoscaler would add one
-                return
+                break
             time.sleep(0.2)
-
-    killer = threading.Thread(target=kill_worker_once_busy)
-    killer.start()
-    _, report = _submit(c, storage, local)
-    killer.join()
+        _, report = job.result()
     assert not any(n.node_id == worker.node_id for n in c.worker_nodes), "the worker node was not removed"
+    assert len(c.worker_nodes) == 1, "the replacement node did not join"
     if "first" not in REPORTS:
         pytest.skip("needs the report of test_job_runs_across_both_nodes_and_report_is_fetched")
     first, second = _rows(REPORTS["first"]), _rows(report)
