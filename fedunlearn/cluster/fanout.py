@@ -12,6 +12,7 @@ A task whose worker process dies (killed, out of memory, node lost) is rerun by 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from typing import Any, Callable, Sequence
 
 from tqdm.auto import tqdm
@@ -121,7 +122,4 @@ def warm_up(cluster: ClusterConfig = ClusterConfig(), per_slot: int = 2,
         where = NodeAffinitySchedulingStrategy(node["NodeID"], soft=True)  # a node that just left is skipped
         warm = ray.remote(_warm).options(num_cpus=0, scheduling_strategy=where)  # no resources: all at once
         refs += [warm.remote(1.0, tuple(modules)) for _ in range(per_slot * slots)]
-    per_node: dict[str, int] = {}
-    for node_id, _ in set(ray.get(refs)):
-        per_node[node_id] = per_node.get(node_id, 0) + 1
-    return per_node
+    return dict(Counter(node_id for node_id, _ in set(ray.get(refs))))  # distinct (node, pid) pairs
