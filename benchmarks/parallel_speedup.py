@@ -22,8 +22,7 @@ import torch
 
 from fedunlearn.cluster import ClusterConfig, current_resources, ray_session, task_cpu_seconds, warm_up
 from fedunlearn.data import DataConfig, ForgetConfig, complement, load_dataset, select_forget
-from fedunlearn.experiments.cluster import fresh_model
-from fedunlearn.models import ModelConfig
+from fedunlearn.models import ModelConfig, fresh_model
 from fedunlearn.training import TrainConfig, train
 from fedunlearn.unlearn import UnlearnTask, amun, sisa
 
@@ -53,7 +52,7 @@ def main() -> None:
     workdir = tempfile.mkdtemp(prefix="fedunlearn-bench-")
     task = UnlearnTask(original=original, retain=data.train.subset(retain_idx), forget=data.train.subset(forget_idx),
                        train_cfg=recipe, make_model=make_model, num_classes=10, device=torch.device("cpu"),
-                       retain_idx=retain_idx, forget_idx=forget_idx, workdir=workdir, extras={"cluster": cluster})
+                       retain_idx=retain_idx, forget_idx=forget_idx, workdir=workdir, cluster=cluster)
     sisa_cfg = sisa.Config(shards=args.shards, slices=4, epochs_per_slice=args.epochs_per_slice)
     amun_cfg = amun.Config(steps=20)
     shard_data, alive = sisa._positions(task, with_forget=False)

@@ -27,12 +27,11 @@ import torch
 from fedunlearn import checkpoint
 from fedunlearn.config import apply_overrides, build, load_toml
 from fedunlearn.data import ArrayDataset, triggered_test
-from fedunlearn.federated import fedavg
 from fedunlearn.federated.client import federation_data, local_data
 from fedunlearn.federated.config import Config as FedConfig
 from fedunlearn.federated.context import FedContext
 from fedunlearn.federated.driver import train_federation
-from fedunlearn.federated.local import LocalTransport
+from fedunlearn.federated.transport import LocalTransport
 from fedunlearn.federated.methods import retrain, source_free_cooperative, subtract
 from fedunlearn.federated.methods.source_free_absent import server_repair
 from fedunlearn.federated.methods.source_free_cooperative import server_refine
@@ -82,14 +81,7 @@ def main():
         return build_model(cfg.model, data.input_shape, data.num_classes)
 
     def context():
-        return FedContext(global_state=fedavg.copy_state(trained["global_state"]),
-                          initial_state=fedavg.copy_state(trained["initial_state"]), history=trained["history"],
-                          departing=k, remaining=[c for c in range(cfg.federation.num_clients) if c != k],
-                          num_clients=cfg.federation.num_clients, num_classes=data.num_classes,
-                          input_shape=data.input_shape, make_model=make_model, fed_cfg=cfg.federation,
-                          device=torch.device("cpu"), transport=transport, train_rounds=cfg.train_rounds,
-                          sample_counts={c: len(local_data(cfg, c).train) for c in range(cfg.federation.num_clients)},
-                          seed=seed)
+        return FedContext.create(cfg, transport, trained, make_model)
 
     def timed_retrain():
         start = time.perf_counter()
@@ -101,7 +93,7 @@ def main():
         ckpts = Path(args.from_run)
         trained = checkpoint.load(sorted(ckpts.glob("federation-*.pt"))[-1])[0]
         found = sorted(ckpts.glob("method-retrain-*.pt"))
-        ret = {"state": (r := checkpoint.load(found[-1])[0])["state"], "wall_s": r["row"]["wall_s"]} if found else None
+        ret = {"state": (r := checkpoint.load(found[-1])[0])[0].state, "wall_s": r[1]["wall_s"]} if found else None
     else:
         # keyed by the file and the overrides: a change in the package's config classes keeps the cache
         key = hashlib.sha1(repr([Path(args.config).name, sorted(args.set)]).encode()).hexdigest()[:10]

@@ -59,7 +59,7 @@ def cmd_list(args) -> int:
 
 def cmd_report(args) -> int:
     if args.emit:  # inside a submitted job: print the files for `fedunlearn submit` to fetch (no torch needed)
-        from fedunlearn.submit import emit
+        from fedunlearn.cluster.submit import emit
 
         print(emit(args.dir))
         return 0
@@ -74,7 +74,7 @@ def cmd_report(args) -> int:
 def cmd_submit(args) -> int:
     import os
 
-    from fedunlearn.submit import submit
+    from fedunlearn.cluster.submit import submit
 
     load_experiment(args.config, args.set)  # a bad config fails here, not after the upload
     address = args.address or os.environ.get("RAY_ADDRESS")

@@ -12,7 +12,7 @@ from torch import nn
 from fedunlearn.config import build
 from fedunlearn.data import DataConfig, complement, load_dataset
 from fedunlearn.errors import ConfigError
-from fedunlearn.experiments.cluster import fresh_model
+from fedunlearn.models import fresh_model
 from fedunlearn.models import ModelConfig
 from fedunlearn.training import TrainConfig, accuracy, predict_probs, train
 from fedunlearn.unlearn import METHODS, UnlearnTask

@@ -73,10 +73,10 @@ def test_methods_run_as_plain_functions_without_ray(method, tmp_path):
     from fedunlearn.unlearn import METHODS, UnlearnTask
 
     _, cfg = load_experiment("simulations/quickstart.toml", FAST)
-    data, splits, retain_idx, forget_idx, retain, forget, make_model = centralized.prepare(cfg)
-    original = make_model()
-    task = UnlearnTask(original=original, retain=retain, forget=forget, train_cfg=cfg.train,
-                       make_model=make_model, num_classes=10, device="cpu")
+    p = centralized.prepare(cfg)
+    original = p.make_model()
+    task = UnlearnTask(original=original, retain=p.retain, forget=p.forget, train_cfg=cfg.train,
+                       make_model=p.make_model, num_classes=10, device="cpu")
     before = {k: v.clone() for k, v in original.state_dict().items()}
     model, stats = METHODS.get(method).unlearn(task, METHODS.get(method).Config(epochs=1))
     assert model is not original and isinstance(stats, dict)

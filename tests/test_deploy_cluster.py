@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from fedunlearn.submit import submit
+from fedunlearn.cluster.submit import submit
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = "simulations/sisa.toml"

@@ -10,7 +10,7 @@ import ray.autoscaler
 import yaml
 
 from fedunlearn.errors import FedUnlearnError
-from fedunlearn.submit import emit, entrypoint, extract
+from fedunlearn.cluster.submit import emit, entrypoint, extract
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 

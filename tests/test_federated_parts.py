@@ -11,14 +11,14 @@ from fedunlearn.errors import ConfigError, WithdrawalError
 from fedunlearn.federated import fedavg
 from fedunlearn.federated.client import local_data
 from fedunlearn.federated.config import Config
-from fedunlearn.federated.context import FedContext, aggregate_replies
+from fedunlearn.federated.context import FedContext
+from fedunlearn.federated.fedavg import aggregate_replies
 from fedunlearn.federated.history import History, StoredRound
-from fedunlearn.federated.local import LocalTransport
+from fedunlearn.federated.transport import LocalTransport
 from fedunlearn.federated.methods import FED_METHODS, federaser, load_method, subtract
 from fedunlearn.federated.rounds import run_fedavg, stored_rounds
 from fedunlearn.federated.withdrawal import Membership
 from fedunlearn.models import build_model
-from fedunlearn.training import get_device
 
 
 def vec(*values) -> dict:
@@ -146,10 +146,8 @@ def test_methods_over_the_in_process_transport():
     state, history, curve, _ = run_fedavg(fit, [0, 1, 2], init, 1, store_every=1)
 
     def context(online: bool) -> FedContext:
-        return FedContext(global_state=state, initial_state=init, history=history, departing=0, remaining=[1, 2],
-                          num_clients=3, num_classes=10, input_shape=local.input_shape, make_model=make,
-                          fed_cfg=cfg.federation, device=get_device("cpu"), transport=transport,
-                          departing_online=online, train_rounds=1)
+        trained = {"global_state": state, "initial_state": init, "history": history}
+        return FedContext.create(cfg, transport, trained, make, departing_online=online)
 
     ctx = context(True)
     result = load_method("pga").unlearn(ctx, load_method("pga").Config(post_rounds=1))

@@ -13,7 +13,7 @@ import torch
 from fedunlearn.config import build
 from fedunlearn.data import DataConfig, complement, load_dataset
 from fedunlearn.errors import ConfigError, DataError
-from fedunlearn.experiments.cluster import fresh_model
+from fedunlearn.models import fresh_model
 from fedunlearn.metrics import EvalConfig, Splits, evaluate, l2_distance
 from fedunlearn.models import ModelConfig
 from fedunlearn.training import TrainConfig

@@ -15,11 +15,13 @@ import contextlib
 import logging
 import os
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from fedunlearn.config import check_range
 from fedunlearn.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("fedunlearn")
 
@@ -45,14 +47,13 @@ class ClusterConfig:
             raise ValueError(f"'cluster.gpus_per_task' above 1 must be a whole number, got {self.gpus_per_task}")
 
 
-@contextlib.contextmanager
-def ray_session(cfg: ClusterConfig = ClusterConfig()):
-    """Ray is up inside the block; a cluster this call started (or joined) is left afterwards."""
+def ensure_ray(cfg: ClusterConfig = ClusterConfig()) -> bool:
+    """The one way the package starts Ray: attach or start unless Ray runs in this process
+    already. Returns True when this call started (or joined) a cluster."""
     import ray
 
     if ray.is_initialized():
-        yield
-        return
+        return False
     address = cfg.address or os.environ.get("RAY_ADDRESS", "")
     if address and address != "local":
         log.info("attaching to the Ray cluster at %s", address)
@@ -68,10 +69,20 @@ def ray_session(cfg: ClusterConfig = ClusterConfig()):
                  _system_config={"num_workers_soft_limit": 2 * cpus,
                                  "idle_worker_killing_time_threshold_ms": 3_600_000,
                                  "worker_niceness": 0})
+    return True
+
+
+@contextlib.contextmanager
+def ray_session(cfg: ClusterConfig = ClusterConfig()):
+    """Ray is up inside the block; a cluster this call started (or joined) is left afterwards."""
+    import ray
+
+    started = ensure_ray(cfg)
     try:
         yield
     finally:
-        ray.shutdown()
+        if started:
+            ray.shutdown()
 
 
 @dataclass(frozen=True)
@@ -123,6 +134,7 @@ def current_resources(cfg: ClusterConfig = ClusterConfig()) -> Resources:
 def worker_device() -> torch.device:
     """For code running inside a Ray task: the GPU Ray assigned to the task, else the CPU."""
     import ray
+    import torch
 
     if not ray.is_initialized():
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -17,7 +17,8 @@ import torch
 
 from fedunlearn.config import check_range
 from fedunlearn.data.idx import read_idx
-from fedunlearn.errors import DataError, unknown_choice
+from fedunlearn.errors import DataError
+from fedunlearn.registry import Registry
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 DEFAULT_CACHE = Path.home() / ".cache" / "fedunlearn"
@@ -32,6 +33,7 @@ class DataConfig:
     test_size: int = 0        # same for the test set
 
     def __post_init__(self):
+        DATASETS.check(self.name)  # an unknown data set fails when the config is built
         check_range("data.train_size", self.train_size, 0)
         check_range("data.test_size", self.test_size, 0)
 
@@ -71,7 +73,7 @@ class DataBundle:
         return tuple(self.train.x.shape[1:])
 
 
-def _fashion_mnist(cfg: DataConfig) -> DataBundle:
+def load_fashion_mnist(cfg: DataConfig) -> DataBundle:
     root = Path(cfg.data_dir) if cfg.data_dir else DEBIAN_FASHION_MNIST
 
     def find(stem: str) -> Path:
@@ -101,10 +103,10 @@ def _fashion_mnist(cfg: DataConfig) -> DataBundle:
                       split("t10k", 10000 if official else 0), 10)
 
 
-def _digits(cfg: DataConfig) -> DataBundle:
-    from sklearn.datasets import load_digits
+def load_digits(cfg: DataConfig) -> DataBundle:
+    from sklearn.datasets import load_digits as sklearn_digits
 
-    digits = load_digits()
+    digits = sklearn_digits()
     x = torch.from_numpy((digits.images / 16.0).astype(np.float32)).unsqueeze(1)
     y = torch.from_numpy(digits.target.astype(np.int64))
     # A fixed split (seed 0) so that "the test set" means the same thing in every run.
@@ -151,19 +153,20 @@ def _nchw(images: np.ndarray) -> np.ndarray:
     return images[:, None] if images.ndim == 3 else images.transpose(0, 3, 1, 2)
 
 
-DATASETS: dict[str, Callable[[DataConfig], DataBundle]] = {
-    "fashion-mnist": _fashion_mnist,
-    "digits": _digits,
-    "mnist": _torchvision("mnist"),
-    "cifar10": _torchvision("cifar10"),
-    "svhn": _torchvision("svhn"),
-}
+load_mnist, load_cifar10, load_svhn = _torchvision("mnist"), _torchvision("cifar10"), _torchvision("svhn")
+
+# name -> "module:loader", loader(DataConfig) -> DataBundle (the full data set; load_dataset subsamples).
+DATASETS = Registry("data set", {
+    "fashion-mnist": "fedunlearn.data.datasets:load_fashion_mnist",
+    "digits": "fedunlearn.data.datasets:load_digits",
+    "mnist": "fedunlearn.data.datasets:load_mnist",
+    "cifar10": "fedunlearn.data.datasets:load_cifar10",
+    "svhn": "fedunlearn.data.datasets:load_svhn",
+})
 
 
 def load_dataset(cfg: DataConfig, seed: int = 0) -> DataBundle:
-    if cfg.name not in DATASETS:
-        raise unknown_choice("data set", cfg.name, DATASETS)
-    data = DATASETS[cfg.name](cfg)
+    data = DATASETS.get(cfg.name)(cfg)
     rng = np.random.default_rng(seed)
     for attr, size in (("train", cfg.train_size), ("test", cfg.test_size)):
         part = getattr(data, attr)

@@ -9,6 +9,6 @@ from fedunlearn.registry import Registry
 EXPERIMENTS = Registry("experiment kind", {
     "centralized": "fedunlearn.experiments.centralized",
     "cluster": "fedunlearn.experiments.cluster",
-    "federated": "fedunlearn.federated.experiment",
+    "federated": "fedunlearn.experiments.federated",
     "survey": "fedunlearn.experiments.survey",
 })

@@ -10,22 +10,24 @@ it, so an interrupted run resumes where it stopped.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
+from torch import nn
 
-from fedunlearn import checkpoint
-from fedunlearn.config import build, config_hash, to_dict
+from fedunlearn.config import config_hash, to_dict
 from fedunlearn.data import DataBundle, DataConfig, ForgetConfig, complement, load_dataset, select_forget
-from fedunlearn.errors import ConfigError
-from fedunlearn.metrics import EvalConfig, Splits, compare_to_reference, evaluate, write_report
+from fedunlearn.data.datasets import ArrayDataset
+from fedunlearn.experiments.pipeline import (MethodsSection, cached, evaluate_against_reference, make_task,
+                                             run_benchmark, run_method, timed)
+from fedunlearn.metrics import EvalConfig, Splits, write_report
 from fedunlearn.metrics.mia import sample_feature
 from fedunlearn.metrics.plots import confidence_histogram
 from fedunlearn.models import ModelConfig, build_model
 from fedunlearn.training import TrainConfig, get_device, seed_everything, train
-from fedunlearn.unlearn import METHODS, UnlearnTask
+from fedunlearn.unlearn import METHODS
 
 log = logging.getLogger("fedunlearn")
 NOISE_FLOOR = "retrain_other_seed"
@@ -40,10 +42,11 @@ class ExperimentSection:
     # Also retrain from another seed (initialisation and batch order), as row "retrain_other_seed": its
     # distances to `retrain` are the noise floor against which every method's distances are read.
     noise_floor: bool = False
+    benchmark: bool = False  # run the methods' benchmark hooks (e.g. parallel against one worker)
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(MethodsSection):
     kind: str = "centralized"
     experiment: ExperimentSection = ExperimentSection()
     data: DataConfig = DataConfig()
@@ -53,27 +56,28 @@ class Config:
     eval: EvalConfig = EvalConfig()
     methods: dict = field(default_factory=dict)  # [methods.<name>] sections: that method's Config
 
+    registry = METHODS
+
     def __post_init__(self):
-        for name in self.experiment.methods:
-            METHODS.check(name)
-        for name in self.methods:
-            METHODS.check(name)
-        for name in self.method_names():
-            self.method_config(name)  # validate every section now, not after an hour of training
-
-    def method_names(self) -> list[str]:
-        """`retrain` always runs first: every other method is compared with it."""
-        return ["retrain"] + [m for m in self.experiment.methods if m != "retrain"]
-
-    def method_config(self, name: str):
-        return build(METHODS.get(name).Config, self.methods.get(name, {}), f"methods.{name}")
+        self.check_methods()
 
 
-def prepare(cfg: Config, data: DataBundle | None = None):
-    """Data, forget set and task skeleton shared by every method (deterministic in the seed).
+@dataclass
+class Prepared:
+    """Data, forget set and task skeleton shared by every method of a run."""
 
-    `data` replaces the data set cfg.data names (e.g. a class subset built by another experiment).
-    """
+    data: DataBundle
+    splits: Splits            # what every model is judged on
+    retain_idx: np.ndarray
+    forget_idx: np.ndarray
+    retain: ArrayDataset
+    forget: ArrayDataset
+    make_model: Callable[[], nn.Module]
+
+
+def prepare(cfg: Config, data: DataBundle | None = None) -> Prepared:
+    """Deterministic in the seed. `data` replaces the data set cfg.data names (e.g. a class subset
+    built by another experiment)."""
     seed = cfg.experiment.seed
     data = data if data is not None else load_dataset(cfg.data, seed)
     labels = data.train.y.numpy()
@@ -90,7 +94,7 @@ def prepare(cfg: Config, data: DataBundle | None = None):
         seed_everything(seed)
         return build_model(cfg.model, data.input_shape, data.num_classes)
 
-    return data, splits, retain_idx, forget_idx, retain, forget, make_model
+    return Prepared(data, splits, retain_idx, forget_idx, retain, forget, make_model)
 
 
 def run(cfg: Config, out_dir: str | Path, progress: bool = True, data: DataBundle | None = None) -> dict:
@@ -99,92 +103,56 @@ def run(cfg: Config, out_dir: str | Path, progress: bool = True, data: DataBundl
     device = get_device(cfg.experiment.device)
     seed = cfg.experiment.seed
     given = data is not None
-    data, splits, retain_idx, forget_idx, retain, forget, make_model = prepare(cfg, data)
+    p = prepare(cfg, data)
+    data = p.data
     log.info("data %s: %d train (%d forget), %d test; device %s", data.name, len(data.train),
-             len(forget_idx), len(data.test), device)
+             len(p.forget_idx), len(data.test), device)
 
     base_key = config_hash([cfg.data, cfg.model, cfg.train, cfg.forget, seed]
                            + ([data.name, data.train.y.tolist(), data.num_classes] if given else []))
-    original, original_s = _trained(ckpt / f"original-{base_key}", lambda: train(
-        make_model(), data.train, cfg.train, device, seed=seed, desc="original", progress=progress))
+    original, original_s = cached(ckpt / f"original-{base_key}", lambda: timed(lambda: train(
+        p.make_model(), data.train, cfg.train, device, seed=seed, desc="original", progress=progress)))
 
-    task = UnlearnTask(original=original, retain=retain, forget=forget, train_cfg=cfg.train,
-                       make_model=make_model, num_classes=data.num_classes, device=device, seed=seed,
-                       retain_idx=retain_idx, forget_idx=forget_idx, workdir=str(ckpt / f"work-{base_key}"))
+    task = make_task(data.train, p.forget_idx, original, train_cfg=cfg.train, make_model=p.make_model,
+                     num_classes=data.num_classes, device=device, seed=seed, workdir=str(ckpt / f"work-{base_key}"))
     models, rows = {"original": original}, [{"method": "original", "wall_s": original_s}]
     for name in cfg.method_names():
-        method, method_cfg = METHODS.get(name), cfg.method_config(name)
+        method, method_cfg = cfg.method(name), cfg.method_config(name)
         key = config_hash([base_key, name, method_cfg])
-        stats: dict = {}
-
-        def work():
-            model, more = method.unlearn(task, method_cfg)
-            stats.update(more)
-            return model
-
-        path = ckpt / f"{name}-{key}"
-        if hasattr(method, "prepare") and not checkpoint.exists(path):
-            # Training-time bookkeeping (SISA's shards, DeltaGrad's trajectory): not unlearning time.
-            start = time.perf_counter()
-            stats.update(method.prepare(task, method_cfg))
-            stats["prepare_s"] = time.perf_counter() - start
-        models[name], seconds = _trained(path, work, stats)
-        if hasattr(method, "diagnose"):
-            # Numbers that need data the method must not use (e.g. the exact update): untimed.
-            stats.update(method.diagnose(task, method_cfg, models[name]))
-        rows.append({"method": name, "wall_s": seconds, **stats})
-        log.info("%s done in %.1f s", name, seconds)
+        models[name], row = run_method(method, task, method_cfg, ckpt / f"{name}-{key}")
+        rows.append({"method": name, **row})
+        log.info("%s done in %.1f s", name, row["wall_s"])
+    if cfg.experiment.benchmark:
+        for row in rows[1:]:
+            name = row["method"]
+            key = config_hash([base_key, name, cfg.method_config(name)])
+            row.update(run_benchmark(cfg.method(name), task, cfg.method_config(name), row, ckpt / f"bench-{name}-{key}"))
     if cfg.experiment.noise_floor:
         other = seed + 1000
 
         def second_retrain():
             seed_everything(other)
             model = build_model(cfg.model, data.input_shape, data.num_classes)
-            return train(model, retain, cfg.train, device, seed=other + 1, desc=NOISE_FLOOR, progress=progress)
+            return train(model, p.retain, cfg.train, device, seed=other + 1, desc=NOISE_FLOOR, progress=progress)
 
-        models[NOISE_FLOOR], seconds = _trained(ckpt / f"{NOISE_FLOOR}-{base_key}", second_retrain)
+        models[NOISE_FLOOR], seconds = cached(ckpt / f"{NOISE_FLOOR}-{base_key}", lambda: timed(second_retrain))
         rows.append({"method": NOISE_FLOOR, "wall_s": seconds})
 
+    # retrain first: it is the reference of every comparison
+    entries = [(r["method"], models[r["method"]], {k: v for k, v in r.items() if k != "method"})
+               for r in sorted(rows, key=lambda r: r["method"] != "retrain")]
     results, plots = [], []
-    ref = {}
-    for row in [r for r in rows if r["method"] == "retrain"] + [r for r in rows if r["method"] != "retrain"]:
-        name = row["method"]
-        metrics, outputs = evaluate(models[name], splits, device, cfg.eval, seed=seed)
-        row = {"method": name, **metrics, **{k: v for k, v in row.items() if k != "method"}}
-        if name == "retrain":
-            ref = {"row": dict(row), "out": outputs, "model": models[name], "s": row["wall_s"]}
-        compare_to_reference(row, outputs, models[name], ref["row"], ref["out"], ref["model"], ref["s"])
+    for row, outputs in evaluate_against_reference(entries, p.splits, device, cfg.eval, seed):
         results.append(row)
-        confs = {part: sample_feature(getattr(outputs, part), getattr(splits, part).y).ravel()
+        confs = {part: sample_feature(getattr(outputs, part), getattr(p.splits, part).y).ravel()
                  for part in ("forget", "retain", "test")}
-        plots.append(str(confidence_histogram(name, confs, out / f"confidence_{name}.png")))
+        plots.append(str(confidence_histogram(row["method"], confs, out / f"confidence_{row['method']}.png")))
     results.sort(key=lambda r: ["original", *cfg.method_names(), NOISE_FLOOR].index(r["method"]))
 
     notes = [f"original recipe (retrain uses it exactly): {to_dict(cfg.train)} on {len(data.train)} samples",
-             f"forget set: {len(forget_idx)} samples ({cfg.forget.kind}); test set: {len(data.test)} samples",
+             f"forget set: {len(p.forget_idx)} samples ({cfg.forget.kind}); test set: {len(data.test)} samples",
              f"device: {device}; speedup = retrain wall time / method wall time, measured in this run"]
+    sizes = {"forget_size": len(p.forget_idx), "train_size": len(data.train)}
     write_report(out, f"{cfg.experiment.name}: centralized unlearning on {data.name}", to_dict(cfg), results,
-                 extra={"forget_size": len(forget_idx), "train_size": len(data.train)}, notes=notes, plots=plots)
-    return {"results": results, "config": to_dict(cfg)}
-
-
-def _trained(path: Path, work, stats: dict | None = None):
-    """Run `work()` -> model, or reuse its checkpoint from an earlier, interrupted run."""
-    cached = checkpoint.load_or_none(path)
-    if cached is not None:
-        model, meta = cached
-        if stats is not None:
-            stats.update(meta.get("stats", {}))
-        log.info("reusing checkpoint %s", path.name)
-        return model, meta["wall_s"]
-    start = time.perf_counter()
-    model = work()
-    seconds = time.perf_counter() - start
-    checkpoint.save(path, model, {"wall_s": seconds, "stats": stats or {}})
-    return model, seconds
-
-
-def load_config(mapping: dict) -> Config:
-    if mapping.get("kind", "centralized") != "centralized":
-        raise ConfigError("not a centralized config")
-    return build(Config, mapping)
+                 extra=sizes, notes=notes, plots=plots)
+    return {"results": results, "config": to_dict(cfg), **sizes}

@@ -15,6 +15,7 @@ A stopped run resumes from its checkpoints (OUT/checkpoints, OUT being --out).
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -22,17 +23,18 @@ from pathlib import Path
 
 import numpy as np
 
-from fedunlearn import checkpoint
-from fedunlearn.cluster import (ClusterConfig, current_resources, fan_out, ray_session, task_cpu_seconds, warm_up,
-                                worker_device)
-from fedunlearn.config import build, check_range, config_hash
+from fedunlearn.cluster import ClusterConfig, current_resources, fan_out, ray_session, warm_up, worker_device
+from fedunlearn.config import check_range, config_hash
 from fedunlearn.data import DataConfig, ForgetConfig, complement, load_dataset, select_forget
 from fedunlearn.data.datasets import ArrayDataset
 from fedunlearn.errors import ConfigError
 from fedunlearn.experiments.cluster_report import write_cluster_report
+from fedunlearn.experiments.pipeline import (MethodsSection, cached, load_cached, make_task, run_benchmark, run_method,
+                                             store)
 from fedunlearn.metrics import EvalConfig
-from fedunlearn.models import ModelConfig, build_model
-from fedunlearn.training import TrainConfig, get_device, seed_everything, train
+from fedunlearn.models import ModelConfig, fresh_model
+from fedunlearn.training import TrainConfig, get_device, train
+from fedunlearn.contract import hook
 from fedunlearn.unlearn import METHODS, UnlearnTask
 
 log = logging.getLogger("fedunlearn")
@@ -77,7 +79,7 @@ class ExperimentSection:
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(MethodsSection):
     kind: str = "cluster"
     experiment: ExperimentSection = ExperimentSection()
     cluster: ClusterConfig = ClusterConfig()
@@ -87,24 +89,10 @@ class Config:
     eval: EvalConfig = EvalConfig()
     methods: dict = field(default_factory=dict)  # [methods.<name>] sections: that method's Config
 
+    registry = METHODS
+
     def __post_init__(self):
-        for name in [*self.experiment.methods, *self.methods]:
-            METHODS.check(name)
-        for name in self.method_names():
-            self.method_config(name)  # every section is checked before anything trains
-
-    def method_names(self) -> list[str]:
-        """`retrain` always runs: every other method is compared with it."""
-        return ["retrain"] + [m for m in self.experiment.methods if m != "retrain"]
-
-    def method_config(self, name: str):
-        return build(METHODS.get(name).Config, self.methods.get(name, {}), f"methods.{name}")
-
-
-def fresh_model(model_cfg: ModelConfig, shape, num_classes: int, seed: int):
-    """A module-level factory (not a closure), so Ray ships it by reference."""
-    seed_everything(seed)
-    return build_model(model_cfg, shape, num_classes)
+        self.check_methods()
 
 
 @dataclass
@@ -147,40 +135,33 @@ def train_original(train_set: ArrayDataset, make_model, recipe: TrainConfig, see
     return model.cpu(), {"wall_s": time.perf_counter() - start, "cpu_s": time.process_time() - cpu}
 
 
-def run_unit(name: str, method_cfg, train_set: ArrayDataset, num_classes: int, original_state: dict, make_model,
+def run_unit(module: str, method_cfg, train_set: ArrayDataset, num_classes: int, original_state: dict, make_model,
              recipe: TrainConfig, seed: int, requests: list[np.ndarray], workdir: str,
              cluster: ClusterConfig) -> list[dict]:
-    """One grid cell, inside a Ray task: the requests in order, each `unlearn` call timed."""
-    method, device = METHODS.get(name), worker_device()
+    """One grid cell, inside a Ray task: the requests in order, each `unlearn` call timed.
+
+    `module` is the method's module path, so a method registered at run time on the driver
+    resolves in the worker too."""
+    method, device = importlib.import_module(module), worker_device()
     model = make_model()
     model.load_state_dict(original_state)
     gone, results = np.array([], dtype=np.int64), []
     for forget_idx in requests:
         gone = np.union1d(gone, forget_idx)
-        retain_idx = complement(len(train_set), gone)
-        task = UnlearnTask(original=model, retain=train_set.subset(retain_idx), forget=train_set.subset(forget_idx),
-                           train_cfg=recipe, make_model=make_model, num_classes=num_classes,
-                           device=device, seed=seed, retain_idx=retain_idx, forget_idx=forget_idx, workdir=workdir,
-                           extras={"cluster": cluster, "train_size": len(train_set)})
-        start, cpu, nested = time.perf_counter(), time.process_time(), task_cpu_seconds()
-        model, stats = method.unlearn(task, method_cfg)
-        wall_s = time.perf_counter() - start
-        cpu_s = time.process_time() - cpu + task_cpu_seconds() - nested  # this task's and its sub-tasks'
-        results.append({"model": model.cpu().eval(), "stats": dict(stats), "wall_s": wall_s, "cpu_s": cpu_s})
+        task = make_task(train_set, forget_idx, model, gone=gone, train_cfg=recipe, make_model=make_model,
+                         num_classes=num_classes, device=device, seed=seed, workdir=workdir, cluster=cluster)
+        model, row = run_method(method, task, method_cfg, prepare=False, cpu=True)
+        results.append({"model": model.cpu().eval(), "row": row})
     return results
 
 
 def _task(cfg: Config, s: Seeded, requests: list[np.ndarray], device, workdir: Path) -> UnlearnTask:
     """The task of the last of `requests` as the driver sees it (for prepare / benchmark hooks)."""
-    n = len(s.data.train)
     forget_idx = requests[-1] if requests else np.array([], dtype=np.int64)
     gone = np.unique(np.concatenate(requests)) if requests else forget_idx
-    retain_idx = complement(n, gone)
-    return UnlearnTask(original=s.original, retain=s.data.train.subset(retain_idx),
-                       forget=s.data.train.subset(forget_idx), train_cfg=cfg.train, make_model=s.make_model,
-                       num_classes=s.data.num_classes, device=device, seed=s.seed, retain_idx=retain_idx,
-                       forget_idx=forget_idx, workdir=str(workdir),
-                       extras={"cluster": cfg.cluster, "train_size": n})
+    return make_task(s.data.train, forget_idx, s.original, gone=gone, train_cfg=cfg.train, make_model=s.make_model,
+                     num_classes=s.data.num_classes, device=device, seed=s.seed, workdir=str(workdir),
+                     cluster=cfg.cluster)
 
 
 def run(cfg: Config, out_dir: str | Path, progress: bool = True) -> dict:
@@ -207,15 +188,15 @@ def _originals(cfg: Config, seeded: list[Seeded], train_refs: dict, ckpt: Path, 
     """1. The original model of every seed, one Ray task each (or its checkpoint)."""
     todo = []
     for s in seeded:
-        cached = checkpoint.load_or_none(ckpt / f"original-{s.base_key}")
-        if cached:
-            s.original, s.original_times = cached
+        hit = load_cached(ckpt / f"original-{s.base_key}")
+        if hit:
+            s.original, s.original_times = hit
         else:
             todo.append(s)
 
     def keep(i, result):
         todo[i].original, todo[i].original_times = result
-        checkpoint.save(ckpt / f"original-{todo[i].base_key}", *result)
+        store(ckpt / f"original-{todo[i].base_key}", result)
 
     fan_out(train_original, [(train_refs[s.seed], s.make_model, cfg.train, s.seed) for s in todo], cfg.cluster, res,
             desc="originals", progress=progress, on_result=keep)
@@ -224,17 +205,14 @@ def _originals(cfg: Config, seeded: list[Seeded], train_refs: dict, ckpt: Path, 
 def _prepare(cfg: Config, seeded: list[Seeded], ckpt: Path, device) -> dict[tuple, dict]:
     """2. Methods' untimed preparation (SISA's initial shards), alone on the cluster."""
     prepared = {}
-    for name in [n for n in cfg.method_names() if hasattr(METHODS.get(n), "prepare")]:
+    for name in [n for n in cfg.method_names() if hook(cfg.method(n), "prepare")]:
         for s in seeded:
             log.info("%s: preparing (seed %d), not timed", name, s.seed)
-            stats = METHODS.get(name).prepare(_task(cfg, s, [], device, ckpt / f"work-{s.base_key}"),
-                                              cfg.method_config(name))
+            stats = hook(cfg.method(name), "prepare")(_task(cfg, s, [], device, ckpt / f"work-{s.base_key}"),
+                                                      cfg.method_config(name))
             # A resumed run finds its work done; report the first run's figures.
             path = ckpt / f"prepare-{name}-{config_hash([s.base_key, cfg.method_config(name)])}"
-            cached = checkpoint.load_or_none(path)
-            prepared[name, s.seed] = cached[0] if cached else dict(stats)
-            if not cached:
-                checkpoint.save(path, dict(stats))
+            prepared[name, s.seed] = cached(path, lambda: dict(stats))
     return prepared
 
 
@@ -254,22 +232,22 @@ def _grid(cfg: Config, seeded: list[Seeded], train_refs: dict, ckpt: Path, res, 
                 same_work.setdefault(key, []).append(cell)
                 if len(same_work[key]) > 1:
                     continue
-                cached = checkpoint.load_or_none(ckpt / f"unit-{name}-{key}")
-                if cached:
-                    results[cell] = cached[0]
+                hit = load_cached(ckpt / f"unit-{name}-{key}")
+                if hit:
+                    results[cell] = hit
                 else:
                     todo.append((cell, key, reqs, s))
 
     def keep(i, result):
         cell, key = todo[i][:2]
         results[cell] = result
-        checkpoint.save(ckpt / f"unit-{cell[0]}-{key}", result)
-        log.info("%s, seed %d, %s: %s", *cell, ", ".join(f"{r['wall_s']:.1f} s" for r in result))
+        store(ckpt / f"unit-{cell[0]}-{key}", result)
+        log.info("%s, seed %d, %s: %s", *cell, ", ".join(f"{r['row']['wall_s']:.1f} s" for r in result))
 
     import ray
 
     originals = {s.seed: ray.put({k: v.cpu() for k, v in s.original.state_dict().items()}) for s in seeded}
-    calls = [(cell[0], cfg.method_config(cell[0]), train_refs[s.seed], s.data.num_classes, originals[s.seed],
+    calls = [(METHODS.module_name(cell[0]), cfg.method_config(cell[0]), train_refs[s.seed], s.data.num_classes, originals[s.seed],
               s.make_model, cfg.train, s.seed, reqs, str(ckpt / f"work-{s.base_key}"), cfg.cluster)
              for cell, _, reqs, s in todo]
     fan_out(run_unit, calls, cfg.cluster, res, max_parallel=exp.parallel_runs, desc="grid", progress=progress,
@@ -282,19 +260,13 @@ def _grid(cfg: Config, seeded: list[Seeded], train_refs: dict, ckpt: Path, res, 
 def _benchmarks(cfg: Config, seeded: list[Seeded], results: dict, ckpt: Path, device) -> dict[tuple, dict]:
     """4. Methods' parallel-against-one-worker measurements, each alone on the cluster."""
     benches = {}
-    for name in [n for n in cfg.method_names() if hasattr(METHODS.get(n), "benchmark")]:
+    for name in [n for n in cfg.method_names() if hook(cfg.method(n), "benchmark")]:
         for spec in [sp for sp in cfg.experiment.forget if sp.requests == 1]:
             for s in seeded:
                 cell, reqs = (name, s.seed, spec.label()), s.requests[spec.label()]
                 path = ckpt / f"bench-{name}-{config_hash([s.base_key, cfg.method_config(name), reqs[0].tolist()])}"
-                cached = checkpoint.load_or_none(path)
-                if cached is None:
-                    log.info("%s: benchmark (seed %d, %s)", name, s.seed, spec.label())
-                    done = results[cell][0]
-                    task = _task(cfg, s, reqs, device, ckpt / f"work-{s.base_key}")
-                    stats = METHODS.get(name).benchmark(task, cfg.method_config(name),
-                                                        {"wall_s": done["wall_s"], **done["stats"]})
-                    checkpoint.save(path, dict(stats))
-                    cached = (dict(stats), {})
-                benches[cell] = cached[0]
+                log.info("%s: benchmark (seed %d, %s)", name, s.seed, spec.label())
+                task = _task(cfg, s, reqs, device, ckpt / f"work-{s.base_key}")
+                row = {k: v for k, v in results[cell][0]["row"].items() if k != "cpu_s"}
+                benches[cell] = run_benchmark(cfg.method(name), task, cfg.method_config(name), row, path)
     return benches

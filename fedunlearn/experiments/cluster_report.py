@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from fedunlearn.config import to_dict
-from fedunlearn.metrics import Splits, compare_to_reference, evaluate, markdown_table, write_report
+from fedunlearn.experiments.pipeline import Reference
+from fedunlearn.metrics import Splits, evaluate, markdown_table, write_report
 from fedunlearn.metrics.mia import sample_feature
 from fedunlearn.metrics.plots import confidence_histogram, curves
 
@@ -32,7 +33,8 @@ def _entries(name: str, s, results: dict, label: str, count: int) -> list[tuple[
         return [(count - 1, s.original, times["wall_s"], {"cpu_s": times.get("cpu_s", float("nan"))})]
     done = results[name, s.seed, label]
     first = count - len(done)  # a single retrain for a continual spec stands at the last request
-    return [(first + i, r["model"], r["wall_s"], {"cpu_s": r["cpu_s"], **r["stats"]}) for i, r in enumerate(done)]
+    return [(first + i, r["model"], r["row"]["wall_s"], {k: v for k, v in r["row"].items() if k != "wall_s"})
+            for i, r in enumerate(done)]
 
 
 def evaluate_runs(cfg, seeded, results, prepared, benches, device) -> tuple[list[dict], dict]:
@@ -61,7 +63,7 @@ def evaluate_runs(cfg, seeded, results, prepared, benches, device) -> tuple[list
                     if i == 0:
                         row.update(benches.get((name, s.seed, label), {}))
                     r_metrics, r_out, r_model, r_s, r_cpu = ref[i]
-                    compare_to_reference(row, out, model, r_metrics, r_out, r_model, r_s)
+                    Reference(r_metrics, r_out, r_model, r_s).judge(row, out, model)
                     if "cpu_s" in row:
                         row["cpu_speedup"] = r_cpu / row["cpu_s"]
                     if "predicted_speedup" in row:  # a method that predicts its speedup (SISA)

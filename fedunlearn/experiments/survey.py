@@ -15,7 +15,6 @@ label-count plot; OUT/report.json has every row (with its "part").
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from fedunlearn.config import check_range, to_dict
+from fedunlearn.contract import class_forgetting_only
 from fedunlearn.data import DataBundle, DataConfig, ForgetConfig, load_dataset
 from fedunlearn.errors import ConfigError
 from fedunlearn.experiments import centralized
@@ -157,9 +157,9 @@ def run(cfg: Config, out_dir: str | Path, progress: bool = True) -> dict:
 
     def part(name: str, part_cfg, data=None) -> tuple[list[dict], list[str]]:
         log.info("survey part %s: %s", name, ", ".join(part_cfg.method_names()))
-        rows = centralized.run(part_cfg, out / name, progress, data=data)["results"]
-        forget_size = json.loads((out / name / "report.json").read_text())["forget_size"]
-        caveats = judge(rows, exp.keep_tolerance, forget_size)
+        report = centralized.run(part_cfg, out / name, progress, data=data)
+        rows = report["results"]
+        caveats = judge(rows, exp.keep_tolerance, report["forget_size"])
         results.extend({"part": name, **row} for row in rows)
         return rows, caveats
 
@@ -167,7 +167,7 @@ def run(cfg: Config, out_dir: str | Path, progress: bool = True) -> dict:
         rows, caveats = part("class", cfg.part_config("class", surveyed))
         sections.append(_section(f"Class forgetting (class {exp.forget_class})", rows, caveats))
     if "random" in exp.parts:
-        methods = [m for m in surveyed if not getattr(METHODS.get(m), "CLASS_FORGETTING_ONLY", False)]
+        methods = [m for m in surveyed if not class_forgetting_only(METHODS.get(m))]
         forget = ForgetConfig(kind="random", fraction=exp.random_fraction)
         rows, caveats = part("random", cfg.part_config("random", methods, forget))
         skipped = sorted(set(surveyed) - set(methods))

@@ -92,7 +92,7 @@ def make_server_app(mapping: dict | None = None, out_dir: str | None = None, pro
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         from fedunlearn.federated.driver import serve
-        from fedunlearn.federated.server import FlowerTransport
+        from fedunlearn.federated.transport import FlowerTransport
 
         cfg = _config(context, mapping)
         out = out_dir or str(context.run_config.get("out-dir", "") or f"results/{cfg.experiment.name}")

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedunlearn.config import build, config_hash, to_dict
+from fedunlearn.config import config_hash
 from fedunlearn.data import ArrayDataset, DataBundle, load_dataset, partition, poison
-from fedunlearn.federated.history import State
+from fedunlearn.federated.fedavg import State
 from fedunlearn.federated.queries import get_query
 from fedunlearn.models import build_model
 from fedunlearn.training import TrainConfig, get_device, seed_everything, train
@@ -109,13 +109,3 @@ def answer_query(local: LocalData, name: str, state: State, config: dict) -> tup
     tensors, metrics = get_query(name)(model.to(local.device), local, config)
     return {k: v.detach().cpu() for k, v in tensors.items()}, dict(metrics)
 
-
-def config_from_dict(mapping: dict):
-    """The experiment config rebuilt from its plain dict (how it travels to a client process)."""
-    from fedunlearn.federated.config import Config
-
-    return build(Config, mapping)
-
-
-def config_to_dict(cfg) -> dict:
-    return to_dict(cfg)

@@ -14,9 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from fedunlearn.config import build, check_range
+from fedunlearn.config import check_range
 from fedunlearn.data import BackdoorConfig, DataConfig
-from fedunlearn.federated.methods import FED_METHODS, load_method
+from fedunlearn.experiments.pipeline import MethodsSection
+from fedunlearn.federated.methods import FED_METHODS
 from fedunlearn.federated.withdrawal import check_withdrawal
 from fedunlearn.metrics import EvalConfig
 from fedunlearn.models import ModelConfig
@@ -67,7 +68,7 @@ class WithdrawalConfig:
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(MethodsSection):
     kind: str = "federated"
     experiment: ExperimentSection = ExperimentSection()
     data: DataConfig = DataConfig(train_size=12000, test_size=2000)
@@ -78,24 +79,16 @@ class Config:
     eval: EvalConfig = EvalConfig()
     methods: dict = field(default_factory=dict)  # [methods.<name>] sections: that method's Config
 
+    registry = FED_METHODS
+
     def __post_init__(self):
         check_withdrawal(self.withdrawal.client, self.federation.num_clients)
         if self.withdrawal.after_round > self.federation.rounds:
             raise ValueError(f"'withdrawal.after_round' = {self.withdrawal.after_round} is after the last round "
                              f"(federation.rounds = {self.federation.rounds})")
-        for name in [*self.experiment.methods, *self.methods]:
-            FED_METHODS.check(name)
-        for name in self.method_names():
-            self.method_config(name)  # validate every section now, not after the training
+        self.check_methods()
 
     @property
     def train_rounds(self) -> int:
         return self.withdrawal.after_round or self.federation.rounds
-
-    def method_names(self) -> list[str]:
-        """`retrain` always runs first: every other method is compared with it."""
-        return ["retrain"] + [m for m in self.experiment.methods if m != "retrain"]
-
-    def method_config(self, name: str):
-        return build(load_method(name).Config, self.methods.get(name, {}), f"methods.{name}")
 

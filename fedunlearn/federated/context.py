@@ -11,39 +11,20 @@ The oracle that evaluates models for the report is not part of the context.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import nn
 
 from fedunlearn.errors import WithdrawalError
-from fedunlearn.federated import fedavg
-from fedunlearn.federated.history import History, State, state_nbytes
+from fedunlearn.federated.fedavg import RoundResult, State, aggregate_replies, copy_state, state_nbytes
+from fedunlearn.federated.history import History
 
-log = logging.getLogger("fedunlearn")
-
-
-class Transport(Protocol):
-    """How the server reaches clients: Flower's grid (server.py) or in-process calls (local.py)."""
-
-    info: dict[int, dict]  # client id -> its handshake reply (num_examples, num_classes, input_shape)
-
-    def train(self, client_ids: list[int], state: State, config: dict) -> dict[int, Any]:
-        """client id -> (local state, num_samples, metrics), or the exception it raised."""
-
-    def query(self, client_id: int, name: str, state: State, config: dict) -> tuple[State, dict]:
-        ...
-
-
-@dataclass
-class RoundResult:
-    state: State                                  # the FedAvg aggregate (the new global model)
-    updates: dict[int, tuple[State, int]]         # client id -> (delta from the sent model, num_samples)
-    failed: list[int] = field(default_factory=list)
-    metrics: dict[int, dict] = field(default_factory=dict)
-
+if TYPE_CHECKING:
+    from fedunlearn.federated.config import Config, FederationConfig
+    from fedunlearn.federated.resources import ServerWorker
+    from fedunlearn.federated.transport import Transport
 
 @dataclass
 class Traffic:
@@ -65,6 +46,9 @@ class Traffic:
 
 @dataclass
 class FedResult:
+    """A federated method's answer. It stays apart from MethodResult (fedunlearn.contract):
+    the server holds a state dict, not a module, and the report plots the rounds it used."""
+
     state: State                                  # the unlearned global model
     rounds: int = 0                               # federated rounds used (0 = none)
     curve: list[State] = field(default_factory=list)  # global model after each round, for the plot
@@ -82,7 +66,7 @@ class FedContext:
     num_classes: int
     input_shape: tuple[int, ...]
     make_model: Callable[[], nn.Module]  # a fresh model of the federation's architecture
-    fed_cfg: Any                         # the federation section (FederationConfig)
+    fed_cfg: FederationConfig | None     # the federation section
     device: torch.device
     transport: Transport
     departing_online: bool = True
@@ -90,8 +74,29 @@ class FedContext:
     sample_counts: dict[int, int] = field(default_factory=dict)  # client id -> samples it reported
     seed: int = 0
     traffic: Traffic = field(default_factory=Traffic)
-    server: Any = None                   # a ServerWorker (resources.py) shared by the methods of a run
+    server: ServerWorker | None = None   # the server's Ray worker, shared by the methods of a run
     _round: int = 0
+
+    @classmethod
+    def create(cls, cfg: Config, transport: Transport, trained: dict, make_model: Callable[[], nn.Module],
+               server: ServerWorker | None = None, departing_online: bool | None = None) -> "FedContext":
+        """The context one method gets: the experiment `cfg`, the transport (its handshake gives
+        the task's shape and the clients' sample counts) and the trained federation `trained`
+        ({"global_state", "initial_state", "history"}, as driver.train_federation returns it)."""
+        from fedunlearn.training import get_device
+
+        info = transport.info
+        first = info[min(info)]
+        fed, departing = cfg.federation, cfg.withdrawal.client
+        online = cfg.withdrawal.departing_online if departing_online is None else departing_online
+        return cls(global_state=copy_state(trained["global_state"]), initial_state=copy_state(trained["initial_state"]),
+                   history=trained["history"], departing=departing,
+                   remaining=[c for c in range(fed.num_clients) if c != departing], num_clients=fed.num_clients,
+                   num_classes=int(first["num_classes"]), input_shape=tuple(int(d) for d in first["input_shape"]),
+                   make_model=make_model, fed_cfg=fed, device=get_device(cfg.experiment.device), transport=transport,
+                   departing_online=online, train_rounds=cfg.train_rounds,
+                   sample_counts={c: int(v["num_examples"]) for c, v in info.items()}, seed=cfg.experiment.seed,
+                   server=server)
 
     def model(self, state: State | None = None) -> nn.Module:
         """A fresh model loaded with `state` (default: the global model at withdrawal)."""
@@ -145,19 +150,3 @@ class FedContext:
                 "or set withdrawal.departing_online = true")
         if client_id != self.departing and client_id not in self.remaining:
             raise WithdrawalError(f"client {client_id} is not in this federation (remaining clients: {self.remaining})")
-
-
-def aggregate_replies(sent: State, replies: dict[int, Any]) -> RoundResult:
-    """FedAvg over the successful replies; failures are logged and skipped."""
-    updates, failed, metrics = {}, [], {}
-    for cid, reply in sorted(replies.items()):
-        if isinstance(reply, BaseException):
-            log.warning("client %d failed this round and is left out of the aggregate: %s", cid, reply)
-            failed.append(cid)
-            continue
-        local, num, more = reply
-        updates[cid] = (fedavg.delta(local, sent), int(num))
-        metrics[cid] = more
-    if not updates:
-        raise RuntimeError(f"every client failed this round ({failed}); see the warnings above")
-    return RoundResult(fedavg.apply_updates(sent, list(updates.values())), updates, failed, metrics)

@@ -13,13 +13,12 @@ import logging
 import time
 from pathlib import Path
 
-from fedunlearn import checkpoint
 from fedunlearn.config import config_hash, to_dict
+from fedunlearn.contract import cooperative, hook
 from fedunlearn.errors import WithdrawalError
+from fedunlearn.experiments.pipeline import cached, run_method
 from fedunlearn.federated import fedavg
-from fedunlearn.federated.context import FedContext, aggregate_replies
-from fedunlearn.federated.history import state_nbytes
-from fedunlearn.federated.methods import load_method
+from fedunlearn.federated.context import FedContext
 from fedunlearn.federated.resources import ServerWorker
 from fedunlearn.federated.rounds import run_fedavg
 from fedunlearn.federated.withdrawal import Membership
@@ -44,7 +43,7 @@ def serve(cfg, transport, out_dir: str | Path, progress: bool = True) -> dict:
         return build_model(cfg.model, input_shape, num_classes)
 
     base_key = config_hash([cfg.data, cfg.model, fed, cfg.backdoor, cfg.withdrawal.client, cfg.train_rounds, seed])
-    trained = _cached(ckpt / f"federation-{base_key}", lambda: train_federation(cfg, transport, make_model))
+    trained = cached(ckpt / f"federation-{base_key}", lambda: train_federation(cfg, transport, make_model))
     log.info("trained %d rounds in %.1f s; stored history: %d rounds, %.1f MB", cfg.train_rounds,
              trained["wall_s"], len(trained["history"].rounds), trained["history"].nbytes() / 1e6)
 
@@ -57,30 +56,17 @@ def serve(cfg, transport, out_dir: str | Path, progress: bool = True) -> dict:
     with ServerWorker(fed.server_gpus) as server:
         # A method that works on the server's Ray worker has a warm_up: the worker's start and
         # first steps are the cost of a server process, not of the method, and are not timed.
-        for warm_up in {getattr(load_method(name), "warm_up", None) for name in cfg.method_names()} - {None}:
+        for warm_up in {hook(cfg.method(name), "warm_up") for name in cfg.method_names()} - {None}:
             warm_up(server.start(), make_model, trained["global_state"], num_classes, input_shape, seed)
         for name in cfg.method_names():
-            module, method_cfg = load_method(name), cfg.method_config(name)
+            method, method_cfg = cfg.method(name), cfg.method_config(name)
             key = config_hash([base_key, name, method_cfg, cfg.withdrawal.departing_online])
-
-            def work(module=module, method_cfg=method_cfg, name=name):
-                ctx = FedContext(
-                    global_state=fedavg.copy_state(trained["global_state"]),
-                    initial_state=fedavg.copy_state(trained["initial_state"]), history=trained["history"],
-                    departing=cfg.withdrawal.client, remaining=list(remaining), num_clients=fed.num_clients,
-                    num_classes=num_classes, input_shape=input_shape, make_model=make_model, fed_cfg=fed,
-                    device=device, transport=transport, departing_online=cfg.withdrawal.departing_online,
-                    train_rounds=cfg.train_rounds, sample_counts={c: int(v["num_examples"]) for c, v in info.items()},
-                    seed=seed, server=server)
-                start = time.perf_counter()
-                result = module.unlearn(ctx, method_cfg)
-                wall = time.perf_counter() - start
-                row = {"wall_s": wall, "rounds": result.rounds, **vars(ctx.traffic), **result.stats}
-                log.info("%s: %.1f s, %d rounds, %d messages to remaining clients", name, wall, result.rounds,
-                         ctx.traffic.messages_to_remaining)
-                return {"state": result.state, "curve": result.curve, "row": row}
-
-            results[name] = _cached(ckpt / f"method-{name}-{key}", work)
+            ctx = FedContext.create(cfg, transport, trained, make_model, server=server)
+            result, row = run_method(method, ctx, method_cfg, ckpt / f"method-{name}-{key}",
+                                     measure=lambda res, ctx=ctx: {"rounds": res.rounds, **vars(ctx.traffic)})
+            log.info("%s: %.1f s, %d rounds, %d messages to remaining clients", name, row["wall_s"], row["rounds"],
+                     row["messages_to_remaining"])
+            results[name] = {"state": result.state, "curve": result.curve, "row": row}
 
     from fedunlearn.federated.report import write_federated_report
 
@@ -93,32 +79,22 @@ def train_federation(cfg, transport, make_model) -> dict:
     initial = fedavg.copy_state(make_model().state_dict())
 
     def fit(ids, state, config):
-        return aggregate_replies(state, transport.train(ids, state, {**config, "phase": "train"}))
+        return fedavg.aggregate_replies(state, transport.train(ids, state, {**config, "phase": "train"}))
 
     start = time.perf_counter()
     state, history, curve, failures = run_fedavg(fit, list(range(fed.num_clients)), initial, cfg.train_rounds,
                                                  fed.store_every, desc="training")
     return {"global_state": state, "initial_state": initial, "history": history, "curve": curve,
             "failures": failures, "wall_s": time.perf_counter() - start,
-            "model_bytes": state_nbytes(state), "config": to_dict(fed)}
+            "model_bytes": fedavg.state_nbytes(state), "config": to_dict(fed)}
 
 
 def check_cooperation(cfg) -> None:
     """Fail before training if a listed method needs a departing client that is offline."""
     if cfg.withdrawal.departing_online:
         return
-    needs = [m for m in cfg.method_names() if getattr(load_method(m), "COOPERATIVE", False)]
+    needs = [m for m in cfg.method_names() if cooperative(cfg.method(m))]
     if needs:
         raise WithdrawalError(
             f"withdrawal.departing_online = false, but {', '.join(needs)} need(s) the departing client to take part; "
             "remove them from experiment.methods or set withdrawal.departing_online = true")
-
-
-def _cached(path: Path, work) -> dict:
-    cached = checkpoint.load_or_none(path)
-    if cached is not None:
-        log.info("reusing checkpoint %s", path.name)
-        return cached[0]
-    value = work()
-    checkpoint.save(path, value)
-    return value

@@ -2,13 +2,21 @@
 
 Only floating-point entries are averaged or differenced; integer buffers (BatchNorm's
 num_batches_tracked) are carried over from the model the clients started from.
+Paper: McMahan et al., Communication-Efficient Learning of Deep Networks from Decentralized
+Data, AISTATS 2017.
 """
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
 import torch
 
-State = dict[str, torch.Tensor]
+log = logging.getLogger("fedunlearn")
+
+State = dict[str, torch.Tensor]  # a model's state dict: the one definition
 
 
 def is_float(t: torch.Tensor) -> bool:
@@ -55,3 +63,31 @@ def l2_project(state: State, center: State, radius: float) -> State:
     if dist <= radius or dist == 0.0:
         return state
     return add(center, diff, radius / dist)
+
+
+def state_nbytes(state: State) -> int:
+    return sum(t.numel() * t.element_size() for t in state.values())
+
+
+@dataclass
+class RoundResult:
+    state: State                                  # the FedAvg aggregate (the new global model)
+    updates: dict[int, tuple[State, int]]         # client id -> (delta from the sent model, num_samples)
+    failed: list[int] = field(default_factory=list)
+    metrics: dict[int, dict] = field(default_factory=dict)
+
+
+def aggregate_replies(sent: State, replies: dict[int, Any]) -> RoundResult:
+    """FedAvg over the successful replies; failures are logged and skipped."""
+    updates, failed, metrics = {}, [], {}
+    for cid, reply in sorted(replies.items()):
+        if isinstance(reply, BaseException):
+            log.warning("client %d failed this round and is left out of the aggregate: %s", cid, reply)
+            failed.append(cid)
+            continue
+        local, num, more = reply
+        updates[cid] = (delta(local, sent), int(num))
+        metrics[cid] = more
+    if not updates:
+        raise RuntimeError(f"every client failed this round ({failed}); see the warnings above")
+    return RoundResult(apply_updates(sent, list(updates.values())), updates, failed, metrics)

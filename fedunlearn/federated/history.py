@@ -9,9 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
-
-State = dict[str, torch.Tensor]
+from fedunlearn.federated.fedavg import State, state_nbytes
 
 
 @dataclass
@@ -41,7 +39,3 @@ class History:
     def client_rounds(self, client_id: int) -> list[StoredRound]:
         """The stored rounds in which `client_id` took part (its update arrived)."""
         return [r for r in self.rounds if client_id in r.updates]
-
-
-def state_nbytes(state: State) -> int:
-    return sum(t.numel() * t.element_size() for t in state.values())

@@ -1,7 +1,7 @@
 """Ray at the edge: client resources chosen at run time, and the server's own Ray worker.
 
-Never start a second Ray: attach when one runs (`ray.is_initialized()` or RAY_ADDRESS), start a
-local one only when there is none. Asking Ray for a GPU on a machine without one leaves a
+Never start a second Ray: cluster.ray_env.ensure_ray attaches when one runs (`ray.is_initialized()`
+or RAY_ADDRESS) and starts a local one only when there is none. Asking Ray for a GPU on a machine without one leaves a
 task pending forever, so GPU fractions are requested only where the cluster reports GPUs.
 """
 
@@ -27,18 +27,6 @@ def client_resources(fed_cfg) -> dict[str, float]:
     return {"num_cpus": float(fed_cfg.client_cpus), "num_gpus": float(gpus)}
 
 
-def ensure_ray() -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"])
-    else:
-        # "local": a private cluster, never a `ray start` cluster someone else left on this machine.
-        ray.init(address="local", include_dashboard=False)
-
-
 class ServerWorker:
     """The server's compute process: one Ray actor that runs the server-side work of unlearning
     (a generator, a distillation), on a GPU fraction when the cluster has GPUs.
@@ -57,6 +45,8 @@ class ServerWorker:
 
     def start(self) -> "ServerWorker":
         import ray
+
+        from fedunlearn.cluster.ray_env import ensure_ray
 
         if self._actor is not None:
             return self

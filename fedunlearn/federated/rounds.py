@@ -5,9 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
-from fedunlearn.federated.context import RoundResult
-from fedunlearn.federated.fedavg import copy_state
-from fedunlearn.federated.history import History, State, StoredRound
+from fedunlearn.federated.fedavg import RoundResult, State, copy_state
+from fedunlearn.federated.history import History, StoredRound
 
 log = logging.getLogger("fedunlearn")
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from fedunlearn.config import check_range
-from fedunlearn.errors import unknown_choice
+from fedunlearn.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -19,6 +19,7 @@ class ModelConfig:
     pool: int = 1            # logistic only: average-pool the input by this factor (fewer fixed features)
 
     def __post_init__(self):
+        MODELS.check(self.name)  # an unknown model fails when the config is built, before any data loads
         check_range("model.pool", self.pool, 1)
 
 
@@ -72,15 +73,38 @@ def logistic(input_shape, num_classes: int, pool: int = 1) -> nn.Module:
                          nn.Linear(c * (h // pool) * (w // pool), num_classes))
 
 
-MODELS = {
-    "mlp": lambda shape, k, cfg: MLP(shape, k, cfg.hidden),
-    "cnn": lambda shape, k, cfg: CNN(shape, k, cfg.hidden, cfg.batchnorm),
-    "resnet18": lambda shape, k, cfg: resnet18(shape, k),
-    "logistic": lambda shape, k, cfg: logistic(shape, k, cfg.pool),
-}
+def build_mlp(shape, num_classes: int, cfg: ModelConfig) -> nn.Module:
+    return MLP(shape, num_classes, cfg.hidden)
+
+
+def build_cnn(shape, num_classes: int, cfg: ModelConfig) -> nn.Module:
+    return CNN(shape, num_classes, cfg.hidden, cfg.batchnorm)
+
+
+def build_resnet18(shape, num_classes: int, cfg: ModelConfig) -> nn.Module:
+    return resnet18(shape, num_classes)
+
+
+def build_logistic(shape, num_classes: int, cfg: ModelConfig) -> nn.Module:
+    return logistic(shape, num_classes, cfg.pool)
+
+
+# name -> "module:builder", builder(input_shape, num_classes, ModelConfig) -> nn.Module.
+MODELS = Registry("model", {
+    "mlp": "fedunlearn.models:build_mlp",
+    "cnn": "fedunlearn.models:build_cnn",
+    "resnet18": "fedunlearn.models:build_resnet18",
+    "logistic": "fedunlearn.models:build_logistic",
+})
 
 
 def build_model(cfg: ModelConfig, input_shape, num_classes: int) -> nn.Module:
-    if cfg.name not in MODELS:
-        raise unknown_choice("model", cfg.name, MODELS)
-    return MODELS[cfg.name](tuple(input_shape), num_classes, cfg)
+    return MODELS.get(cfg.name)(tuple(input_shape), num_classes, cfg)
+
+
+def fresh_model(model_cfg: ModelConfig, shape, num_classes: int, seed: int) -> nn.Module:
+    """A seeded, untrained model; module-level (not a closure), so Ray ships it by reference."""
+    from fedunlearn.training import seed_everything
+
+    seed_everything(seed)
+    return build_model(model_cfg, shape, num_classes)

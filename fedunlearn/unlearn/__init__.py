@@ -1,11 +1,12 @@
 """Centralized unlearning methods: one module each, one registry line each.
 
-Each module has a frozen dataclass `Config` and `unlearn(task, cfg) -> (model, stats)`.
-Adding a method = adding a module here and a line to METHODS.
+Each module has a frozen dataclass `Config` and `unlearn(task, cfg) -> MethodResult(model, stats)`,
+and may have the optional hooks and flags of fedunlearn/contract.py. Adding a method = adding a
+module here and a line to METHODS.
 """
 
 from fedunlearn.registry import Registry
-from fedunlearn.unlearn.base import Stats, UnlearnTask
+from fedunlearn.unlearn.base import MethodResult, Stats, UnlearnTask
 
 METHODS = Registry("method", {
     "retrain": "fedunlearn.unlearn.retrain",
@@ -24,4 +25,4 @@ METHODS = Registry("method", {
     "error_max_noise": "fedunlearn.unlearn.error_max_noise",
 })
 
-__all__ = ["METHODS", "Stats", "UnlearnTask"]
+__all__ = ["METHODS", "MethodResult", "Stats", "UnlearnTask"]

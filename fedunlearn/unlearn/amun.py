@@ -127,7 +127,7 @@ def search(task: UnlearnTask, model: nn.Module, cfg: Config, max_parallel: int =
     x = task.forget.x
     if cfg.chunks == 1 or len(x) == 0:
         return search_chunk(task.make_model, state, x, cfg, task.device)
-    cluster = task.extras.get("cluster", ClusterConfig())
+    cluster = task.cluster or ClusterConfig()
     with ray_session(cluster):
         import ray
 

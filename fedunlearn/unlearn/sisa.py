@@ -65,7 +65,7 @@ def fit(data: ArrayDataset, alive: np.ndarray, cfg: Config, task: UnlearnTask, c
     keys = [prefix_keys(prints, shard, base, s) for s, shard in enumerate(plan)]
     starts = [resume_point(ckpt_dir, k) for k in keys]
     jobs = [s for s in range(cfg.shards) if starts[s] < cfg.slices]
-    cluster = task.extras.get("cluster", ClusterConfig())
+    cluster = task.cluster or ClusterConfig()
     with ray_session(cluster):
         res = current_resources(cluster)
         workers = min(res.slots, max_parallel or res.slots)
@@ -100,7 +100,7 @@ def _positions(task: UnlearnTask, with_forget: bool) -> tuple[ArrayDataset, np.n
                           "(UnlearnTask.retain_idx / forget_idx); the centralized and cluster runners set them")
     if not task.workdir:
         raise ConfigError("SISA needs UnlearnTask.workdir, a folder for its shard checkpoints")
-    n = int(task.extras.get("train_size") or len(task.retain_idx) + len(task.forget_idx))
+    n = task.train_size or len(task.retain_idx) + len(task.forget_idx)
     x = torch.zeros((n, *task.retain.x.shape[1:]), dtype=task.retain.x.dtype)
     y = torch.zeros(n, dtype=torch.long)
     x[task.retain_idx], y[task.retain_idx] = task.retain.x, task.retain.y

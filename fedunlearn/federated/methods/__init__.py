@@ -1,11 +1,11 @@
 """Federated unlearning methods: one module each, one registry line each.
 
 A method module has a frozen dataclass `Config` (defaults that work) and
-`unlearn(ctx: FedContext, cfg) -> FedResult` (see fedunlearn/federated/context.py). It sees
-only the server's view; the context counts what it sends to the remaining and the departing
-clients. A method that needs the departing client (`cooperative`) asks it through
-`ctx.query`, which fails with WithdrawalError when that client is offline; set
-`COOPERATIVE = True` in such a module so the runner can say so up front.
+`unlearn(ctx: FedContext, cfg) -> FedResult` (see fedunlearn/federated/context.py), and may
+have the optional hooks and flags of fedunlearn/contract.py. It sees only the server's view;
+the context counts what it sends to the remaining and the departing clients. A method that
+needs the departing client asks it through `ctx.query`, which fails with WithdrawalError when
+that client is offline; set `COOPERATIVE = True` in such a module so the runner can say so up front.
 """
 
 from fedunlearn.registry import Registry
@@ -21,16 +21,10 @@ FED_METHODS = Registry("federated method", {
 })
 
 
-def load_method(name: str):
-    """The method's module, or a clear error if it is listed but cannot be imported."""
-    from fedunlearn.errors import ConfigError
 
-    FED_METHODS.check(name)
-    try:
-        return FED_METHODS.get(name)
-    except ImportError as err:
-        raise ConfigError(f"federated method '{name}' is registered but cannot be imported ({err}); "
-                          "remove it from experiment.methods or install what it needs") from None
+def load_method(name: str):
+    """The method's module, or a one-line ConfigError if it is listed but cannot be imported."""
+    return FED_METHODS.load(name)
 
 
 __all__ = ["FED_METHODS", "load_method"]

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from fedunlearn.federated.context import FedContext, FedResult
-from fedunlearn.federated.history import State
+from fedunlearn.federated.fedavg import State
 from fedunlearn.federated.methods import subtract
 from fedunlearn.training import get_device
 from fedunlearn.unlearn.source_free.consolidate import ConsolidateConfig

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 
 from fedunlearn.config import check_range
 from fedunlearn.federated.context import FedContext, FedResult
-from fedunlearn.federated.history import State
+from fedunlearn.federated.fedavg import State
 from fedunlearn.federated.methods import source_free_absent
 from fedunlearn.federated.methods.source_free_absent import reference_state, server_repair, to_state
 from fedunlearn.training import get_device

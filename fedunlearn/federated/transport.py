@@ -1,21 +1,41 @@
-"""The server's side of Flower's Message API: find the clients, send rounds and queries over the grid.
+"""How the server reaches clients: the Transport protocol and its two implementations.
 
-`FlowerTransport` maps partition ids (the client ids of the config) to Flower node ids with a
-`query.hello` handshake, then sends `train` messages (model arrays + a config record) and
-`query.call` messages (a named client-side computation, see queries.py). A reply that carries
-an error (the ClientApp raised) comes back as an exception for that client, so one failing
-client does not stop a round.
+`FlowerTransport` (Flower's Message API) maps partition ids (the client ids of the config) to
+Flower node ids with a `query.hello` handshake, then sends `train` messages (model arrays + a
+config record) and `query.call` messages (a named client-side computation, see queries.py). A
+reply that carries an error (the ClientApp raised) comes back as an exception for that client,
+so one failing client does not stop a round.
+
+`LocalTransport` calls the same client functions as the ClientApp directly, in-process: for
+unit tests of a method without Flower or Ray, and for debugging a method step by step. The
+FedContext counts messages exactly as it does over Flower's grid.
 """
 
 from __future__ import annotations
 
 import time
+from typing import Any, Protocol
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 
 from fedunlearn.errors import FedUnlearnError
-from fedunlearn.federated.history import State
+from fedunlearn.federated.client import answer_query, client_info, local_data, local_train
+from fedunlearn.federated.fedavg import State
 
+
+class Transport(Protocol):
+    """What FedContext and the driver use to reach clients."""
+
+    info: dict[int, dict]  # client id -> its handshake reply (num_examples, num_classes, input_shape)
+
+    def train(self, client_ids: list[int], state: State, config: dict) -> dict[int, Any]:
+        """client id -> (local state, num_samples, metrics), or the exception it raised."""
+
+    def query(self, client_id: int, name: str, state: State, config: dict) -> tuple[State, dict]:
+        ...
+
+
+# --- Flower's grid ---------------------------------------------------------------------------
 
 class ClientError(RuntimeError):
     """A client's reply carried an error instead of a result."""
@@ -72,3 +92,27 @@ class FlowerTransport:
             raise ClientError(f"client {client_id} failed query '{name}': {reply.error.reason}")
         arrays = reply.content["arrays"]
         return (arrays.to_torch_state_dict() if len(arrays) else {}), dict(reply.content["metrics"])
+
+
+# --- in-process ------------------------------------------------------------------------------
+
+class LocalTransport:
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    @property
+    def info(self) -> dict[int, dict]:
+        """What each client reports in the handshake (see app.py's query.hello)."""
+        return {cid: client_info(local_data(self.cfg, cid)) for cid in range(self.cfg.federation.num_clients)}
+
+    def train(self, client_ids: list[int], state: State, config: dict) -> dict:
+        replies = {}
+        for cid in client_ids:
+            try:
+                replies[cid] = local_train(self.cfg, local_data(self.cfg, cid), state, config)
+            except Exception as err:  # a failing client must not stop the round
+                replies[cid] = err
+        return replies
+
+    def query(self, client_id: int, name: str, state: State, config: dict) -> tuple[State, dict]:
+        return answer_query(local_data(self.cfg, client_id), name, state, config)

@@ -1,8 +1,8 @@
-"""The federated withdrawal experiment, run by `fedunlearn run` on Flower's simulation engine (Ray).
+"""The federated kind: client withdrawal, run by `fedunlearn run` on Flower's simulation engine (Ray).
 
 `run` builds the ServerApp and ClientApp around the validated config and hands them to
 `flwr.simulation.run_simulation`: one SuperNode per client, client resources chosen from what
-the machine has. The ServerApp does all the work (driver.py) and writes the report; this
+the machine has. The ServerApp does all the work (federated/driver.py) and writes the report; this
 function returns what it wrote. Ray is reused when it already runs, started (and stopped
 afterwards) when it does not.
 """
