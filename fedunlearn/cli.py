@@ -42,18 +42,20 @@ def cmd_list(args) -> int:
     from fedunlearn.models import MODELS
     from fedunlearn.unlearn import METHODS
 
-    print("data sets:  " + ", ".join(DATASETS))
-    print("models:     " + ", ".join(MODELS))
+    print("data sets:  " + ", ".join(DATASETS.names()))
+    print("models:     " + ", ".join(MODELS.names()))
     print("experiment kinds: " + ", ".join(EXPERIMENTS.names()))
     print("centralized methods:")
     for name in METHODS.names():
         print(f"  {name:<24} {METHODS.describe(name)}")
     if "federated" in EXPERIMENTS:
         from fedunlearn.federated.methods import FED_METHODS
+        from fedunlearn.federated.queries import CLIENT_QUERIES
 
         print("federated methods:")
         for name in FED_METHODS.names():
             print(f"  {name:<24} {FED_METHODS.describe(name)}")
+        print("client queries: " + ", ".join(CLIENT_QUERIES.names()))
     return 0
 
 

@@ -89,3 +89,25 @@ def test_list_shows_registries(capsys):
     out = capsys.readouterr().out
     for name in ("fashion-mnist", "digits", "cnn", "resnet18", "retrain", "neggrad_plus", "random_label"):
         assert name in out
+
+
+@pytest.mark.parametrize("override, message", [("model.name=vit", "unknown model 'vit'"),
+                                               ("data.name=imagenet", "unknown data set 'imagenet'")])
+@pytest.mark.parametrize("config", ["simulations/quickstart.toml", "simulations/sisa.toml",
+                                    "simulations/withdrawal.toml", "simulations/survey.toml"])
+def test_unknown_model_or_data_set_fails_when_the_config_is_built(config, override, message, capsys):
+    """Checked by the registries while the config is built (load_experiment), before any data loads."""
+    with pytest.raises(ConfigError, match=message):
+        load_experiment(config, [override])
+    assert main(["run", config, "--set", override, "--out", "/nonexistent/never-written"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {message}") and "\n" not in err
+
+
+def test_client_queries_registry_names_unknown_queries():
+    from fedunlearn.federated.queries import CLIENT_QUERIES, get_query
+
+    assert callable(get_query("pga_ascent"))
+    with pytest.raises(ConfigError, match="unknown client query 'nope'.*pga_ascent"):
+        get_query("nope")
+    assert "pga_ascent" in CLIENT_QUERIES.names()

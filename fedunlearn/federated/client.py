@@ -1,6 +1,6 @@
 """What a client does, as plain functions: rebuild its own partition, train locally, answer queries.
 
-The Flower ClientApp (app.py) and the in-process transport (local.py) both call these. The data
+The Flower ClientApp (app.py) and the in-process transport (transport.py) both call these. The data
 set and its partition are deterministic in the seed, so each client rebuilds its own share from
 its partition id; the departing client's share carries the backdoor. Nothing but model arrays
 and metrics leaves a client.

@@ -1,7 +1,7 @@
 """The server's script: train with FedAvg, honour the withdrawal, run every method, write the report.
 
 It runs inside the ServerApp (app.py) and talks to clients only through a transport (Flower's
-grid, or local.py's in-process calls). The trained federation and each method's model are
+grid, or transport.py's in-process calls). The trained federation and each method's model are
 checkpointed under OUT/checkpoints, keyed by the config that produced them, so an interrupted
 run resumes. Every method starts from the same trained global model and gets its own message
 counter; the report's evaluation is an oracle outside the protocol (report.py).

@@ -7,24 +7,21 @@ A query function runs on the client, on its own data, and returns only tensors a
 `model` is a fresh model loaded with the state the server sent; `local` is the client's
 LocalData (its training set, backdoored samples included, and its local recipe). Entries are
 "module:function" strings, imported when first used, so that every client process (a Ray
-actor, a SuperNode) resolves the same function: adding a query is adding one line here.
+actor, a SuperNode) resolves the same function: adding a query is adding one line here (the
+function usually lives in the module of the method that asks for it).
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import Callable
 
-from fedunlearn.errors import unknown_choice
+from fedunlearn.registry import Registry
 
-CLIENT_QUERIES: dict[str, str] = {
+CLIENT_QUERIES = Registry("client query", {
     "pga_ascent": "fedunlearn.federated.methods.pga:client_ascent",
     "source_free_forget": "fedunlearn.federated.methods.source_free_cooperative:client_forget",
-}
+})
 
 
 def get_query(name: str) -> Callable:
-    if name not in CLIENT_QUERIES:
-        raise unknown_choice("client query", name, CLIENT_QUERIES)
-    module, _, attr = CLIENT_QUERIES[name].partition(":")
-    return getattr(importlib.import_module(module), attr)
+    return CLIENT_QUERIES.get(name)

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-
 from fedunlearn.config import to_dict
 from fedunlearn.data import ArrayDataset, triggered_test
 from fedunlearn.federated.client import federation_data, local_data
-from fedunlearn.metrics import Splits, compare_to_reference, evaluate, write_report
+from fedunlearn.experiments.pipeline import evaluate_against_reference
+from fedunlearn.metrics import Splits, write_report
 from fedunlearn.metrics.plots import curves
 from fedunlearn.training import predict_probs
 
@@ -68,22 +68,13 @@ def write_federated_report(cfg, out: Path, trained: dict, results: dict, make_mo
         model.load_state_dict(state)
         return model.to(device).eval()
 
-    rows, ref = [], {}
     entries = [("retrain", results["retrain"]), ("original", {"state": trained["global_state"], "row": {
         "wall_s": trained["wall_s"], "rounds": cfg.train_rounds}})]
     entries += [(name, res) for name, res in results.items() if name != "retrain"]
-    for name, res in entries:
-        model = model_of(res["state"])
-        metrics, outputs = evaluate(model, splits, device, cfg.eval, seed=seed)
-        if "backdoor_acc" in metrics:
-            metrics["backdoor_asr"] = metrics.pop("backdoor_acc")
-        row = {"method": name, **metrics, **res["row"]}
-        if name == "retrain":
-            ref = {"row": dict(row), "out": outputs, "model": model, "s": row["wall_s"]}
-        compare_to_reference(row, outputs, model, ref["row"], ref["out"], ref["model"], ref["s"])
-        if name == "original":
-            row.pop("speedup")  # training, not unlearning: no speedup to speak of
-        rows.append(row)
+    rows = [row for row, _ in evaluate_against_reference(
+        ((name, model_of(res["state"]), res["row"]) for name, res in entries), splits, device, cfg.eval, seed,
+        rename={"backdoor_acc": "backdoor_asr"})]
+    next(r for r in rows if r["method"] == "original").pop("speedup")  # training, not unlearning: no speedup
     order = ["original", "retrain", *[n for n in results if n != "retrain"]]
     rows.sort(key=lambda r: order.index(r["method"]))
 
