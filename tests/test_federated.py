@@ -13,7 +13,7 @@ import pytest
 from fedunlearn.cli import main as cli_main
 from fedunlearn.config import build
 from fedunlearn.errors import WithdrawalError
-from fedunlearn.federated import experiment
+from fedunlearn.experiments import federated as experiment
 from fedunlearn.federated.config import Config
 from tiny_federation import tiny_federation
 

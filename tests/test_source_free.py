@@ -11,7 +11,7 @@ import torch
 
 from fedunlearn.config import build
 from fedunlearn.errors import WithdrawalError
-from fedunlearn.federated import experiment
+from fedunlearn.experiments import federated as experiment
 from fedunlearn.federated.config import Config as FedConfig
 from fedunlearn.data import ArrayDataset, BackdoorConfig, DataConfig, load_dataset, poison, triggered_test
 from fedunlearn.errors import ConfigError

@@ -1,4 +1,4 @@
-"""The survey (seed 003): every registered method side by side, judged by the one evaluation.
+"""The survey: every registered method side by side, judged by the one evaluation.
 
 Four parts, each a centralized run (centralized.run: same training, checkpoints, evaluation)
 in its own folder under OUT:
@@ -245,6 +245,6 @@ def _label_study(rows: list[dict], counts, out: Path):
     plot = curves(series, "number of classes K", out / "label_count.png", title="label-count study")
     lines = ["## Label-count study: speedup by number of classes (one class forgotten)", "",
              markdown_table(table, list(table[0])), "",
-             "- Spearman correlation of speedup with K per method (seed 003, Table 14: mostly negative for "
-             "training-based methods). Accuracies per K are in labels-K/report.md and in report.json."]
+             "- Spearman correlation of speedup with K per method. Accuracies per K are in labels-K/report.md "
+             "and in report.json."]
     return "\n".join(lines), str(plot)

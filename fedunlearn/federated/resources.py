@@ -32,8 +32,8 @@ class ServerWorker:
     (a generator, a distillation), on a GPU fraction when the cluster has GPUs.
 
     It is started once per experiment, before any method is timed, and reused by every method:
-    a fresh Ray worker process costs seconds of Python and torch imports (3-12 s measured on a
-    busy 2-core machine), which would otherwise be billed to the first method that uses it.
+    a fresh Ray worker process costs seconds of Python and torch imports, which would otherwise
+    be billed to the first method that uses it.
     It reserves no CPU: in a Flower simulation the client actors hold every CPU while they sit
     idle during server-side unlearning, and an actor waiting for a CPU would never start. Its
     torch uses the node's cores, which are free while the server works.

@@ -41,8 +41,8 @@ class Config:
     lr: float = 0.05
     batch_size: int = 128
     # Retain samples drawn afresh each epoch, as a multiple of the other fine-tuning samples;
-    # 0 = no retain data. With 1, five 2% requests in a row cost 7 points of test accuracy on
-    # Fashion-MNIST; with 4, under 2 points.
+    # 0 = no retain data. More retain data keeps test accuracy over continual requests
+    # (docs/findings.md).
     retain_ratio: float = 4.0
     # Fine-tune on the forget samples (true labels) too? None = as in the paper: only when no
     # retain samples are used (D_F + D_A); with retain samples it is D_R + D_A.

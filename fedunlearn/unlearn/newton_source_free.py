@@ -11,25 +11,20 @@ On the last linear layer (see linear.py):
     Hessian, which for a softmax layer has a closed form (positive semidefinite by
     construction); we compute it directly instead of solving the SDP over sampled perturbations.
     The assumption fails for class removal: the forget set then excites only its own class's
-    directions (measured: relative error 3.3, and the class is not forgotten, 0.79 forget accuracy).
+    directions (docs/findings.md).
   - "classwise" (default): the retain Hessian as a sum over classes, each class weighted by
     its estimated retained count (n / K minus its forget samples: a balanced training set is
     assumed) and estimated from the forget set's samples of that class where there are at
     least `min_class_samples`, else from stand-in samples of that class that a label-
-    conditioned generator synthesizes from the model alone (the knowledge reconstruction of
-    seed 000, fedunlearn.unlearn.source_free.generator). Random forgetting thus keeps the
+    conditioned generator synthesizes from the model alone (the paper's knowledge
+    reconstruction, fedunlearn.unlearn.source_free.generator). Random forgetting thus keeps the
     paper's estimate, and a removed class's retained classes get a Hessian of their own.
-    Measured on digits, logistic regression, class 3 removed: forget accuracy 0.90 -> 0.00
-    and test accuracy 0.861 (the exact Newton step: 0.878), where "forget" left 0.90.
-    Known limit: the generator's stand-ins are more confident than real samples (mean top
-    probability 0.93-0.998 against 0.64-0.97 per class on the survey's MLP), so their softmax
-    curvature is 2-9x too small and the step overshoots: class 0 of Fashion-MNIST is forgotten
-    but test accuracy drops to 0.69 (exact Newton: 0.78; exact Hessian with this method's
-    gradient: 0.775, so the Hessian is what is off). Rescaling by the forget class's real /
-    synthetic curvature ratio or by a confidence-matched temperature recovered only 3 points.
+    Known limit: the generator's stand-ins are more confident than real samples, so their
+    softmax curvature is too small and the step overshoots (measurements in docs/findings.md).
 Optional Gaussian noise on the result, as in the paper. `diagnose` (run by the experiment
 runner, outside the timing, because it needs the retain set) reports the distance to the exact
 Newton update and the relative error of the estimated Hessian.
+Paper: Ahmed et al., Towards Source-Free Machine Unlearning, CVPR 2025.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""source_free_absent: source-free unlearning of a client that is gone (seed 000, design.md).
+"""source_free_absent: source-free unlearning of a client that is gone.
 
 The server uses only what it holds: the global model, the round-0 weights and the departing
 client's stored updates. It subtracts those updates (the `subtract` method: the reference),
@@ -9,6 +9,7 @@ lost that class, as under label skew), a student starting at the reference is di
 the global model on them. The remaining clients get no message and the departing client is not asked
 anything. Generator and distillation run on the server's Ray worker (a GPU fraction when
 the cluster has one).
+Paper: Ahmed et al., Towards Source-Free Machine Unlearning, CVPR 2025.
 """
 
 from __future__ import annotations
@@ -42,8 +43,8 @@ def unlearn(ctx: FedContext, cfg: Config) -> FedResult:
 
 def warm_up(server, make_model, global_state: State, num_classes: int, input_shape, seed: int) -> None:
     """Before any timing (driver.py): a two-step repair on the server's worker. The first
-    generator and distillation steps in a fresh process pay torch's one-time set-up (about
-    1.3 s of 3 s measured on 2 cores), which a long-running server has long since paid."""
+    generator and distillation steps in a fresh process pay torch's one-time set-up, which a
+    long-running server has long since paid."""
     tiny = RepairConfig(generator=GeneratorConfig(steps=2), consolidate=ConsolidateConfig(steps=2),
                         skip_agreement=2.0, check_samples=8)
     server.run(server_repair, make_model, global_state, global_state, num_classes, input_shape, tiny, seed)

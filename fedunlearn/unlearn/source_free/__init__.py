@@ -1,8 +1,9 @@
-"""Source-free unlearning (seed 000): synthesize stand-in data from the model, then consolidate.
+"""Source-free unlearning: synthesize stand-in data from the model, then consolidate.
 
 Plain PyTorch, no Ray or Flower: `train_generator` (phase 1), `consolidate` (phase 2), the
 forget terms in `forget`, and `pipeline.repair` / `pipeline.refine`, which the federated
 methods `source_free_absent` / `source_free_cooperative` run on the server.
+Paper: Ahmed et al., Towards Source-Free Machine Unlearning, CVPR 2025.
 """
 
 from fedunlearn.unlearn.source_free.consolidate import (ConsolidateConfig, agreement, consolidate, freeze_batchnorm,

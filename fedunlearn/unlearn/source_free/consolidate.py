@@ -1,4 +1,4 @@
-"""Phase 2 of source-free unlearning (seed 000, "Towards Source-Free Machine Unlearning"):
+"""Phase 2 of source-free unlearning (Ahmed et al., "Towards Source-Free Machine Unlearning", CVPR 2025):
 consolidation. A student, initialised from a start model, is distilled from a teacher on
 synthetic samples of the retained classes, minimising KL(p_teacher || p_student), plus an
 optional lambda * forget term supplied by the caller.

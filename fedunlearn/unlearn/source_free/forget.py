@@ -1,7 +1,7 @@
 """Forget terms for source-free consolidation that aim at what is unique to the forgotten data.
 
-A forget term over all of a departing client's data destroys the model (seed 000's KL to
-uniform or negative cross-entropy; design.md): an IID client's data looks like everyone
+A forget term over all of a departing client's data destroys the model (the paper's KL to
+uniform, or negative cross-entropy): an IID client's data looks like everyone
 else's, and the target is a model retrained without it, which still classifies such data
 well. What must go is what only that data taught: backdoors and memorised samples. So:
 

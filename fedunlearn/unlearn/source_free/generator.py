@@ -1,4 +1,4 @@
-"""Phase 1 of source-free unlearning (seed 000, "Towards Source-Free Machine Unlearning"):
+"""Phase 1 of source-free unlearning (Ahmed et al., "Towards Source-Free Machine Unlearning", CVPR 2025):
 knowledge reconstruction. A label-conditioned generator is trained against a frozen model so
 that it synthesizes stand-in data for training data the server never sees.
 
@@ -13,9 +13,8 @@ predictions, not by confident samples. Losses, after DAFL / DeepInversion:
     samples toward the statistics of the real training data.
 The frozen model judges a randomly shifted (and flipped) view of each batch, as DeepInversion
 does. Besides giving more natural samples, this keeps pixel-exact shortcuts out of them: on
-a backdoored federation the unaugmented generator painted the trigger patch onto nearly every
-sample of the target class (mean corner brightness 0.87 against 0.02 in real images), and
-distilling on such samples re-taught the backdoor; with the random view it no longer does.
+a backdoored federation an unaugmented generator can paint the trigger patch onto the samples
+of the target class, and distilling on such samples re-teaches the backdoor (docs/findings.md).
 """
 
 from __future__ import annotations

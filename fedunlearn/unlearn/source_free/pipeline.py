@@ -1,25 +1,23 @@
-"""Source-free repair of a model from which some data's influence was roughly removed (seed 000).
+"""Source-free repair of a model from which some data's influence was roughly removed.
 
 The federated methods start from a *reference*: the global model with the departing client's
-stored updates subtracted. With IID clients it is already as good as retraining (design.md);
-with label skew it can lose whole classes that the departing client held most of (test
-accuracy 0.81 -> 0.42 on Fashion-MNIST, Dirichlet 0.3). The repair gives that back without
-any training data:
+stored updates subtracted. With IID clients it is close to retraining; with label skew it can
+lose whole classes that the departing client held most of (docs/findings.md). The repair
+gives that back without any training data:
 
 1. `repair`: a label-conditioned generator is trained against the frozen original model
    (which holds everyone's knowledge) to synthesize stand-in data. If, in every class, the
    reference agrees with the original on most of the synthetic samples the original puts in
    that class (`skip_agreement`), subtraction lost nothing the synthetic data can show, and
-   the reference is kept as it is: measured, any distillation from the original then costs
-   accuracy and re-teaches some backdoor. The check is per class because label skew loses
-   whole classes: on Fashion-MNIST, Dirichlet(0.3), 30k samples, subtraction lost 4 points of
-   test accuracy (class 2: 0.83 -> 0.49) while overall agreement stayed at 0.83; the worst
-   class's agreement was 0.36, against 0.59-0.78 for IID federations that lost nothing.
+   the reference is kept as it is: any distillation from the original then costs accuracy
+   and re-teaches some backdoor. The check is per class because label skew loses whole
+   classes while the overall agreement stays high (docs/findings.md).
    Otherwise a student initialised at the reference is distilled from the original on
    synthetic samples for a short, fixed budget (long distillation slowly re-teaches the backdoor).
 2. `refine` (when the departing client cooperates): more distillation steps, with a forget
    term from the client's statistics (`forget.fisher_penalty`) holding the student where the
    client's own data says it must stay, so the extra steps restore accuracy without the backdoor.
+Paper: Ahmed et al., Towards Source-Free Machine Unlearning, CVPR 2025.
 """
 
 from __future__ import annotations
