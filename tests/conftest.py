@@ -21,3 +21,58 @@ def local_ray():
              runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).parent)}})
     yield
     ray.shutdown()
+
+
+# --- shared data, models and tasks -----------------------------------------------------------
+# One copy of each, so tests agree on what "the digits model" is. Models come from
+# fedunlearn.models.fresh_model (seeded, module-level), so Ray tasks can receive the factory.
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """scikit-learn's digits (8x8 images, 10 classes), its fixed train / test split; loaded once."""
+    from fedunlearn.data import DataConfig, load_dataset
+
+    return load_dataset(DataConfig(name="digits"), 0)
+
+
+@pytest.fixture(scope="session")
+def make_digits_model():
+    """make_digits_model(name="mlp", seed=0, **ModelConfig fields) -> a factory of seeded fresh models."""
+    import functools
+
+    from fedunlearn.models import ModelConfig, fresh_model
+
+    def factory(name: str = "mlp", seed: int = 0, **fields):
+        return functools.partial(fresh_model, ModelConfig(name=name, **fields), (1, 8, 8), 10, seed)
+
+    return factory
+
+
+@pytest.fixture(scope="session")
+def digits_task(digits, make_digits_model):
+    """An MLP trained on all of digits, and task(forget: ForgetConfig, workdir="") -> its UnlearnTask.
+
+    Shared by the whole session: methods must not modify task.original (the contract)."""
+    from fedunlearn.data import select_forget
+    from fedunlearn.experiments.pipeline import make_task
+    from fedunlearn.training import TrainConfig, train
+
+    recipe = TrainConfig(epochs=15, batch_size=64, lr=0.05)
+    make_model = make_digits_model("mlp", hidden=64)
+    original = train(make_model(), digits.train, recipe, "cpu", seed=0, progress=False)
+
+    def task(forget, workdir: str = ""):
+        return make_task(digits.train, select_forget(digits.train.y.numpy(), forget, 0), original, train_cfg=recipe,
+                         make_model=make_model, num_classes=10, device="cpu", workdir=workdir)
+
+    return task
+
+
+@pytest.fixture
+def tiny_federation():
+    """tiny_federation(name, methods, method_sections, **sections) -> a federated config mapping
+    (3 clients on digits, 2 rounds, client 0 backdoored; see tests/tiny_federation.py)."""
+    from tiny_federation import tiny_federation as mapping
+
+    return mapping

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from fedunlearn.config import build
-from fedunlearn.data import DataConfig, complement, load_dataset
+from fedunlearn.data import complement
 from fedunlearn.errors import ConfigError
-from fedunlearn.models import fresh_model
-from fedunlearn.models import ModelConfig
 from fedunlearn.training import TrainConfig, accuracy, predict_probs, train
 from fedunlearn.unlearn import METHODS, UnlearnTask
 from fedunlearn.unlearn import amun
@@ -25,9 +21,8 @@ pytestmark = pytest.mark.usefixtures("local_ray")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
-def setup():
-    data = load_dataset(DataConfig(name="digits"), 0)
-    make_model = functools.partial(fresh_model, ModelConfig(name="mlp", hidden=64), data.input_shape, 10, 0)
+def setup(digits, make_digits_model):
+    data, make_model = digits, make_digits_model("mlp", hidden=64)
     recipe = TrainConfig(epochs=30, batch_size=32)
     original = train(make_model(), data.train, recipe, CPU, seed=0, progress=False)
     return data, make_model, recipe, original

@@ -6,36 +6,20 @@ import pytest
 import torch
 
 from fedunlearn.config import build
-from fedunlearn.data import DataConfig, ForgetConfig, complement, load_dataset, select_forget
+from fedunlearn.data import ForgetConfig
 from fedunlearn.errors import ConfigError
 from fedunlearn.metrics import l2_distance
-from fedunlearn.models import ModelConfig, build_model
-from fedunlearn.training import TrainConfig, accuracy, seed_everything, train
-from fedunlearn.unlearn import METHODS, UnlearnTask, bad_teacher, error_max_noise, linear_filtration
+from fedunlearn.training import accuracy
+from fedunlearn.unlearn import METHODS, bad_teacher, error_max_noise, linear_filtration
 
 FORGOTTEN = 3
 
 
 @pytest.fixture(scope="module")
-def digits():
-    data = load_dataset(DataConfig(name="digits"), 0)
-    recipe = TrainConfig(epochs=15, batch_size=64, lr=0.05)
-
-    def make_model():
-        seed_everything(0)
-        return build_model(ModelConfig(name="mlp", hidden=64), data.input_shape, 10)
-
-    original = train(make_model(), data.train, recipe, "cpu", seed=0, progress=False)
-
-    def task(forget: ForgetConfig):
-        forget_idx = select_forget(data.train.y.numpy(), forget, 0)
-        retain_idx = complement(len(data.train), forget_idx)
-        return UnlearnTask(original=original, retain=data.train.subset(retain_idx), forget=data.train.subset(forget_idx),
-                           train_cfg=recipe, make_model=make_model, num_classes=10, device="cpu",
-                           retain_idx=retain_idx, forget_idx=forget_idx)
-
-    kept = data.test.subset(torch.nonzero(data.test.y != FORGOTTEN).flatten())
-    return task(ForgetConfig(kind="class", classes=(FORGOTTEN,))), task, kept
+def class3(digits, digits_task):
+    """(the task of forgetting class FORGOTTEN, the task factory, the test samples of the other classes)."""
+    kept = digits.test.subset(torch.nonzero(digits.test.y != FORGOTTEN).flatten())
+    return digits_task(ForgetConfig(kind="class", classes=(FORGOTTEN,))), digits_task, kept
 
 
 def test_filtration_matrix_maps_class_means_to_their_targets():
@@ -48,8 +32,8 @@ def test_filtration_matrix_maps_class_means_to_their_targets():
     assert torch.allclose(mapped[:, 0] / mapped[:, 0].sum(), mapped[:, 0], atol=1e-10)
 
 
-def test_linear_filtration_forgets_the_class_without_touching_weights(digits):
-    task, _, kept = digits
+def test_linear_filtration_forgets_the_class_without_touching_weights(class3):
+    task, _, kept = class3
     model, stats = linear_filtration.unlearn(task, linear_filtration.Config())
     assert accuracy(task.original, task.forget, "cpu") > 0.9
     assert accuracy(model, task.forget, "cpu") < 0.05
@@ -62,23 +46,23 @@ def test_linear_filtration_forgets_the_class_without_touching_weights(digits):
     assert accuracy(reloaded, task.forget, "cpu") < 0.05
 
 
-def test_linear_filtration_refuses_sample_forgetting(digits):
-    _, make, _ = digits
+def test_linear_filtration_refuses_sample_forgetting(class3):
+    _, make, _ = class3
     with pytest.raises(ConfigError, match="whole classes"):
         linear_filtration.unlearn(make(ForgetConfig(kind="random", fraction=0.1)))
     assert linear_filtration.CLASS_FORGETTING_ONLY
 
 
-def test_bad_teacher_drives_forget_accuracy_down(digits):
-    task, _, kept = digits
+def test_bad_teacher_drives_forget_accuracy_down(class3):
+    task, _, kept = class3
     model, stats = bad_teacher.unlearn(task, bad_teacher.Config(lr=1e-3, epochs=3))
     assert accuracy(model, task.forget, "cpu") < accuracy(task.original, task.forget, "cpu") - 0.5
     assert accuracy(model, kept, "cpu") > 0.8
     assert stats["retain_samples"] == round(0.3 * len(task.retain))
 
 
-def test_error_max_noise_impairs_then_repairs(digits):
-    task, _, kept = digits
+def test_error_max_noise_impairs_then_repairs(class3):
+    task, _, kept = class3
     model, stats = error_max_noise.unlearn(task, error_max_noise.Config(noise_steps=20, noise_samples=128))
     assert accuracy(model, task.forget, "cpu") < 0.2
     assert accuracy(model, kept, "cpu") > 0.8

@@ -11,23 +11,18 @@ import torch
 from torch import nn
 
 from fedunlearn.config import build
-from fedunlearn.data import DataConfig, ForgetConfig, complement, load_dataset, select_forget
+from fedunlearn.data import ForgetConfig, complement, select_forget
 from fedunlearn.errors import ConfigError
-from fedunlearn.models import ModelConfig, build_model
-from fedunlearn.training import TrainConfig, accuracy, seed_everything, train
+from fedunlearn.training import TrainConfig, accuracy, train
 from fedunlearn.unlearn import UnlearnTask, certified_removal, linear, newton_source_free, sekhari
 
 LAM = 1e-2
 
 
 @pytest.fixture(scope="module")
-def convex():
-    data = load_dataset(DataConfig(name="digits"), 0)
+def convex(digits, make_digits_model):
+    data, make_model = digits, make_digits_model("logistic")
     recipe = TrainConfig(epochs=5, batch_size=64, lr=0.5, weight_decay=LAM)
-
-    def make_model():
-        seed_everything(0)
-        return build_model(ModelConfig(name="logistic"), data.input_shape, 10)
 
     sgd = train(make_model(), data.train, recipe, "cpu", seed=0, progress=False)
     phi = linear.features(sgd, data.train, "cpu")

@@ -11,11 +11,10 @@ import pytest
 import torch
 
 from fedunlearn.config import build
-from fedunlearn.data import DataConfig, complement, load_dataset
+from fedunlearn.data import complement
 from fedunlearn.errors import ConfigError, DataError
-from fedunlearn.models import fresh_model
 from fedunlearn.metrics import EvalConfig, Splits, evaluate, l2_distance
-from fedunlearn.models import ModelConfig
+from fedunlearn.models import ModelConfig, fresh_model
 from fedunlearn.training import TrainConfig
 from fedunlearn.unlearn import METHODS, UnlearnTask
 from fedunlearn.unlearn import sisa
@@ -26,11 +25,6 @@ CFG = sisa.Config(shards=3, slices=3, epochs_per_slice=5)
 
 
 pytestmark = pytest.mark.usefixtures("local_ray")  # tests/conftest.py
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset(DataConfig(name="digits"), 0)
 
 
 def make_task(data, forget_idx, workdir) -> UnlearnTask:

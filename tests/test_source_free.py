@@ -1,4 +1,4 @@
-"""Source-free unlearning (seed 000): the pure algorithm on `digits` (generator, consolidation,
+"""Source-free unlearning (Ahmed et al., CVPR 2025): the pure algorithm on `digits` (generator, consolidation,
 forget term), and both federated modes end to end on a real 3-client Flower simulation."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from fedunlearn.config import build
 from fedunlearn.errors import WithdrawalError
 from fedunlearn.experiments import federated as experiment
 from fedunlearn.federated.config import Config as FedConfig
-from fedunlearn.data import ArrayDataset, BackdoorConfig, DataConfig, load_dataset, poison, triggered_test
+from fedunlearn.data import ArrayDataset, BackdoorConfig, poison, triggered_test
 from fedunlearn.errors import ConfigError
 from fedunlearn.models import ModelConfig, build_model
 from fedunlearn.training import TrainConfig, accuracy, predict_probs, seed_everything, train
@@ -35,11 +35,11 @@ def fit(data: ArrayDataset, batchnorm: bool = False, seed: int = 0):
 
 
 @pytest.fixture(scope="module")
-def digits():
+def backdoored(digits):
     """digits with a planted backdoor: `client` is 300 training samples, half of them triggered.
     `original` learned everything, `reference` everything but the client's data."""
     torch.set_num_threads(1)
-    data = load_dataset(DataConfig("digits"))
+    data = digits
     client_idx, rest_idx = np.arange(300), np.arange(300, len(data.train))
     x, y, poisoned = poison(data.train.x[:300], data.train.y[:300], BACKDOOR, seed=0)
     client = ArrayDataset(x, y)
@@ -55,12 +55,12 @@ def digits():
             "reference": reference, "clean": fit(data.train), "lost_two": lost_two}
 
 
-def test_generator_samples_are_balanced_and_labelled_as_conditioned(digits):
-    generator, stats = train_generator(digits["original"], (1, 8, 8), 10, GeneratorConfig(steps=150), CPU)
+def test_generator_samples_are_balanced_and_labelled_as_conditioned(backdoored):
+    generator, stats = train_generator(backdoored["original"], (1, 8, 8), 10, GeneratorConfig(steps=150), CPU)
     x, y = sample(generator, range(10), 200, CPU)
     assert x.shape == (200, 1, 8, 8) and 0.0 <= float(x.min()) and float(x.max()) <= 1.0
     assert np.bincount(y.numpy(), minlength=10).tolist() == [20] * 10
-    teacher_labels = predict_probs(digits["original"], x, CPU).argmax(1)
+    teacher_labels = predict_probs(backdoored["original"], x, CPU).argmax(1)
     assert (teacher_labels == y).float().mean() >= 0.85
     assert stats["bn_layers"] == 0 and stats["generator_steps"] == 150
     # restricted to some classes, only those are drawn
@@ -68,8 +68,8 @@ def test_generator_samples_are_balanced_and_labelled_as_conditioned(digits):
     assert sorted(set(y.tolist())) == [3, 5]
 
 
-def test_batchnorm_statistics_are_matched_when_the_model_has_batchnorm(digits):
-    model = fit(ArrayDataset.concat(digits["data"].train), batchnorm=True)
+def test_batchnorm_statistics_are_matched_when_the_model_has_batchnorm(backdoored):
+    model = fit(ArrayDataset.concat(backdoored["data"].train), batchnorm=True)
     generator, stats = train_generator(model, (1, 8, 8), 10, GeneratorConfig(steps=120), CPU)
     assert stats["bn_layers"] == 2 and math.isfinite(stats["gen_bn"])
     x, y = sample(generator, range(10), 200, CPU)
@@ -77,8 +77,8 @@ def test_batchnorm_statistics_are_matched_when_the_model_has_batchnorm(digits):
     assert all(not m.training for m in model.modules())  # the frozen model stays in eval mode
 
 
-def test_consolidation_keeps_and_restores_agreement_with_the_teacher(digits):
-    teacher_model, test = digits["clean"], digits["data"].test
+def test_consolidation_keeps_and_restores_agreement_with_the_teacher(backdoored):
+    teacher_model, test = backdoored["clean"], backdoored["data"].test
     generator, _ = train_generator(teacher_model, (1, 8, 8), 10, GeneratorConfig(steps=150), CPU)
     teacher = model_teacher(teacher_model)
     cfg = ConsolidateConfig(steps=300)
@@ -86,7 +86,7 @@ def test_consolidation_keeps_and_restores_agreement_with_the_teacher(digits):
     kept, _ = consolidate(teacher_model, teacher, generator, range(10), cfg, CPU)
     assert agreement(kept, teacher, test.x, CPU) >= 0.95
     # started at a model that never learned two classes, it learns them from the synthetic samples
-    damaged = digits["lost_two"]
+    damaged = backdoored["lost_two"]
     before = agreement(damaged, teacher, test.x, CPU)
     student, stats = consolidate(damaged, teacher, generator, range(10), cfg, CPU)
     assert before < 0.85 and agreement(student, teacher, test.x, CPU) >= before + 0.03
@@ -95,15 +95,15 @@ def test_consolidation_keeps_and_restores_agreement_with_the_teacher(digits):
     assert stats["consolidate_steps"] == 300
 
 
-def test_the_forget_term_removes_a_planted_backdoor(digits):
+def test_the_forget_term_removes_a_planted_backdoor(backdoored):
     """Distilling the backdoored original into itself keeps the backdoor; the Fisher penalty
     from the client's flagged samples pulls the student to the clean reference there."""
-    original, reference, client = digits["original"], digits["reference"], digits["client"]
-    asr = lambda m: accuracy(m, digits["trig"], CPU)  # noqa: E731
+    original, reference, client = backdoored["original"], backdoored["reference"], backdoored["client"]
+    asr = lambda m: accuracy(m, backdoored["trig"], CPU)  # noqa: E731
     assert asr(original) > 0.5 > 0.2 > asr(reference)
     flagged = flag_unknown(reference, client, CPU, max_confidence=0.1)
     # the flags are mostly the triggered samples: what only this client taught
-    assert np.isin(flagged, digits["poisoned"]).mean() >= 0.8 and len(flagged) >= 0.5 * len(digits["poisoned"])
+    assert np.isin(flagged, backdoored["poisoned"]).mean() >= 0.8 and len(flagged) >= 0.5 * len(backdoored["poisoned"])
     fisher = local_fisher(reference, client.subset(flagged), CPU, max_samples=64)
     generator, _ = train_generator(original, (1, 8, 8), 10, GeneratorConfig(steps=100), CPU)
     teacher = model_teacher(original, temperature=2.0)
@@ -112,35 +112,35 @@ def test_the_forget_term_removes_a_planted_backdoor(digits):
     forgot, stats = consolidate(original, teacher, generator, range(10), cfg, CPU,
                                 forget_term=fisher_penalty(reference, fisher))
     assert asr(forgot) < asr(plain) - 0.2
-    assert accuracy(forgot, digits["data"].test, CPU) >= accuracy(original, digits["data"].test, CPU) - 0.1
+    assert accuracy(forgot, backdoored["data"].test, CPU) >= accuracy(original, backdoored["data"].test, CPU) - 0.1
     assert stats["consolidate_forget"] >= 0
 
 
-def test_repair_keeps_a_reference_that_lost_nothing_and_repairs_one_that_did(digits):
-    original = digits["clean"]
+def test_repair_keeps_a_reference_that_lost_nothing_and_repairs_one_that_did(backdoored):
+    original = backdoored["clean"]
     cfg = RepairConfig(generator=GeneratorConfig(steps=150), consolidate=ConsolidateConfig(steps=300))
     same, _, stats = repair(original, original, 10, (1, 8, 8), cfg, CPU)
     assert stats["reference_agreement"] == 1.0 and not stats["consolidated"]
     assert all(torch.equal(a, b) for a, b in zip(same.state_dict().values(), original.state_dict().values()))
-    broken = digits["lost_two"]  # never learned classes 3 and 8
+    broken = backdoored["lost_two"]  # never learned classes 3 and 8
     student, _, stats = repair(original, broken, 10, (1, 8, 8), cfg, CPU)
     assert stats["consolidated"] and stats["student_agreement"] > stats["reference_agreement"]
-    test = digits["data"].test
+    test = backdoored["data"].test
     assert accuracy(student, test, CPU) > accuracy(broken, test, CPU) + 0.02
 
 
-def test_bad_input_is_a_clear_error(digits):
+def test_bad_input_is_a_clear_error(backdoored):
     with pytest.raises(ConfigError, match="generator.steps"):
         build(RepairConfig, {"generator": {"steps": -1}})
     with pytest.raises(ConfigError, match="reference_weight"):
         build(RepairConfig, {"reference_weight": 1.5})
     with pytest.raises(ConfigError, match="unknown config key 'consolidate.epochs'"):
         build(RepairConfig, {"consolidate": {"epochs": 3}})
-    generator, _ = train_generator(digits["original"], (1, 8, 8), 10, GeneratorConfig(steps=1), CPU)
+    generator, _ = train_generator(backdoored["original"], (1, 8, 8), 10, GeneratorConfig(steps=1), CPU)
     with pytest.raises(ValueError, match="at least one retained class"):
-        consolidate(digits["original"], model_teacher(digits["original"]), generator, [], ConsolidateConfig(), CPU)
+        consolidate(backdoored["original"], model_teacher(backdoored["original"]), generator, [], ConsolidateConfig(), CPU)
     with pytest.raises(ValueError, match="parameters the model lacks"):
-        fisher_penalty(digits["original"], {"no.such.weight": torch.zeros(1)})
+        fisher_penalty(backdoored["original"], {"no.such.weight": torch.zeros(1)})
 
 
 # --- both federated modes on a real Flower simulation (Ray backend): 3 clients on digits ---
