@@ -142,6 +142,7 @@ TINY = {
 }
 
 
+@pytest.mark.slow
 def test_runner_grid_continual_and_resume(tmp_path):
     module = EXPERIMENTS.get("cluster")
     cfg = build(module.Config, json.loads(json.dumps(TINY)))

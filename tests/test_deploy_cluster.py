@@ -24,6 +24,8 @@ TINY = ["data.name=digits", "data.train_size=0", "model.hidden=64", "train.epoch
 METRICS = ("test_acc", "retain_acc", "forget_acc")
 REPORTS: dict = {}  # the first job's report, compared with the job that loses a node
 
+pytestmark = pytest.mark.slow  # a two-node cluster and three jobs
+
 
 def _free_port() -> int:
     import socket

@@ -36,6 +36,7 @@ def sim(tmp_path_factory):
     return out, report, {r["method"]: r for r in report["results"]}
 
 
+@pytest.mark.slow
 def test_training_writes_the_report(sim):
     out, report, rows = sim
     assert (out / "report.md").is_file() and (out / "curves.png").is_file()
@@ -53,6 +54,7 @@ def test_training_writes_the_report(sim):
     assert rows["retrain"]["js_to_retrain"] == pytest.approx(0.0, abs=1e-9)
 
 
+@pytest.mark.slow
 def test_a_failing_client_does_not_stop_the_round(sim):
     out, report, rows = sim
     saved = json.loads((out / "report.json").read_text())
@@ -63,6 +65,7 @@ def test_a_failing_client_does_not_stop_the_round(sim):
     assert rows["federaser"]["messages_to_remaining"] == 2 + 1
 
 
+@pytest.mark.slow
 def test_messages_are_counted_per_method(sim):
     _, _, rows = sim
     assert rows["subtract"]["messages_to_remaining"] == 0 and rows["subtract"]["bytes_to_remaining"] == 0
@@ -74,6 +77,7 @@ def test_messages_are_counted_per_method(sim):
     assert rows["retrain"]["bytes_to_remaining"] == pytest.approx(4 * per_model)
 
 
+@pytest.mark.slow
 def test_unlearning_changes_the_model_and_resumes_from_checkpoints(sim, tmp_path):
     out, _, rows = sim
     assert rows["subtract"]["js_to_retrain"] != rows["original"]["js_to_retrain"]
@@ -81,6 +85,7 @@ def test_unlearning_changes_the_model_and_resumes_from_checkpoints(sim, tmp_path
     assert len(list((out / "checkpoints").glob("method-*.pt"))) == len(METHODS)
 
 
+@pytest.mark.slow
 def test_offline_departing_client(tmp_path):
     # the request arrives after round 1 of 2: training stops there, retrain reruns 1 round
     offline = tiny(withdrawal={"departing_online": False, "after_round": 1}, experiment={"methods": ["retrain", "pga"]})

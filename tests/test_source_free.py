@@ -156,6 +156,7 @@ def federation(**sections) -> dict:
         "source_free_absent": SMALL, "source_free_cooperative": {**SMALL, "refine_steps": 20}}, **sections)
 
 
+@pytest.mark.slow
 def test_both_modes_end_to_end_without_messages_to_the_remaining_clients(local_ray, tmp_path):
     report = experiment.run(build(FedConfig, federation()), tmp_path, progress=False)
     rows = {r["method"]: r for r in report["results"]}
@@ -173,6 +174,7 @@ def test_both_modes_end_to_end_without_messages_to_the_remaining_clients(local_r
     assert 0 <= coop["client_flagged"] <= coop["client_samples"] and coop["refine_steps"] == 20
 
 
+@pytest.mark.slow
 def test_absent_mode_works_when_the_departing_client_is_offline(local_ray, tmp_path):
     offline = federation(withdrawal={"departing_online": False}, federation={"rounds": 1},
                          experiment={"methods": ["retrain", "source_free_cooperative"]})

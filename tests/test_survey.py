@@ -22,6 +22,7 @@ def tiny(extra=()):
             "eval.mia_max_samples=200", *extra]
 
 
+@pytest.mark.slow
 def test_survey_end_to_end_on_digits(tmp_path):
     args = ["run", "simulations/survey.toml", "-q", "--out", str(tmp_path)]
     for item in tiny():

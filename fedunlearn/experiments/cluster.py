@@ -89,10 +89,7 @@ class Config(MethodsSection):
     eval: EvalConfig = EvalConfig()
     methods: dict = field(default_factory=dict)  # [methods.<name>] sections: that method's Config
 
-    registry = METHODS
-
-    def __post_init__(self):
-        self.check_methods()
+    registry = METHODS  # MethodsSection.__post_init__ checks every listed method and section
 
 
 @dataclass

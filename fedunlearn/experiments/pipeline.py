@@ -65,8 +65,11 @@ class MethodsSection:
 
     registry: ClassVar[Registry]
 
+    def __post_init__(self):
+        self.check_methods()
+
     def check_methods(self) -> None:
-        """Call from __post_init__: every name and every section is checked before anything trains."""
+        """Every name and every section is checked when the config is built, before anything trains."""
         for name in [*self.experiment.methods, *self.methods]:
             self.registry.check(name)
         for name in self.method_names():
