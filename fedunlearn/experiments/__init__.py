@@ -1,7 +1,9 @@
 """Experiment kinds, chosen by the top-level `kind` key of a config file.
 
 An experiment module has a frozen dataclass `Config` (the whole file) and
-`run(cfg, out_dir, progress=True) -> dict` that writes report.json / report.md / plots.
+`run(cfg, out_dir, progress=True) -> dict` that writes report.json / report.md / plots. Each
+kind is a thin driver over the shared pieces in pipeline.py (the methods section, make_task,
+run_method, cached checkpoints, evaluate_against_reference).
 """
 
 from fedunlearn.registry import Registry
