@@ -141,8 +141,8 @@ def diagnose(ctx, cfg, result):
 @pytest.fixture
 def toy_fed():
     module = types.ModuleType("toy_fed_method")
+    sys.modules["toy_fed_method"] = module  # before exec: dataclass looks its module up
     exec(compile(TOY_FED, "toy_fed_method", "exec"), module.__dict__)
-    sys.modules["toy_fed_method"] = module
     FED_METHODS.register("toy_fed", "toy_fed_method")
     yield "toy_fed"
     FED_METHODS.unregister("toy_fed")

@@ -28,37 +28,43 @@ from fedunlearn.federated.client import answer_query, client_info, local_data, l
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
-@lru_cache(maxsize=4)
-def _config_from_json(text: str):
+def _build(mapping: dict, client: bool):
     from fedunlearn.federated.config import Config
 
-    return build(Config, json.loads(text))
+    if client:
+        # A client needs its data, model and recipe, not the server's choice of methods: a method
+        # registered only in the server's process (or not importable on the clients) must not stop it.
+        mapping = {**mapping, "methods": {}, "experiment": {**mapping.get("experiment", {}), "methods": ["retrain"]}}
+    return build(Config, mapping)
 
 
 @lru_cache(maxsize=4)
-def _config_from_run_config(path: str, overrides: str):
-    from fedunlearn.federated.config import Config
+def _config_from_json(text: str, client: bool = False):
+    return _build(json.loads(text), client)
 
+
+@lru_cache(maxsize=4)
+def _config_from_run_config(path: str, overrides: str, client: bool = False):
     file = Path(path)
     if not file.is_absolute() and not file.exists():
         file = PROJECT_ROOT / path
     mapping = apply_overrides(load_toml(file), [o.strip() for o in overrides.split(";") if o.strip()])
-    return build(Config, mapping)
+    return _build(mapping, client)
 
 
-def _config(context: Context, mapping: dict | None):
+def _config(context: Context, mapping: dict | None, client: bool = False):
     if mapping is not None:
-        return _config_from_json(json.dumps(mapping, sort_keys=True))
+        return _config_from_json(json.dumps(mapping, sort_keys=True), client)
     run_config = context.run_config
     return _config_from_run_config(str(run_config.get("config", "simulations/withdrawal.toml")),
-                                   str(run_config.get("overrides", "")))
+                                   str(run_config.get("overrides", "")), client)
 
 
 def make_client_app(mapping: dict | None = None) -> ClientApp:
     app = ClientApp()
 
     def own(context: Context):
-        cfg = _config(context, mapping)
+        cfg = _config(context, mapping, client=True)
         return cfg, local_data(cfg, int(context.node_config["partition-id"]))
 
     @app.query("hello")
