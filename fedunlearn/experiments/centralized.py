@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedunlearn import checkpoint
+from fedunlearn import checkpoint, outdir
 from fedunlearn.config import build, config_hash, to_dict
 from fedunlearn.data import DataBundle, DataConfig, ForgetConfig, complement, load_dataset, select_forget
 from fedunlearn.errors import ConfigError
@@ -95,6 +95,7 @@ def prepare(cfg: Config, data: DataBundle | None = None):
 
 def run(cfg: Config, out_dir: str | Path, progress: bool = True, data: DataBundle | None = None) -> dict:
     out = Path(out_dir)
+    outdir.mark(out)  # a survey's part folders too: --fresh may empty only marked folders
     ckpt = out / "checkpoints"
     device = get_device(cfg.experiment.device)
     seed = cfg.experiment.seed
@@ -103,9 +104,11 @@ def run(cfg: Config, out_dir: str | Path, progress: bool = True, data: DataBundl
     log.info("data %s: %d train (%d forget), %d test; device %s", data.name, len(data.train),
              len(forget_idx), len(data.test), device)
 
-    base_key = config_hash([cfg.data, cfg.model, cfg.train, cfg.forget, seed]
-                           + ([data.name, data.train.y.tolist(), data.num_classes] if given else []))
-    original, original_s = _trained(ckpt / f"original-{base_key}", lambda: train(
+    given_key = [data.name, data.train.y.tolist(), data.num_classes] if given else []
+    # The original is keyed only on what trains it, so a new forget request reuses it.
+    original_key = config_hash([cfg.data, cfg.model, cfg.train, seed] + given_key)
+    base_key = config_hash([cfg.data, cfg.model, cfg.train, cfg.forget, seed] + given_key)
+    original, original_s = _trained(ckpt / f"original-{original_key}", lambda: train(
         make_model(), data.train, cfg.train, device, seed=seed, desc="original", progress=progress))
 
     task = UnlearnTask(original=original, retain=retain, forget=forget, train_cfg=cfg.train,

@@ -28,7 +28,10 @@ def run(cfg: Config, out_dir: str | Path, progress: bool = True) -> dict:
     from fedunlearn.federated.resources import client_resources
     from fedunlearn.metrics.report import load_report
 
+    from fedunlearn.federated.client import federation_data
+
     check_cooperation(cfg)  # before Ray starts: a bad request should cost nothing
+    federation_data(cfg)  # likewise a partition that leaves a client without data (a too small alpha)
     out = Path(out_dir)
     mapping = to_dict(cfg)
     resources = client_resources(cfg.federation)

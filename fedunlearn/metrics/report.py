@@ -41,8 +41,12 @@ def write_report(out_dir: str | Path, title: str, config: dict, results: list[di
                  extra: dict | None = None, notes: list[str] | None = None,
                  columns: list[str] | None = None, plots: list[str] | None = None) -> Path:
     """Writes report.json and report.md into out_dir; returns the path of report.md."""
+    from fedunlearn import outdir
+
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    outdir.mark(out)
+    if plots is not None:
+        outdir.remove_stale_plots(out, plots)  # a rerun with another config must not show the old run's plots
     payload = {"title": title, "config": config, "results": results, **(extra or {})}
     (out / "report.json").write_text(json.dumps(_json_safe(payload), indent=2))
     md = [f"# {title}", "", markdown_table(results, columns), ""]
