@@ -30,6 +30,9 @@ def install() -> None:
     global _installed
     if _installed or threading.current_thread() is not threading.main_thread():
         return
+    # Ray's core otherwise prints a C stack dump for the SIGTERM before our handler runs; a
+    # user can set it back to 0 to get those dumps for real crashes.
+    os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
     for sig in SIGNALS:
         signal.signal(sig, _on_signal)
     read, write = os.pipe()

@@ -167,7 +167,8 @@ def run(cfg: Config, out_dir: str | Path, progress: bool = True, data: DataBundl
              f"forget set: {len(forget_idx)} samples ({cfg.forget.kind}); test set: {len(data.test)} samples",
              f"device: {device}; speedup = retrain wall time / method wall time, measured in this run"]
     write_report(out, f"{cfg.experiment.name}: centralized unlearning on {data.name}", to_dict(cfg), results,
-                 extra={"forget_size": len(forget_idx), "train_size": len(data.train)}, notes=notes, plots=plots)
+                 extra={"forget_size": len(forget_idx), "train_size": len(data.train),
+                        "num_classes": data.num_classes}, notes=notes, plots=plots)
     return {"results": results, "config": to_dict(cfg)}
 
 

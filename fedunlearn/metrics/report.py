@@ -21,9 +21,12 @@ def _fmt(value: Any) -> str:
 
 def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
     columns = columns or [c for c in COLUMNS if any(c in r for r in rows)]
+    from fedunlearn.metrics.reading import is_quick
+
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
-        lines.append("| " + " | ".join(_fmt(row.get(c, "")) for c in columns) + " |")
+        cells = [("~" if c == "speedup" and c in row and is_quick(row) else "") + _fmt(row.get(c, "")) for c in columns]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -50,7 +53,10 @@ def write_report(out_dir: str | Path, title: str, config: dict, results: list[di
     payload = {"title": title, "config": config, "results": results, **(extra or {})}
     (out / "report.json").write_text(json.dumps(_json_safe(payload), indent=2))
     md = [f"# {title}", "", markdown_table(results, columns), ""]
-    md += [f"- {n}" for n in notes or []]
+    from fedunlearn.metrics.reading import reading_notes
+
+    chance = 1.0 / extra["num_classes"] if (extra or {}).get("num_classes") else None
+    md += [f"- {n}" for n in [*(notes or []), *reading_notes(results, chance)]]
     md += ["", *[f"![{Path(p).stem}]({Path(p).name})" for p in plots or []]]
     md += ["", "## Config", "", "```json", json.dumps(config, indent=2), "```", ""]
     (out / "report.md").write_text("\n".join(md))
