@@ -91,15 +91,30 @@ def descendants(pid: int | None = None) -> list[int]:
     return found
 
 
-def kill_descendants(rounds: int = 3) -> None:
-    """SIGKILL the whole tree; repeated, since a dying raylet's workers may be mid-spawn."""
+def kill_descendants(rounds: int = 3, wait_s: float = 5.0) -> None:
+    """SIGKILL the whole tree (repeated: a dying raylet's workers may be mid-spawn), then wait
+    until the killed processes have ended: a large worker takes a moment to release its memory."""
+    killed: set[int] = set()
     for _ in range(rounds):
         pids = descendants()
         if not pids:
-            return
+            break
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
+        killed.update(pids)
         time.sleep(0.2)
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline and any(_running(pid) for pid in killed):
+        time.sleep(0.05)
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read().decode(errors="replace")
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2:].split()[0] not in ("Z", "X")
