@@ -58,6 +58,7 @@ def test_centralized_interrupt_then_resume_rebuilds_a_tampered_sidecar(tmp_path)
     again = run(*CENTRALIZED, "--out", out, "--set", "methods.finetune.epochs=2")
     assert again.returncode == 0, again.stderr[-3000:]
     assert "rebuilding it" in again.stderr and "reusing checkpoint retrain-" in again.stderr
+    assert "%|" not in again.stderr  # -q: no progress bar of any method
     assert (tmp_path / "out" / "confidence_finetune.png").exists()
 
     # A class-forget request into the same folder reuses the original (keyed on what trains it)

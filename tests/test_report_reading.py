@@ -33,3 +33,29 @@ def test_a_rerun_removes_the_previous_runs_plots(tmp_path):
         (tmp_path / name).write_bytes(b"png")
     write_report(tmp_path, "t", {}, ROWS, plots=[str(tmp_path / "confidence_new.png")])
     assert sorted(p.name for p in tmp_path.glob("*.png")) == ["confidence_new.png"]
+
+
+def test_quiet_hides_every_progress_bar(capsys):
+    """`-q` (set_progress(False)) silences methods that ask for a bar, e.g. neggrad_plus and finetune."""
+    import torch
+
+    from fedunlearn.data import DataConfig, load_dataset
+    from fedunlearn.models import ModelConfig, build_model
+    from fedunlearn.training import TrainConfig, set_progress
+    from fedunlearn.unlearn import UnlearnTask, finetune, neggrad_plus
+
+    data = load_dataset(DataConfig(name="digits", train_size=200, test_size=50), 0)
+    make_model = lambda: build_model(ModelConfig(name="mlp", hidden=16), data.input_shape, 10)  # noqa: E731
+    task = UnlearnTask(original=make_model(), retain=data.train.subset(torch.arange(20, 200)),
+                       forget=data.train.subset(torch.arange(20)), train_cfg=TrainConfig(epochs=1),
+                       make_model=make_model, num_classes=10, device=torch.device("cpu"))
+    try:
+        for quiet in (False, True):
+            set_progress(not quiet)
+            capsys.readouterr()
+            neggrad_plus.unlearn(task, neggrad_plus.Config(epochs=1))
+            finetune.unlearn(task, finetune.Config(epochs=1))
+            err = capsys.readouterr().err
+            assert ("neggrad_plus" in err and "finetune" in err) != quiet, err
+    finally:
+        set_progress(True)
