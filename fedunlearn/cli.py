@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     sub_.set_defaults(func=cmd_submit)
 
     args = parser.parse_args(argv)
-    if argv is None:  # the real command line, not a test calling main() inside its own process
+    if argv is None and args.command == "run":  # the real command line, not a test calling main() in-process
         interrupt.install()
     logs.configure()
     try:

@@ -34,10 +34,12 @@ def prepare(out: str | Path, fresh: bool = False) -> Path:
 
 
 def mark(out: str | Path) -> None:
+    """Mark a new or empty folder as a results folder. A folder that already held other files
+    stays unmarked, so `--fresh` never treats a user's own .md or .png files as ours."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     marker = out / MARKER
-    if not marker.exists():
+    if not marker.exists() and not any(out.iterdir()):
         marker.write_text(json.dumps({"written_by": "fedunlearn", "note": "results folder; --fresh may empty it"}))
 
 

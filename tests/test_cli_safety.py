@@ -86,3 +86,16 @@ def test_config_without_kind(tmp_path, text):
     config.write_text(text)
     _one_line_error(run("run", str(config), "--out", str(tmp_path / "out")), "no 'kind'", 'kind = "centralized"')
     assert not (tmp_path / "out").exists()
+
+
+def test_a_users_folder_used_as_out_is_never_marked_as_ours(tmp_path):
+    from fedunlearn import outdir
+
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "my_notes.md").write_text("mine")  # a name fedunlearn could also have written
+    outdir.prepare(folder)
+    assert not outdir.is_ours(folder)
+    result = run("run", "simulations/quickstart.toml", "--out", str(folder), "--fresh", *QUICK)
+    _one_line_error(result, "not created by fedunlearn")
+    assert (folder / "my_notes.md").read_text() == "mine"
