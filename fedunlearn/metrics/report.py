@@ -7,6 +7,9 @@ import math
 from pathlib import Path
 from typing import Any
 
+from fedunlearn import outdir
+from fedunlearn.metrics.reading import is_quick, reading_notes
+
 COLUMNS = ["method", "test_acc", "retain_acc", "forget_acc", "mia_efficacy", "mia_auc",
            "js_to_retrain", "l2_to_retrain", "avg_gap", "wall_s", "speedup"]
 
@@ -21,8 +24,6 @@ def _fmt(value: Any) -> str:
 
 def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
     columns = columns or [c for c in COLUMNS if any(c in r for r in rows)]
-    from fedunlearn.metrics.reading import is_quick
-
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
         cells = [("~" if c == "speedup" and c in row and is_quick(row) else "") + _fmt(row.get(c, "")) for c in columns]
@@ -44,8 +45,6 @@ def write_report(out_dir: str | Path, title: str, config: dict, results: list[di
                  extra: dict | None = None, notes: list[str] | None = None,
                  columns: list[str] | None = None, plots: list[str] | None = None) -> Path:
     """Writes report.json and report.md into out_dir; returns the path of report.md."""
-    from fedunlearn import outdir
-
     out = Path(out_dir)
     outdir.mark(out)
     if plots is not None:
@@ -53,8 +52,6 @@ def write_report(out_dir: str | Path, title: str, config: dict, results: list[di
     payload = {"title": title, "config": config, "results": results, **(extra or {})}
     (out / "report.json").write_text(json.dumps(_json_safe(payload), indent=2))
     md = [f"# {title}", "", markdown_table(results, columns), ""]
-    from fedunlearn.metrics.reading import reading_notes
-
     chance = 1.0 / extra["num_classes"] if (extra or {}).get("num_classes") else None
     md += [f"- {n}" for n in [*(notes or []), *reading_notes(results, chance)]]
     md += ["", *[f"![{Path(p).stem}]({Path(p).name})" for p in plots or []]]
