@@ -24,10 +24,13 @@ def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
-def interrupt_when(args: list[str], pattern: str, sig=signal.SIGINT, wait_s: float = 240) -> dict:
-    """Start the CLI, send `sig` once a log line matches `pattern`; returns what happened."""
+def interrupt_when(args: list[str], pattern: str, sig=signal.SIGINT, group: bool = False, wait_s: float = 240) -> dict:
+    """Start the CLI, send `sig` once a log line matches `pattern`; returns what happened.
+
+    `group`: send it to the whole process group, as Ctrl-C in a terminal does (Ray's processes get it too).
+    """
     proc = subprocess.Popen(command(*args), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
     seen, deadline = [], time.monotonic() + wait_s
     try:
         for line in proc.stdout:
@@ -38,7 +41,10 @@ def interrupt_when(args: list[str], pattern: str, sig=signal.SIGINT, wait_s: flo
         tree = descendants(proc.pid)
         sessions = {m.group(1) for pid in tree for m in [re.search(r"(session_\d{4}-\d\d-\d\d_[\d-]+_\d+_\d+)", _cmdline(pid))] if m}
         sent = time.monotonic()
-        proc.send_signal(sig)
+        if group:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
         rest = proc.communicate(timeout=60)[0]
         took = time.monotonic() - sent
     finally:

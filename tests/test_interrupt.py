@@ -72,13 +72,14 @@ def test_centralized_interrupt_then_resume_rebuilds_a_tampered_sidecar(tmp_path)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_federated_interrupt_leaves_no_ray_process_and_resumes(tmp_path, sig):
+@pytest.mark.parametrize("sig, group", [(signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGINT, True)],
+                         ids=["SIGINT", "SIGTERM", "ctrl-c-to-the-group"])
+def test_federated_interrupt_leaves_no_ray_process_and_resumes(tmp_path, sig, group):
     config = tmp_path / "fed.toml"
     config.write_text(FEDERATED)
     out = str(tmp_path / "out")
     args = ["run", str(config), "-q", "--out", out]
-    result = interrupt_when([*args, "--set", "methods.continue.rounds=300"], r"continue round 1/", sig=sig)
+    result = interrupt_when([*args, "--set", "methods.continue.rounds=300"], r"continue round 1/", sig=sig, group=group)
     _stopped_cleanly(result)
     assert result["sessions"], "the run started no Ray session of its own"
     for session in result["sessions"]:
