@@ -1,7 +1,9 @@
 """Checkpoints with a checksum beside them, so a corrupted or truncated file is never used.
 
-`save` writes `<name>.pt` and `<name>.json` ({sha256, meta}); `load` verifies the hash before
-unpickling and raises CheckpointError on any mismatch, naming the file and what to do.
+`save` writes `<name>.pt` and `<name>.json` ({sha256, meta}); the hash covers the weights and the
+meta (wall times, stats), so an edited or damaged sidecar is caught like a damaged weights file.
+`load` verifies it before unpickling and raises CheckpointError on any mismatch, naming the file
+and what to do; `load_or_none` treats such a checkpoint as missing, so it is rebuilt.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ import torch
 from fedunlearn.errors import CheckpointError
 
 
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+def _sha256(data: bytes, meta: dict) -> str:
+    digest = hashlib.sha256(data)
+    digest.update(b"\0meta:" + json.dumps(meta, sort_keys=True).encode())
+    return digest.hexdigest()
 
 
 def save(path: str | Path, obj: Any, meta: dict | None = None) -> Path:
@@ -33,7 +37,8 @@ def save(path: str | Path, obj: Any, meta: dict | None = None) -> Path:
     tmp.write_bytes(data)
     os.replace(tmp, path)
     side = path.with_suffix(".json")
-    side.with_suffix(".json.tmp").write_text(json.dumps({"sha256": _sha256(data), "meta": meta or {}}))
+    meta = json.loads(json.dumps(meta or {}))  # the form it will be read back in (tuples become lists)
+    side.with_suffix(".json.tmp").write_text(json.dumps({"sha256": _sha256(data, meta), "meta": meta}))
     os.replace(side.with_suffix(".json.tmp"), side)
     return path
 
@@ -51,13 +56,15 @@ def load(path: str | Path) -> tuple[Any, dict]:
         raise CheckpointError(f"checkpoint '{path}' or its checksum file is missing; delete the folder to rebuild it")
     data = path.read_bytes()
     try:
-        record = json.loads(side.read_text())
-    except json.JSONDecodeError:
-        raise CheckpointError(f"checksum file '{side}' is corrupted; delete '{path}' to rebuild it") from None
-    if record.get("sha256") != _sha256(data):
+        record = json.loads(side.read_bytes().decode("utf-8"))
+        meta = record.get("meta", {})
+        valid = isinstance(meta, dict) and record.get("sha256") == _sha256(data, meta)
+    except (UnicodeDecodeError, ValueError, AttributeError, TypeError):
+        valid = False
+    if not valid:
         raise CheckpointError(f"checkpoint '{path}' does not match its checksum (corrupted or partly written); "
                               "delete it and rerun to rebuild it")
-    return torch.load(io.BytesIO(data), weights_only=False), record.get("meta", {})
+    return torch.load(io.BytesIO(data), weights_only=False), meta
 
 
 def load_or_none(path: str | Path) -> tuple[Any, dict] | None:

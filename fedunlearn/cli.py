@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 import sys
 import time
 from pathlib import Path
 
+from fedunlearn import interrupt, logs, outdir
 from fedunlearn.config import apply_overrides, build, load_toml
-from fedunlearn.errors import FedUnlearnError
+from fedunlearn.errors import ConfigError, FedUnlearnError
 from fedunlearn.experiments import EXPERIMENTS
 
 log = logging.getLogger("fedunlearn")
@@ -19,15 +19,21 @@ log = logging.getLogger("fedunlearn")
 def load_experiment(path: str, overrides: list[str]):
     """(experiment module, validated Config) for a TOML file plus --set overrides."""
     mapping = apply_overrides(load_toml(path), overrides)
-    module = EXPERIMENTS.get(str(mapping.get("kind", "centralized")))
+    if "kind" not in mapping:
+        # An empty or partial file must not silently start a full default run.
+        raise ConfigError(f"config '{path}' has no 'kind'; a minimal config is: kind = \"centralized\" "
+                          f"(or one of {', '.join(EXPERIMENTS.names())}), e.g. see simulations/quickstart.toml")
+    module = EXPERIMENTS.get(str(mapping["kind"]))
     return module, build(module.Config, mapping)
 
 
 def cmd_run(args) -> int:
     module, cfg = load_experiment(args.config, args.set)
-    out = Path(args.out or Path("results") / cfg.experiment.name)
-    if args.fresh and out.exists():
-        shutil.rmtree(out)
+    out = outdir.prepare(args.out or Path("results") / cfg.experiment.name, fresh=args.fresh)
+    if args.quiet:
+        from fedunlearn.training import set_progress
+
+        set_progress(False)
     start = time.perf_counter()
     report = module.run(cfg, out, progress=not args.quiet)
     from fedunlearn.metrics.report import markdown_table
@@ -96,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config value, e.g. --set train.epochs=3 (repeatable)")
     run.add_argument("--out", help="output folder (default results/<experiment.name>)")
-    run.add_argument("--fresh", action="store_true", help="delete the output folder first instead of resuming")
+    run.add_argument("--fresh", action="store_true", help="empty the output folder first instead of resuming "
+                     "(only a folder fedunlearn created, holding only what it wrote)")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     run.set_defaults(func=cmd_run)
     sub.add_parser("list", help="list data sets, models and methods").set_defaults(func=cmd_list)
@@ -116,12 +123,17 @@ def main(argv: list[str] | None = None) -> int:
     sub_.set_defaults(func=cmd_submit)
 
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    if argv is None and args.command == "run":  # the real command line, not a test calling main() in-process
+        interrupt.install()
+    logs.configure()
     try:
         return args.func(args)
     except FedUnlearnError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # without the handler (main() called in-process): no traceback either
+        print(f"\n{interrupt.MESSAGE}", file=sys.stderr)
+        return interrupt.EXIT_CODE
 
 
 if __name__ == "__main__":

@@ -34,6 +34,20 @@ class TrainConfig:
         check_range("lr", self.lr, 0.0)
 
 
+_PROGRESS = True
+
+
+def set_progress(enabled: bool) -> None:
+    """`fedunlearn run -q`: no progress bar anywhere, whatever a method asks for."""
+    global _PROGRESS
+    _PROGRESS = enabled
+
+
+def progress_bar(iterable, desc: str, progress: bool = True, **kwargs):
+    """tqdm over `iterable`, hidden when the caller or `-q` says so."""
+    return tqdm(iterable, desc=desc, disable=not (progress and _PROGRESS), leave=False, **kwargs)
+
+
 def get_device(preference: str = "auto") -> torch.device:
     if preference == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -78,7 +92,7 @@ def train(model: nn.Module, data: ArrayDataset, cfg: TrainConfig, device: torch.
     seed_everything(seed)
     batches = loader(data, cfg.batch_size, shuffle=True, seed=seed)
     opt, sched = make_optimizer(model, cfg, cfg.epochs * len(batches))
-    bar = tqdm(range(cfg.epochs), desc=desc, disable=not progress, leave=False)
+    bar = progress_bar(range(cfg.epochs), desc, progress)
     for _ in bar:
         for x, y in batches:
             x, y = x.to(device), y.to(device)

@@ -24,6 +24,24 @@ fi
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/pip install -q --upgrade pip
-# torch and torchvision resolve together, so they are always a matching pair.
+# torch and torchvision must be a matching pair. On Linux x86_64, PyPI's torch is the CUDA build
+# (about 4 GB of CUDA and triton wheels, used on the CPU when there is no GPU). The CPU-only pair
+# lives only on PyTorch's own index: TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu bash
+# scripts/setup.sh installs it from there (or .../whl/cu126 etc. for a given CUDA version). A CPU
+# torch from elsewhere beside PyPI's torchvision fails at import ("operator torchvision::nms does
+# not exist"), so both always come from the same index.
+if [ -n "${TORCH_INDEX_URL:-}" ]; then
+  echo "installing torch and torchvision from $TORCH_INDEX_URL"
+  .venv/bin/pip install -q torch torchvision --index-url "$TORCH_INDEX_URL"
+elif [ "$(uname -s)-$(uname -m)" = "Linux-x86_64" ] && ! command -v nvidia-smi >/dev/null 2>&1 \
+     && ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
+  cat <<'MSG'
+note: no GPU found, but PyPI only has the CUDA build of torch for Linux x86_64 (about 4 GB more on
+disk; it runs on the CPU). Continuing with it. For the CPU-only pair (about 1 GB) instead, where
+download.pytorch.org is reachable:
+  rm -rf .venv && TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu bash scripts/setup.sh
+MSG
+fi
 .venv/bin/pip install -q -e ".[cluster,test]"
 .venv/bin/python -c "import torchvision.ops, ray, flwr, fedunlearn; print('fedunlearn', fedunlearn.__version__, 'ready')"
+echo "activate it once per shell with: source .venv/bin/activate   (or call .venv/bin/fedunlearn directly)"

@@ -37,13 +37,17 @@ def select_forget(labels: np.ndarray, cfg: ForgetConfig, seed: int) -> np.ndarra
         missing = [c for c in cfg.classes if c not in present]
         if missing:
             raise DataError(f"forget.classes {missing} do not occur in the training labels {sorted(present)}")
+        if present <= set(cfg.classes):
+            raise DataError(f"forget.classes {sorted(set(cfg.classes))} names every class of the training set; "
+                            "nothing would remain to train on: leave at least one class out")
         return np.flatnonzero(np.isin(labels, cfg.classes))
-    idx = np.asarray(cfg.indices, dtype=np.int64)
-    if idx.size == 0:
+    if not cfg.indices:
         raise DataError("forget.kind = 'indices' needs forget.indices, e.g. indices = [0, 5, 17]")
-    bad = idx[(idx < 0) | (idx >= n)]
-    if bad.size:
-        raise DataError(f"forget.indices {bad[:5].tolist()} out of range: the training set has {n} samples (valid 0..{n - 1})")
+    # Checked as Python ints: a huge index would overflow int64 before a range check could see it.
+    bad = [i for i in cfg.indices if not 0 <= i < n]
+    if bad:
+        raise DataError(f"forget.indices {bad[:5]} out of range: the training set has {n} samples (valid 0..{n - 1})")
+    idx = np.asarray(cfg.indices, dtype=np.int64)
     if len(np.unique(idx)) != len(idx):
         raise DataError("forget.indices contains duplicates")
     if len(idx) >= n:

@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 from torch import nn
 
+from fedunlearn import outdir
 from fedunlearn.config import config_hash, to_dict
 from fedunlearn.data import DataBundle, DataConfig, ForgetConfig, complement, load_dataset, select_forget
 from fedunlearn.data.datasets import ArrayDataset
@@ -96,6 +97,7 @@ def prepare(cfg: Config, data: DataBundle | None = None) -> Prepared:
 
 def run(cfg: Config, out_dir: str | Path, progress: bool = True, data: DataBundle | None = None) -> dict:
     out = Path(out_dir)
+    outdir.mark(out)  # a survey's part folders too: --fresh may empty only marked folders
     ckpt = out / "checkpoints"
     device = get_device(cfg.experiment.device)
     seed = cfg.experiment.seed
@@ -105,9 +107,11 @@ def run(cfg: Config, out_dir: str | Path, progress: bool = True, data: DataBundl
     log.info("data %s: %d train (%d forget), %d test; device %s", data.name, len(data.train),
              len(p.forget_idx), len(data.test), device)
 
-    base_key = config_hash([cfg.data, cfg.model, cfg.train, cfg.forget, seed]
-                           + ([data.name, data.train.y.tolist(), data.num_classes] if given else []))
-    original, original_s = cached(ckpt / f"original-{base_key}", lambda: timed(lambda: train(
+    given_key = [data.name, data.train.y.tolist(), data.num_classes] if given else []
+    # The original is keyed only on what trains it, so a new forget request reuses it.
+    original_key = config_hash([cfg.data, cfg.model, cfg.train, seed] + given_key)
+    base_key = config_hash([cfg.data, cfg.model, cfg.train, cfg.forget, seed] + given_key)
+    original, original_s = cached(ckpt / f"original-{original_key}", lambda: timed(lambda: train(
         p.make_model(), data.train, cfg.train, device, seed=seed, desc="original", progress=progress)))
 
     task = make_task(data.train, p.forget_idx, original, train_cfg=cfg.train, make_model=p.make_model,
@@ -151,5 +155,5 @@ def run(cfg: Config, out_dir: str | Path, progress: bool = True, data: DataBundl
              f"device: {device}; speedup = retrain wall time / method wall time, measured in this run"]
     sizes = {"forget_size": len(p.forget_idx), "train_size": len(data.train)}
     write_report(out, f"{cfg.experiment.name}: centralized unlearning on {data.name}", to_dict(cfg), results,
-                 extra=sizes, notes=notes, plots=plots)
+                 extra={**sizes, "num_classes": data.num_classes}, notes=notes, plots=plots)
     return {"results": results, "config": to_dict(cfg), **sizes}

@@ -24,11 +24,13 @@ def run(cfg: Config, out_dir: str | Path, progress: bool = True) -> dict:
     from flwr.simulation import run_simulation
 
     from fedunlearn.federated.app import make_client_app, make_server_app
+    from fedunlearn.federated.client import federation_data
     from fedunlearn.federated.driver import check_cooperation
     from fedunlearn.federated.resources import client_resources
     from fedunlearn.metrics.report import load_report
 
     check_cooperation(cfg)  # before Ray starts: a bad request should cost nothing
+    federation_data(cfg)  # likewise a partition that leaves a client without data (a too small alpha)
     out = Path(out_dir)
     mapping = to_dict(cfg)
     resources = client_resources(cfg.federation)

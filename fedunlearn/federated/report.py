@@ -83,7 +83,8 @@ def write_federated_report(cfg, out: Path, trained: dict, results: dict, make_mo
     extra = {"history_bytes": history.nbytes(), "stored_rounds": [r.round for r in history.rounds],
              "model_bytes": trained["model_bytes"], "train_failures": trained["failures"],
              "client_samples": {str(c): len(p) for c, p in enumerate(federation_data(cfg)[1])},
-             "departing_client": cfg.withdrawal.client, "device": str(device)}
+             "departing_client": cfg.withdrawal.client, "device": str(device),
+             "num_classes": int(outputs.test.shape[1])}
     fed = cfg.federation
     notes = [
         f"{fed.num_clients} clients ({fed.partition}{', alpha ' + str(fed.alpha) if fed.partition == 'dirichlet' else ''}), "

@@ -7,6 +7,9 @@ import math
 from pathlib import Path
 from typing import Any
 
+from fedunlearn import outdir
+from fedunlearn.metrics.reading import is_quick, reading_notes
+
 COLUMNS = ["method", "test_acc", "retain_acc", "forget_acc", "mia_efficacy", "mia_auc",
            "js_to_retrain", "l2_to_retrain", "avg_gap", "wall_s", "speedup"]
 
@@ -23,7 +26,8 @@ def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
     columns = columns or [c for c in COLUMNS if any(c in r for r in rows)]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
-        lines.append("| " + " | ".join(_fmt(row.get(c, "")) for c in columns) + " |")
+        cells = [("~" if c == "speedup" and c in row and is_quick(row) else "") + _fmt(row.get(c, "")) for c in columns]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -42,11 +46,14 @@ def write_report(out_dir: str | Path, title: str, config: dict, results: list[di
                  columns: list[str] | None = None, plots: list[str] | None = None) -> Path:
     """Writes report.json and report.md into out_dir; returns the path of report.md."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    outdir.mark(out)
+    if plots is not None:
+        outdir.remove_stale_plots(out, plots)  # a rerun with another config must not show the old run's plots
     payload = {"title": title, "config": config, "results": results, **(extra or {})}
     (out / "report.json").write_text(json.dumps(_json_safe(payload), indent=2))
     md = [f"# {title}", "", markdown_table(results, columns), ""]
-    md += [f"- {n}" for n in notes or []]
+    chance = 1.0 / extra["num_classes"] if (extra or {}).get("num_classes") else None
+    md += [f"- {n}" for n in [*(notes or []), *reading_notes(results, chance)]]
     md += ["", *[f"![{Path(p).stem}]({Path(p).name})" for p in plots or []]]
     md += ["", "## Config", "", "```json", json.dumps(config, indent=2), "```", ""]
     (out / "report.md").write_text("\n".join(md))

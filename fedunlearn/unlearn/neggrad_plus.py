@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch.nn.functional as F
 
-from fedunlearn.training import TrainConfig, clone, cycle, loader, make_optimizer, seed_everything
+from fedunlearn.training import TrainConfig, clone, cycle, loader, make_optimizer, progress_bar, seed_everything
 from fedunlearn.unlearn.base import Stats, UnlearnTask
 
 
@@ -29,7 +29,7 @@ def unlearn(task: UnlearnTask, cfg: Config = Config()):
     recipe = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, momentum=task.train_cfg.momentum,
                          weight_decay=task.train_cfg.weight_decay)
     opt, sched = make_optimizer(model, recipe, cfg.epochs * len(retain))
-    for _ in range(cfg.epochs):
+    for _ in progress_bar(range(cfg.epochs), "neggrad_plus"):
         for xr, yr in retain:
             xf, yf = next(forget)
             xr, yr, xf, yf = xr.to(task.device), yr.to(task.device), xf.to(task.device), yf.to(task.device)
