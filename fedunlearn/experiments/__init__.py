@@ -11,4 +11,5 @@ EXPERIMENTS = Registry("experiment kind", {
     "cluster": "fedunlearn.experiments.cluster",
     "federated": "fedunlearn.federated.experiment",
     "survey": "fedunlearn.experiments.survey",
+    "graph": "fedunlearn.experiments.graph",
 })
