@@ -12,4 +12,5 @@ EXPERIMENTS = Registry("experiment kind", {
     "federated": "fedunlearn.federated.experiment",
     "survey": "fedunlearn.experiments.survey",
     "graph": "fedunlearn.experiments.graph",
+    "features_labels": "fedunlearn.experiments.features_labels",
 })
