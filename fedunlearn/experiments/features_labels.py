@@ -27,7 +27,7 @@ from fedunlearn.features_labels.task import FLRequestConfig, FLTask, make_reques
 from fedunlearn.influence import grad_of, params_of
 from fedunlearn.metrics.distance import js_divergence, l2_distance
 from fedunlearn.metrics.report import write_report
-from fedunlearn.models import ModelConfig, build_model
+from fedunlearn.models import MODELS, ModelConfig, build_model
 from fedunlearn.training import TrainConfig, get_device, predict_probs, seed_everything, train
 
 log = logging.getLogger("fedunlearn")
@@ -60,8 +60,6 @@ class Config:
         for name in (*self.experiment.methods, *self.methods):
             FL_METHODS.check(name)
         for name in self.experiment.models:
-            dataclasses.replace(self.model, name=name)
-            from fedunlearn.models import MODELS
             if name not in MODELS:
                 raise ConfigError(f"unknown model '{name}'; valid choices: {', '.join(MODELS)}")
         if not self.requests:
@@ -110,10 +108,10 @@ def _run_request(cfg: Config, task: FLTask, bundle, model_name: str, spec: FLReq
         rows.append({**head, "method": name, "wall_s": time.perf_counter() - start, **stats})
         log.info("%s / %s / %s: %.2f s", model_name, label, name, rows[-1]["wall_s"])
     start = time.perf_counter()
-    other = seed_other = task.seed + 1000
+    other = task.seed + 1000  # another initialisation and batch order
     seed_everything(other)
     fresh = build_model(dataclasses.replace(cfg.model, name=model_name), bundle.input_shape, bundle.num_classes)
-    models[NOISE_FLOOR] = train(fresh, task.data.after, task.train_cfg, task.device, seed=seed_other + 1, progress=False)
+    models[NOISE_FLOOR] = train(fresh, task.data.after, task.train_cfg, task.device, seed=other + 1, progress=False)
     rows.append({**head, "method": NOISE_FLOOR, "wall_s": time.perf_counter() - start})
 
     idx = torch.as_tensor(task.data.affected)
@@ -130,8 +128,8 @@ def _run_request(cfg: Config, task: FLTask, bundle, model_name: str, spec: FLReq
             row["old_label_rate"] = float((pred == old.y).float().mean())
         row["l2_to_retrain"] = l2_distance(model, models[REFERENCE])
         row["js_x1000"] = 1000 * js_divergence(probs, ref_probs)
-        row["grad_residual"] = float(grad_of(lambda: objective(model, task.data.after, task.train_cfg.weight_decay),
-                                             params_of(model)).norm())
+        wd = task.train_cfg.weight_decay
+        row["grad_residual"] = float(grad_of(lambda: objective(model, task.data.after, wd), params_of(model)).norm())
         if "wall_s" in row:
             row["speedup"] = ref_s / row["wall_s"] if row["wall_s"] > 0 else float("inf")
     return rows

@@ -36,7 +36,8 @@ class FLRequestConfig:
     def __post_init__(self):
         check_range("fraction", self.fraction, 0.0, 1.0)
         if len(self.region) != 4 or min(self.region) < 0 or self.region[2] < 1 or self.region[3] < 1:
-            raise ValueError(f"'region' must be [row, column, height, width] with height, width >= 1; got {self.region}")
+            raise ValueError("'region' must be [row, column, height, width] with height, width >= 1; "
+                             f"got {self.region}")
 
 
 @dataclass

@@ -171,7 +171,8 @@ def _read(root: Path, name: str, part: str):
 
 
 def load_planetoid(cfg: GraphDataConfig) -> Graph:
-    """The Planetoid split as Kipf and Welling read it (their utils.load_data), CiteSeer's isolated test nodes included."""
+    """The Planetoid split as Kipf and Welling read it (their utils.load_data), with CiteSeer's
+    isolated test nodes."""
     import scipy.sparse as sp
 
     root = Path(cfg.data_dir) if cfg.data_dir else Path.home() / ".cache" / "fedunlearn" / "planetoid"
@@ -203,7 +204,7 @@ def load_planetoid(cfg: GraphDataConfig) -> Graph:
     masks[2][torch.as_tensor(test_range[test_range < n])] = True
     masks[1] &= ~masks[2]
     x_t = torch.as_tensor(np.asarray(feats.todense()), dtype=torch.float32)
-    row_sum = x_t.sum(1, keepdim=True).clamp_min(1e-12)  # Kipf's row normalisation of bag-of-words features
+    row_sum = x_t.sum(1, keepdim=True).clamp_min(1e-12)  # Kipf's row normalisation of word counts
     return Graph(x_t / row_sum, edges, torch.as_tensor(labels.argmax(1), dtype=torch.long), *masks,
                  torch.ones(n, dtype=torch.bool), labels.shape[1], name)
 

@@ -12,8 +12,6 @@ graph; `embed` gives the hidden node representations (GraphEraser's embedding pa
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 from torch import nn
