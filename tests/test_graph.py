@@ -65,8 +65,14 @@ def test_planetoid_files_load_from_data_dir(tmp_path):
 def test_planetoid_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="ind.citeseer.x"):
         load_graph(GraphDataConfig(name="citeseer", data_dir=str(tmp_path)), seed=0)
-    with pytest.raises(ConfigError, match="graph data set 'karate'"):
-        GraphDataConfig(name="karate")
+    with pytest.raises(ConfigError, match="graph data set 'ogbn'"):
+        GraphDataConfig(name="ogbn")
+
+
+def test_karate_club_ships_with_networkx():
+    g = load_graph(GraphDataConfig(name="karate"), seed=0)
+    assert g.n == 34 and g.edges.shape[1] == 78 and g.num_classes == 2
+    assert int(g.y.sum()) == 17 and g.train.sum() == 17
 
 
 def test_block_model_is_seeded_and_homophilous():
@@ -158,6 +164,26 @@ def test_graph_config_validation():
     assert set(GRAPH_METHODS.names()) >= {"graph_retrain", "graph_eraser", "gif", "certified_graph_unlearning"}
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("local_ray")
+def test_graph_experiment_end_to_end(tmp_path):
+    module = EXPERIMENTS.get("graph")
+    cfg = build(module.Config, {
+        "kind": "graph", "data": {"nodes": 400, "features": 8}, "train": {"epochs": 40},
+        "experiment": {"models": ["gcn", "sgc"]}, "methods": {"graph_eraser": {"shards": 2, "agg_steps": 20}},
+        "forget": [{"target": "nodes", "count": 5}, {"target": "features", "kind": "class", "count": 5},
+                   {"target": "edges", "kind": "neighbourhood", "count": 10}]})
+    report = module.run(cfg, tmp_path, progress=False)
+    rows = report["results"]
+    assert {r["method"] for r in rows if r["model"] == "gcn"} == {
+        "original", "graph_retrain", "graph_finetune", "graph_eraser", "gif", "retrain_other_seed"}
+    assert sum(r["method"] == "certified_graph_unlearning" for r in rows) == 3  # sgc only
+    assert all(0 <= r["test_acc"] <= 1 and r["js_x1000"] >= 0 for r in rows)
+    assert all("edge_mia_auc" in r for r in rows if r["request"] == "edges-neighbourhood")
+    assert (tmp_path / "report.md").is_file()
+
+
+@pytest.mark.slow
 @pytest.mark.usefixtures("local_ray")
 def test_graph_eraser_retrains_only_affected_shards_on_ray(tmp_path):
     g = csbm(GraphDataConfig(nodes=800, features=16, homophily=0.9), 0)

@@ -7,6 +7,8 @@ the graph before and after a request line up index by index.
 
 `csbm` is the contextual stochastic block model (Deshpande et al., NeurIPS 2018): features
 drawn around a per-class mean, edges with probability p_in inside a class and p_out across.
+`karate` is Zachary's karate club as networkx (a dependency of torch) ships it: 34 members,
+labelled by the faction they joined, one-hot node features, the csbm split fractions.
 `load_planetoid` reads Cora / CiteSeer / PubMed in the original Planetoid format (Yang et al.,
 ICML 2016): ind.<name>.{x,tx,allx,y,ty,ally,graph} pickles and ind.<name>.test.index, with the
 standard split (train = the labelled x rows, val = the next 500 nodes, test = test.index).
@@ -25,11 +27,12 @@ from fedunlearn.config import check_range
 from fedunlearn.errors import DataError, unknown_choice
 
 PLANETOID = ("cora", "citeseer", "pubmed")
+BUILT_IN = ("csbm", "karate")
 
 
 @dataclass(frozen=True)
 class GraphDataConfig:
-    name: str = "csbm"        # csbm (needs no files) or a Planetoid name read from data_dir
+    name: str = "csbm"        # csbm, karate (no files needed) or a Planetoid name read from data_dir
     data_dir: str = ""        # folder with the ind.<name>.* files
     nodes: int = 2000         # csbm: number of nodes
     classes: int = 4
@@ -41,8 +44,8 @@ class GraphDataConfig:
     val_frac: float = 0.1
 
     def __post_init__(self):
-        if self.name not in ("csbm", *PLANETOID):
-            raise unknown_choice("graph data set", self.name, ("csbm", *PLANETOID))
+        if self.name not in (*BUILT_IN, *PLANETOID):
+            raise unknown_choice("graph data set", self.name, (*BUILT_IN, *PLANETOID))
         check_range("data.nodes", self.nodes, 10)
         check_range("data.classes", self.classes, 2)
         check_range("data.features", self.features, 1)
@@ -209,5 +212,19 @@ def load_planetoid(cfg: GraphDataConfig) -> Graph:
                  torch.ones(n, dtype=torch.bool), labels.shape[1], name)
 
 
+def karate(cfg: GraphDataConfig, seed: int) -> Graph:
+    import networkx as nx
+
+    g = nx.karate_club_graph()
+    n = g.number_of_nodes()
+    src, dst = np.array(list(g.edges())).T
+    y = torch.as_tensor([0 if g.nodes[v]["club"] == "Mr. Hi" else 1 for v in range(n)], dtype=torch.long)
+    train, val, test = random_masks(n, cfg.train_frac, cfg.val_frac, seed)
+    return Graph(torch.eye(n), canonical_edges(src, dst), y, train, val, test, torch.ones(n, dtype=torch.bool), 2,
+                 "karate")
+
+
 def load_graph(cfg: GraphDataConfig, seed: int) -> Graph:
-    return csbm(cfg, seed) if cfg.name == "csbm" else load_planetoid(cfg)
+    if cfg.name == "csbm":
+        return csbm(cfg, seed)
+    return karate(cfg, seed) if cfg.name == "karate" else load_planetoid(cfg)
