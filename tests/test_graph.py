@@ -146,6 +146,21 @@ def test_influence_methods_land_closer_to_retraining_than_finetuning(model_name)
         assert abs(acc(cert) - acc(ref)) < 0.03
 
 
+def test_gnndelete_trains_only_its_deletion_operators():
+    from fedunlearn.graph.methods import gnndelete
+
+    g = csbm(SMALL, 0)
+    task = make_task(g, "gcn", GraphForgetConfig(target="edges", count=4))
+    frozen = {k: v.clone() for k, v in task.original.state_dict().items()}
+    model, stats = gnndelete.unlearn(task, gnndelete.Config(epochs=30))
+    assert all(torch.equal(model.gcn.state_dict()[k], v) for k, v in frozen.items())
+    assert not torch.allclose(model.del2.weight, torch.eye(g.num_classes))
+    far = ~model.local2  # nodes outside every deleted edge's two-hop neighbourhood keep the original's output
+    assert far.sum() > 50
+    assert torch.allclose(predict(model, task.after)[far], predict(task.original, task.after)[far], atol=1e-6)
+    assert stats["deleted_edges"] == 4
+
+
 def test_neighbour_accuracy_and_edge_attack():
     g = csbm(SMALL, 0)
     task = make_task(g, "gcn", GraphForgetConfig(target="edges", count=40))
@@ -176,7 +191,8 @@ def test_graph_experiment_end_to_end(tmp_path):
     report = module.run(cfg, tmp_path, progress=False)
     rows = report["results"]
     assert {r["method"] for r in rows if r["model"] == "gcn"} == {
-        "original", "graph_retrain", "graph_finetune", "graph_eraser", "gif", "retrain_other_seed"}
+        "original", "graph_retrain", "graph_finetune", "graph_eraser", "gif", "gnndelete", "retrain_other_seed"}
+    assert sum(r["method"] == "gnndelete" for r in rows) == 2  # gcn, not the feature request
     assert sum(r["method"] == "certified_graph_unlearning" for r in rows) == 3  # sgc only
     assert all(0 <= r["test_acc"] <= 1 and r["js_x1000"] >= 0 for r in rows)
     assert all("edge_mia_auc" in r for r in rows if r["request"] == "edges-neighbourhood")

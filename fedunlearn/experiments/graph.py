@@ -5,7 +5,7 @@ For each model in experiment.models and each request in [[forget]]: the original
 once on the whole graph; every method gets the same GraphTask; methods with a `prepare`
 (GraphEraser's shards) run it untimed before the request. A second retraining from another
 seed is the noise floor for the distances. Methods that do not support a model (the certified
-method needs SGC) are skipped for it, with a note.
+method needs SGC, GNNDelete a GCN) or a request target are skipped for it, with a note.
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ class ExperimentSection:
     name: str = "graph"
     seed: int = 0
     models: tuple[str, ...] = ("gcn", "sgc")
-    methods: tuple[str, ...] = ("graph_retrain", "graph_finetune", "graph_eraser", "gif", "certified_graph_unlearning")
+    methods: tuple[str, ...] = ("graph_retrain", "graph_finetune", "graph_eraser", "gif", "certified_graph_unlearning",
+                                "gnndelete")
     noise_floor: bool = True   # also retrain from another seed: the distances' noise floor
 
 
@@ -124,6 +125,9 @@ def _run_request(cfg: Config, task: GraphTask, label: str, original, original_s:
         method, method_cfg = GRAPH_METHODS.get(name), cfg.method_config(name)
         if method.MODELS is not None and task.model_name not in method.MODELS:
             notes.append(f"{name} skipped for {task.model_name}: it needs model {' or '.join(method.MODELS)}")
+            continue
+        if task.request.target not in getattr(method, "TARGETS", (task.request.target,)):
+            notes.append(f"{name} skipped for request {label}: it handles {' and '.join(method.TARGETS)} only")
             continue
         stats = {}
         if hasattr(method, "prepare"):

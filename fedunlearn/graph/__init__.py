@@ -9,4 +9,5 @@ GRAPH_METHODS = Registry("graph method", {
     "graph_eraser": "fedunlearn.graph.methods.eraser",
     "gif": "fedunlearn.graph.methods.gif",
     "certified_graph_unlearning": "fedunlearn.graph.methods.certified",
+    "gnndelete": "fedunlearn.graph.methods.gnndelete",
 })
