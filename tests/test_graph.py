@@ -177,6 +177,10 @@ def test_graph_config_validation():
     with pytest.raises(ConfigError, match="shards"):
         build(module.Config, {"kind": "graph", "methods": {"graph_eraser": {"shards": 0}}})
     assert set(GRAPH_METHODS.names()) >= {"graph_retrain", "graph_eraser", "gif", "certified_graph_unlearning"}
+    from fedunlearn.cli import load_experiment
+
+    _, shipped = load_experiment("simulations/graph.toml", ["forget=[{target='features', count=3}]"])
+    assert set(shipped.experiment.methods) == set(GRAPH_METHODS.names()) and shipped.forget[0].count == 3
 
 
 @pytest.mark.slow

@@ -76,10 +76,11 @@ def _workdir(task: GraphTask) -> Path:
 
 def partition(task: GraphTask, cfg: Config) -> np.ndarray:
     """Shard of every node of the original graph (-1 for nodes that are not training nodes); computed once."""
-    path = _workdir(task) / f"partition-{config_hash([cfg.shards, cfg.partition, task.seed])}.npy"
+    g = task.before
+    graph_id = hashlib.sha256(g.edges.numpy().tobytes() + g.train.numpy().tobytes()).hexdigest()[:16]
+    path = _workdir(task) / f"partition-{config_hash([cfg.shards, cfg.partition, task.seed, graph_id])}.npy"
     if path.is_file():
         return np.load(path)
-    g = task.before
     nodes = np.flatnonzero(g.train.numpy())
     if cfg.partition == "blpa":
         label = blpa(nodes, g.edges.numpy(), cfg.shards, task.seed)
