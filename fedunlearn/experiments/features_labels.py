@@ -116,13 +116,14 @@ def _run_request(cfg: Config, task: FLTask, bundle, model_name: str, spec: FLReq
 
     idx = torch.as_tensor(task.data.affected)
     fixed, old = task.data.after.subset(idx), task.data.before.subset(idx)
-    ref_probs = predict_probs(models[REFERENCE], bundle.test, task.device)
+    cpu = torch.device("cpu")  # evaluation where the data is
+    ref_probs = predict_probs(models[REFERENCE].cpu(), bundle.test, cpu)
     ref_s = next(r["wall_s"] for r in rows if r["method"] == REFERENCE)
     for row in rows:
         model = models[row["method"]].cpu().eval()
-        probs = predict_probs(model, bundle.test, task.device)
+        probs = predict_probs(model, bundle.test, cpu)
         row["test_acc"] = float((probs.argmax(1) == bundle.test.y).float().mean())
-        pred = predict_probs(model, fixed, task.device).argmax(1)
+        pred = predict_probs(model, fixed, cpu).argmax(1)
         row["affected_acc"] = float((pred == fixed.y).float().mean())
         if spec.kind == "labels":
             row["old_label_rate"] = float((pred == old.y).float().mean())

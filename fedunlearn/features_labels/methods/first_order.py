@@ -32,7 +32,7 @@ class Config:
 
 
 def unlearn(task: FLTask, cfg: Config = Config()):
-    model = clone(task.original).eval()
+    model = clone(task.original).cpu().eval()  # closed-form updates on the CPU, where the data is
     g = grad_of(lambda: affected_loss_change(model, task), params_of(model))
     wd = task.train_cfg.weight_decay
     if cfg.tau > 0:

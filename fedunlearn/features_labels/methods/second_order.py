@@ -32,7 +32,7 @@ class Config:
 
 
 def unlearn(task: FLTask, cfg: Config = Config()):
-    model = clone(task.original).eval()
+    model = clone(task.original).cpu().eval()  # closed-form updates on the CPU, where the data is
     params = params_of(model)
     g = grad_of(lambda: affected_loss_change(model, task), params)
     hvp = hvp_fn(lambda: objective(model, task.data.after, task.train_cfg.weight_decay), params)
