@@ -20,7 +20,8 @@ from fedunlearn.graph import GRAPH_METHODS
 from fedunlearn.graph.data import GraphDataConfig, csbm, load_graph
 from fedunlearn.graph.methods import certified, eraser, finetune, gif, retrain
 from fedunlearn.graph.metrics import GraphEvaluation
-from fedunlearn.graph.models import GraphModelConfig, GraphTrainConfig, build_graph_model, predict, train_graph
+from fedunlearn.graph.models import (GraphModelConfig, GraphTrainConfig, adjacency, build_graph_model, predict,
+                                     train_graph)
 from fedunlearn.graph.partition import bekm, blpa, cut_share
 from fedunlearn.graph.requests import GraphForgetConfig, select_request
 from fedunlearn.graph.task import GraphTask
@@ -75,7 +76,13 @@ def test_karate_club_ships_with_networkx():
     assert int(g.y.sum()) == 17 and g.train.sum() == 17
 
 
-def test_block_model_is_seeded_and_homophilous():
+@pytest.mark.parametrize("name", ["gcn", "sgc", "sage"])
+def test_models_learn_the_block_model(name):
+    g = csbm(SMALL, 0)
+    model = train_graph(build_graph_model(GraphModelConfig(name=name, hidden=16), 16, g.num_classes, 0), g,
+                        GraphTrainConfig(epochs=100, lr=0.05))
+    acc = float((predict(model, g).argmax(1) == g.y)[g.test].float().mean())
+    assert acc > 0.7 and model.embed(g.x, adjacency(g, model.adj_kind)).shape[0] == g.n
     a, b = csbm(SMALL, 3), csbm(SMALL, 3)
     assert torch.equal(a.edges, b.edges) and torch.equal(a.x, b.x)
     same_class = (a.y[a.edges[0]] == a.y[a.edges[1]]).float().mean()
