@@ -38,15 +38,19 @@ def non_edges(graph: Graph, count: int, seed: int) -> np.ndarray:
     alive = np.flatnonzero(graph.alive.numpy())
     known = set(map(tuple, graph.edges.numpy().T.tolist()))
     pairs: list[tuple[int, int]] = []
-    while len(pairs) < count:
+    for _ in range(100 * count):  # a dense graph may have fewer non-edges than asked for
+        if len(pairs) == count:
+            break
         a, b = rng.choice(alive, 2, replace=False)
         a, b = min(a, b), max(a, b)
         if (a, b) not in known:
             pairs.append((a, b))
-    return np.array(pairs).T
+    return np.array(pairs, dtype=np.int64).reshape(-1, 2).T
 
 
 def edge_mia_auc(probs: torch.Tensor, pos: np.ndarray, neg: np.ndarray) -> float:
+    if pos.shape[1] == 0 or neg.shape[1] == 0:
+        return float("nan")
     score = lambda e: F.cosine_similarity(probs[e[0]], probs[e[1]], dim=1).numpy()  # noqa: E731
     labels = np.r_[np.ones(pos.shape[1]), np.zeros(neg.shape[1])]
     return float(roc_auc_score(labels, np.r_[score(pos), score(neg)]))
