@@ -13,4 +13,6 @@ EXPERIMENTS = Registry("experiment kind", {
     "cluster": "fedunlearn.experiments.cluster",
     "federated": "fedunlearn.experiments.federated",
     "survey": "fedunlearn.experiments.survey",
+    "graph": "fedunlearn.experiments.graph",
+    "features_labels": "fedunlearn.experiments.features_labels",
 })

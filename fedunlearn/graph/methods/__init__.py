@@ -1,0 +1,1 @@
+"""One module per graph unlearning method; GRAPH_METHODS in fedunlearn.graph names them."""
