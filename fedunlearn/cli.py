@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     wd.add_argument("--history", required=True, help="the run's history folder (store.py / RecordingStrategy)")
     wd.add_argument("--client", required=True, type=int)
     wd.add_argument("--method", default="subtract", help="a server-side method: subtract or source_free_absent")
-    wd.add_argument("--out", default=None, help="where to write the unlearned model (default HISTORY/model-without-ID.pt)")
+    wd.add_argument("--out", default=None, help="where to write the unlearned model (default: beside HISTORY, model-REQUEST.pt)")
     wd.add_argument("--record", default=None, help="deletion record to append to (default: beside HISTORY)")
     wd.add_argument("--model", default=None, help="module:function building the architecture (source_free_absent)")
     wd.add_argument("--input-shape", default="", help="e.g. 1,8,8 (source_free_absent)")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import time
+import uuid
 from pathlib import Path
 
 import torch
@@ -36,9 +37,6 @@ def load_factory(spec: str):
 def withdraw(history_dir: str | Path, client: int, method: str = "subtract", out: str | Path | None = None,
              log: str | Path | None = None, model: str | None = None, input_shape: tuple[int, ...] = (),
              num_classes: int = 0) -> dict:
-    from fedunlearn.config import build
-    from fedunlearn.federated.context import FedContext
-    from fedunlearn.federated.methods import load_method
     from fedunlearn.federated.store import DiskHistory
 
     if method not in SERVER_SIDE:
@@ -53,25 +51,43 @@ def withdraw(history_dir: str | Path, client: int, method: str = "subtract", out
     known = sorted(int(c) for c in store.meta["sums"])
     if client not in known:
         raise WithdrawalError(f"client {client} has no stored updates in '{history_dir}' (clients: {known})")
-    before, initial = store.model("final"), store.model("initial")
-    module = load_method(method)
-    make_model = load_factory(model) if model else None
-    ctx = FedContext(global_state=before, initial_state=initial, history=store, departing=client,
-                     remaining=[c for c in known if c != client], num_clients=len(known), num_classes=num_classes,
-                     input_shape=tuple(input_shape), make_model=make_model, fed_cfg=None, device=torch.device("cpu"),
-                     transport=None, departing_online=False, train_rounds=len(store.meta["rounds"]))
+    before = store.model("final")
     start = time.perf_counter()
+    if method == "subtract":  # streamed from the files: a tensor in memory at a time, whatever the model
+        from fedunlearn.federated.stream import stream_subtract
+
+        stats = stream_subtract(store, client, store.root / "model" / "final.npy")
+        state = store.model("final")
+    else:
+        state, stats = _run_method(store, client, method, before, model, input_shape, num_classes)
+        store.set_model("final", state)  # later withdrawals start from this model
+    wall = time.perf_counter() - start
+    request = uuid.uuid4().hex
+    out = Path(out or Path(history_dir).parent / f"model-{request[:12]}")
+    checkpoint.save(out, state, meta={"client": client, "method": method, "request_id": request})
+    purge = store.purge(client)
+    stats = {"wall_s": wall, **{k: v for k, v in stats.items() if isinstance(v, (int, float))}}
+    entry = record.append(log or Path(history_dir).parent / "deletions.jsonl", client, method,
+                          record.state_sha256(before), record.state_sha256(state), stats, purge, request)
+    return {"model": str(out.with_suffix(".pt")), "record": entry, "purge": purge, "stats": stats}
+
+
+def _run_method(store, client: int, method: str, before, model, input_shape, num_classes):
+    """A registered server-side method on a FedContext built from the store (no transport)."""
+    from fedunlearn.config import build
+    from fedunlearn.federated.context import FedContext
+    from fedunlearn.federated.methods import load_method
+
+    known = sorted(int(c) for c in store.meta["sums"])
+    module = load_method(method)
+    ctx = FedContext(global_state=before, initial_state=store.model("initial"), history=store, departing=client,
+                     remaining=[c for c in known if c != client], num_clients=len(known), num_classes=num_classes,
+                     input_shape=tuple(input_shape), make_model=load_factory(model), fed_cfg=None,
+                     device=torch.device("cpu"), transport=None, departing_online=False,
+                     train_rounds=len(store.meta["rounds"]))
     try:
         result = module.unlearn(ctx, build(module.Config, {}))
     finally:
         if ctx.server is not None:
             ctx.server.close()
-    wall = time.perf_counter() - start
-    out = Path(out or Path(history_dir) / f"model-without-{client}")
-    checkpoint.save(out, result.state, meta={"client": client, "method": method})
-    store.set_model("final", result.state)
-    purge = store.purge(client)
-    stats = {"wall_s": wall, **{k: v for k, v in result.stats.items() if isinstance(v, (int, float))}}
-    entry = record.append(log or Path(history_dir).parent / "deletions.jsonl", client, method,
-                          record.state_sha256(before), record.state_sha256(result.state), stats, purge)
-    return {"model": str(out.with_suffix(".pt")), "record": entry, "purge": purge, "stats": stats}
+    return result.state, result.stats

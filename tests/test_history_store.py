@@ -149,3 +149,37 @@ def test_a_hanging_client_ends_its_round_by_timeout(tmp_path):
     assert [(r["round"], r["sent"], r["used"]) for r in log] == [(1, 3, 3), (2, 3, 2)]
     assert "did not reply within 5 s" in log[1]["failed"]["1"]
     assert "client 1: RoundTimeout" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_withdraw_command_streams_subtract_and_records_it(tmp_path, capsys):
+    from fedunlearn.federated.context import FedContext
+    from fedunlearn.federated.methods import subtract
+
+    gen = torch.Generator().manual_seed(1)
+    initial = {"w": torch.randn(4, 3, generator=gen), "b": torch.zeros(3), "n": torch.tensor(7)}
+    disk = DiskHistory(tmp_path / "run" / "history", 1)
+    disk.set_model("initial", initial)
+    memory, state = History(1), initial
+    for rnd in (1, 2, 3):
+        ups = random_round(gen)
+        for h in (disk, memory):
+            h.record(rnd, state, ups, 1)
+        state = fedavg.apply_updates(state, list(ups.values()))
+    disk.set_model("final", state)
+    ctx = FedContext(global_state=state, initial_state=initial, history=memory, departing=1, remaining=[0, 2],
+                     num_clients=3, num_classes=3, input_shape=(4,), make_model=None, fed_cfg=None,
+                     device=torch.device("cpu"), transport=None, train_rounds=3)
+    expected = subtract.unlearn(ctx, subtract.Config()).state
+    assert cli_main(["withdraw", "--history", str(tmp_path / "run" / "history"), "--client", "1",
+                     "--method", "subtract"]) == 0
+    printed = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert printed["purge"]["purged"] and printed["stats"]["stored_rounds_used"] == 3
+    model = next((tmp_path / "run").glob("model-*.pt"))
+    got = torch.load(model)
+    assert torch.allclose(got["w"], expected["w"], atol=1e-6) and int(got["n"]) == 7
+    assert record.verify(tmp_path / "run" / "deletions.jsonl")[0]
+    assert not [f for f in (tmp_path / "run").rglob("*") if "client-1." in f.name or "/clients/1/" in str(f)]
+    assert cli_main(["withdraw", "--history", str(tmp_path / "run" / "history"), "--client", "1"]) == 2
+    assert "already withdrawn" in capsys.readouterr().err
+    assert cli_main(["withdraw", "--history", str(tmp_path / "run" / "history"), "--client", "0",
+                     "--method", "retrain"]) == 2
