@@ -116,6 +116,10 @@ class LazyRound:
     def updates(self) -> "LazyUpdates":
         return LazyUpdates(self.store, self.round)
 
+    def counts(self) -> dict[int, int]:
+        """client id -> num_samples, without reading any update."""
+        return {int(c): int(n) for c, n in self.store._round_meta(self.round)["clients"].items()}
+
     def total_samples(self) -> int:
         return int(self.store._round_meta(self.round)["total"])  # purged clients still count
 
