@@ -57,6 +57,9 @@ def test_a_failing_client_does_not_stop_the_round(sim):
     out, report, rows = sim
     saved = json.loads((out / "report.json").read_text())
     assert saved["train_failures"] == [[2, 1]]
+    log = saved["round_log"]  # every round says how many clients it used, and why any is missing
+    assert [(r["round"], r["sent"], r["used"]) for r in log] == [(1, 3, 3), (2, 3, 2)]
+    assert "fails in round 2" in log[1]["failed"]["1"]
     assert "client failures during training" in (out / "report.md").read_text()
     # client 1 missed round 2, so the stored round 2 holds only client 2 (client 0 left): one
     # calibration message instead of two
@@ -120,3 +123,14 @@ def test_server_worker_is_one_ray_process_reused_across_calls():
         threads, pid = worker.run(threads_and_pid)
         assert pid != os.getpid() and threads == os.cpu_count()  # the node's cores, free while the server works
         assert worker.run(threads_and_pid)[1] == pid  # the same warm process, not a new one per call
+
+
+def test_no_ray_actor_is_left_after_the_run(sim):
+    import time
+
+    import ray._private.state as state
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(a["State"] == "ALIVE" for a in state.actors().values()):
+        time.sleep(0.5)
+    assert not [a["ActorClassName"] for a in state.actors().values() if a["State"] == "ALIVE"]

@@ -27,16 +27,18 @@ def client_resources(fed_cfg) -> dict[str, float]:
     return {"num_cpus": float(fed_cfg.client_cpus), "num_gpus": float(gpus)}
 
 
-def ensure_ray() -> None:
+def ensure_ray() -> bool:
+    """Attach to Ray or start a private local one; True when this call started it (the caller stops it)."""
     import ray
 
     if ray.is_initialized():
-        return
+        return False
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"])
-    else:
-        # "local": a private cluster, never a `ray start` cluster someone else left on this machine.
-        ray.init(address="local", include_dashboard=False)
+        return False
+    # "local": a private cluster, never a `ray start` cluster someone else left on this machine.
+    ray.init(address="local", include_dashboard=False)
+    return True
 
 
 class ServerWorker:
@@ -54,13 +56,14 @@ class ServerWorker:
     def __init__(self, gpu_fraction: float = 0.1):
         self.gpu_fraction = gpu_fraction
         self._actor = None
+        self._started_ray = False  # close() shuts down a Ray that start() had to start
 
     def start(self) -> "ServerWorker":
         import ray
 
         if self._actor is not None:
             return self
-        ensure_ray()
+        self._started_ray = ensure_ray() or self._started_ray
         options: dict[str, float] = {"num_cpus": 0}
         if ray.cluster_resources().get("GPU", 0.0) > 0 and self.gpu_fraction > 0:
             if ray.available_resources().get("GPU", 0.0) >= self.gpu_fraction:
@@ -85,6 +88,9 @@ class ServerWorker:
         if self._actor is not None and ray.is_initialized():
             ray.kill(self._actor)
         self._actor = None
+        if self._started_ray and ray.is_initialized():
+            ray.shutdown()
+        self._started_ray = False
 
     def __enter__(self) -> "ServerWorker":
         return self
