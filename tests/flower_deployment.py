@@ -52,7 +52,22 @@ def wait_healthy(port: int, proc: subprocess.Popen, log: Path, timeout_s: float 
     raise RuntimeError(f"the SuperLink did not become healthy in {timeout_s:.0f} s:\n{log.read_text()[-3000:]}")
 
 
-def stop(procs: list[subprocess.Popen]) -> None:
+def processes_with(marker: str) -> list[int]:
+    """Live processes whose environment holds `marker` (a deployment's private FLWR_HOME)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and int(proc.name) != os.getpid():
+            try:
+                if marker.encode() in (proc / "environ").read_bytes():
+                    found.append(int(proc.name))
+            except OSError:
+                continue
+    return found
+
+
+def stop(procs: list[subprocess.Popen], marker: str) -> None:
+    """Stop the started processes and their groups, then anything they spawned detached (found by
+    the private FLWR_HOME in its environment): a ClientApp stuck in a hang, a ServerApp."""
     for proc in procs:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
@@ -66,6 +81,13 @@ def stop(procs: list[subprocess.Popen]) -> None:
             os.killpg(proc.pid, signal.SIGKILL)  # the group: ServerApp / ClientApp subprocesses too
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(5.0)
+    for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        for pid in processes_with(marker):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + grace
+        while processes_with(marker) and time.monotonic() < deadline:
+            time.sleep(0.2)
 
 
 @contextlib.contextmanager
@@ -100,4 +122,4 @@ def deployment(root: Path, num_nodes: int):
                    "--node-config", f"partition-id={pid} num-partitions={num_nodes}"], root / f"supernode-{pid}.log")
         yield env, f"127.0.0.1:{port}", procs
     finally:
-        stop(procs)
+        stop(procs, f"FLWR_HOME={home}")

@@ -17,23 +17,10 @@ import torch
 
 from fedunlearn import record
 from fedunlearn.cli import main as cli_main
-from flower_deployment import deployment
+from flower_deployment import deployment, processes_with
 
 APP = Path(__file__).parent / "flower_user_app"
 HANG_S, TIMEOUT_S = 900.0, 150.0
-
-
-def processes_with(marker: str) -> list[int]:
-    """Live processes whose environment holds `marker` (this test's private FLWR_HOME)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if marker.encode() in (proc / "environ").read_bytes():
-                    found.append(int(proc.name))
-            except OSError:
-                continue
-    return found
 
 
 @pytest.mark.slow

@@ -153,7 +153,7 @@ class DiskHistory:
     def __init__(self, root: str | Path, store_every: int = 1, dtype: str = "float32", verify: bool = True):
         if dtype not in DTYPES:
             raise FedUnlearnError(f"history dtype must be one of {sorted(DTYPES)}, not '{dtype}'")
-        self.root, self.verify = Path(root), verify
+        self.root, self.verify = Path(root).resolve(), verify  # absolute: a checkpoint may be read from elsewhere
         if (self.root / META).is_file():
             self.meta = json.loads((self.root / META).read_text())
         else:
