@@ -4,9 +4,9 @@
 `train` call it records the phase, the round, the clients sent to, the clients whose update
 was used and, per failed client, the cause (the exception's type and message, or a timeout),
 so the report can say how many clients each round used and why the others are missing. With
-`timeout_s` > 0 an in-process transport runs each client in a daemon thread and a round ends
-after `timeout_s` without the clients still running (Flower's transport applies the same
-timeout to `send_and_receive` itself).
+`timeout_s` > 0 an in-process transport runs each client (one after another) in a daemon
+thread and goes on without a client still running after `timeout_s`; Flower's transport
+applies the timeout to the whole round's `send_and_receive`, where clients run in parallel.
 """
 
 from __future__ import annotations
@@ -60,6 +60,8 @@ class MonitoredTransport:
         return self.inner.query(client_id, name, state, config)
 
     def _train_threads(self, client_ids, state, config) -> dict:
+        """One client after another (their seeded training stays deterministic), each in a daemon
+        thread given `timeout_s`; a client still running then is left behind and reported."""
         replies: dict[int, Any] = {}
 
         def one(cid):
@@ -68,15 +70,13 @@ class MonitoredTransport:
             except Exception as err:  # noqa: BLE001 - reported as this client's cause
                 replies[cid] = err
 
-        threads = {cid: threading.Thread(target=one, args=(cid,), daemon=True) for cid in client_ids}
-        deadline = time.monotonic() + self.timeout_s
-        for thread in threads.values():
+        out = {}
+        for cid in client_ids:
+            thread = threading.Thread(target=one, args=(cid,), daemon=True)
             thread.start()
-        for cid, thread in threads.items():
-            thread.join(max(0.0, deadline - time.monotonic()))
-        late = [cid for cid, t in threads.items() if t.is_alive()]
-        out = {cid: r for cid, r in replies.items() if cid not in late}
-        out.update({cid: RoundTimeout(f"client {cid} did not reply within {self.timeout_s:g} s") for cid in late})
+            thread.join(self.timeout_s)
+            out[cid] = replies[cid] if not thread.is_alive() else RoundTimeout(
+                f"client {cid} did not reply within {self.timeout_s:g} s")
         return out
 
     def failures(self) -> list[dict]:
