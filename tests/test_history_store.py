@@ -183,3 +183,39 @@ def test_withdraw_command_streams_subtract_and_records_it(tmp_path, capsys):
     assert "already withdrawn" in capsys.readouterr().err
     assert cli_main(["withdraw", "--history", str(tmp_path / "run" / "history"), "--client", "0",
                      "--method", "retrain"]) == 2
+
+
+@pytest.mark.slow
+def test_a_hanging_client_does_not_hang_the_flower_simulation(tmp_path):
+    """Flower's grid over Ray: the round's send_and_receive returns at the timeout without client 1."""
+    from fedunlearn.federated import experiment
+
+    cfg = config(tmp_path, "memory", hang_client=1, hang_round=2, hang_s=400.0, round_timeout_s=60.0)
+    start = time.perf_counter()
+    experiment.run(cfg, tmp_path / "sim", progress=False)
+    assert time.perf_counter() - start < 400.0
+    log = json.loads((tmp_path / "sim" / "report.json").read_text())["round_log"]
+    assert [(r["round"], r["sent"], r["used"]) for r in log] == [(1, 3, 3), (2, 3, 2)]
+    assert "RoundTimeout" in log[1]["failed"]["1"]
+
+
+@pytest.mark.slow
+def test_withdraw_with_source_free_absent_on_the_server_worker(tmp_path, monkeypatch, capsys):
+    """A second withdrawal from a finished run's store, by the data-free method on a Ray worker
+    that the command starts and stops."""
+    import os
+    from pathlib import Path
+
+    import ray
+
+    monkeypatch.setenv("PYTHONPATH", f"{Path(__file__).parent}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    cfg = config(tmp_path, "disk")
+    serve(cfg, LocalTransport(cfg), tmp_path / "run", progress=False)
+    history = next((tmp_path / "run").glob("history-*"))
+    assert cli_main(["withdraw", "--history", str(history), "--client", "1", "--method", "source_free_absent",
+                     "--model", "tiny_federation:digits_cnn", "--input-shape", "1,8,8", "--num-classes", "10"]) == 0
+    printed = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert printed["purge"]["purged"] and printed["stats"]["generator_steps"] > 0
+    assert not ray.is_initialized()
+    ok, message = record.verify(tmp_path / "run" / "deletions.jsonl")
+    assert ok and "2 entries" in message  # the run's own request (client 0), then this one
