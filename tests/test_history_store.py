@@ -186,15 +186,19 @@ def test_withdraw_command_streams_subtract_and_records_it(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_a_hanging_client_does_not_hang_the_flower_simulation(tmp_path):
-    """Flower's grid over Ray: the round's send_and_receive returns at the timeout without client 1."""
+def test_a_hanging_client_does_not_hold_the_flower_simulation(tmp_path):
+    """Flower's grid over Ray: the round's send_and_receive returns at the timeout without client 1,
+    and every method and the report are done before the hanging client returns. (Flower's
+    simulation engine itself waits for that ClientApp call when it shuts down.)"""
     from fedunlearn.federated import experiment
 
-    cfg = config(tmp_path, "memory", hang_client=1, hang_round=2, hang_s=400.0, round_timeout_s=60.0)
-    start = time.perf_counter()
+    hang = 240.0
+    cfg = config(tmp_path, "memory", hang_client=1, hang_round=2, hang_s=hang, round_timeout_s=30.0)
+    start = time.time()
     experiment.run(cfg, tmp_path / "sim", progress=False)
-    assert time.perf_counter() - start < 400.0
-    log = json.loads((tmp_path / "sim" / "report.json").read_text())["round_log"]
+    report = tmp_path / "sim" / "report.json"
+    assert report.stat().st_mtime - start < hang
+    log = json.loads(report.read_text())["round_log"]
     assert [(r["round"], r["sent"], r["used"]) for r in log] == [(1, 3, 3), (2, 3, 2)]
     assert "RoundTimeout" in log[1]["failed"]["1"]
 
@@ -213,7 +217,7 @@ def test_withdraw_with_source_free_absent_on_the_server_worker(tmp_path, monkeyp
     serve(cfg, LocalTransport(cfg), tmp_path / "run", progress=False)
     history = next((tmp_path / "run").glob("history-*"))
     assert cli_main(["withdraw", "--history", str(history), "--client", "1", "--method", "source_free_absent",
-                     "--model", "tiny_federation:digits_cnn", "--input-shape", "1,8,8", "--num-classes", "10"]) == 0
+                     "--model", "tiny_federation:digits_mlp", "--input-shape", "1,8,8", "--num-classes", "10"]) == 0
     printed = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert printed["purge"]["purged"] and printed["stats"]["generator_steps"] > 0
     assert not ray.is_initialized()

@@ -20,8 +20,8 @@ def tiny_federation(name: str, methods: list[str], method_sections: dict, **sect
     return mapping
 
 
-def digits_cnn():
-    """The tiny federation's model (cnn, hidden 32, digits' shape), as a `fedunlearn withdraw --model` factory."""
+def digits_mlp():
+    """An MLP of hidden width 16 for digits, as a `fedunlearn withdraw --model` factory."""
     from fedunlearn.models import ModelConfig, build_model
 
-    return build_model(ModelConfig(name="cnn", hidden=32), (1, 8, 8), 10)
+    return build_model(ModelConfig(name="mlp", hidden=16), (1, 8, 8), 10)
