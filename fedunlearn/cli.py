@@ -94,6 +94,27 @@ def cmd_submit(args) -> int:
     return 0
 
 
+def cmd_record(args) -> int:
+    from fedunlearn import record
+
+    ok, message = record.verify(args.log)
+    print(("OK: " if ok else "ALTERED: ") + message)
+    return 0 if ok else 1
+
+
+def cmd_withdraw(args) -> int:
+    import json
+
+    from fedunlearn.withdraw import withdraw
+
+    shape = tuple(int(d) for d in args.input_shape.split(",")) if args.input_shape else ()
+    done = withdraw(args.history, args.client, args.method, args.out, args.record, args.model, shape, args.num_classes)
+    print(f"client {args.client} removed with {args.method}: model {done['model']}; "
+          f"{done['purge']['files_deleted']} stored files deleted; record entry {done['record']['request_id']}")
+    print(json.dumps({"stats": done["stats"], "purge": done["purge"]}))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fedunlearn", description="Machine unlearning on Ray, federated and centralized.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -121,6 +142,22 @@ def main(argv: list[str] | None = None) -> int:
     sub_.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     sub_.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the job")
     sub_.set_defaults(func=cmd_submit)
+
+    rec = sub.add_parser("record", help="the deletion record (deletions.jsonl)")
+    rec_sub = rec.add_subparsers(dest="action", required=True)
+    ver = rec_sub.add_parser("verify", help="check the record's hash chain; names the first altered entry")
+    ver.add_argument("log")
+    ver.set_defaults(func=cmd_record)
+    wd = sub.add_parser("withdraw", help="remove a client from a finished run's model using its stored history")
+    wd.add_argument("--history", required=True, help="the run's history folder (store.py / RecordingStrategy)")
+    wd.add_argument("--client", required=True, type=int)
+    wd.add_argument("--method", default="subtract", help="a server-side method: subtract or source_free_absent")
+    wd.add_argument("--out", default=None, help="where to write the unlearned model (default: beside HISTORY, model-REQUEST.pt)")
+    wd.add_argument("--record", default=None, help="deletion record to append to (default: beside HISTORY)")
+    wd.add_argument("--model", default=None, help="module:function building the architecture (source_free_absent)")
+    wd.add_argument("--input-shape", default="", help="e.g. 1,8,8 (source_free_absent)")
+    wd.add_argument("--num-classes", type=int, default=0)
+    wd.set_defaults(func=cmd_withdraw)
 
     args = parser.parse_args(argv)
     if argv is None and args.command == "run":  # the real command line, not a test calling main() in-process

@@ -33,7 +33,31 @@ def sim(tmp_path_factory):
     out = tmp_path_factory.mktemp("withdrawal")
     cfg = build(Config, tiny(federation={"fail_client": 1, "fail_round": 2}))
     report = experiment.run(cfg, out, progress=False)
+    LEFT_AFTER_RUN.update(ray_actors_alive())
     return out, report, {r["method"]: r for r in report["results"]}
+
+
+LEFT_AFTER_RUN: dict[str, str] = {}  # Ray actors still alive right after the shared run
+
+
+def ray_actors_alive() -> dict[str, str]:
+    """Alive actors of the Ray this process is attached to (none when Ray is down: Flower's
+    simulation shuts down the Ray it ran on)."""
+    import time
+
+    import ray
+    import ray._private.state as state
+
+    if not ray.is_initialized():
+        return {}
+    deadline = time.monotonic() + 30  # a killed actor takes a moment to be marked DEAD
+    alive = {}
+    while time.monotonic() < deadline:
+        alive = {k: a["ActorClassName"] for k, a in state.actors().items() if a["State"] == "ALIVE"}
+        if not alive:
+            break
+        time.sleep(0.5)
+    return alive
 
 
 @pytest.mark.slow
@@ -59,6 +83,9 @@ def test_a_failing_client_does_not_stop_the_round(sim):
     out, report, rows = sim
     saved = json.loads((out / "report.json").read_text())
     assert saved["train_failures"] == [[2, 1]]
+    log = saved["round_log"]  # every round says how many clients it used, and why any is missing
+    assert [(r["round"], r["sent"], r["used"]) for r in log] == [(1, 3, 3), (2, 3, 2)]
+    assert "fails in round 2" in log[1]["failed"]["1"]
     assert "client failures during training" in (out / "report.md").read_text()
     # client 1 missed round 2, so the stored round 2 holds only client 2 (client 0 left): one
     # calibration message instead of two
@@ -125,3 +152,7 @@ def test_server_worker_is_one_ray_process_reused_across_calls():
         threads, pid = worker.run(threads_and_pid)
         assert pid != os.getpid() and threads == os.cpu_count()  # the node's cores, free while the server works
         assert worker.run(threads_and_pid)[1] == pid  # the same warm process, not a new one per call
+
+
+def test_no_ray_actor_is_left_after_the_run(sim):
+    assert not LEFT_AFTER_RUN  # Flower's client actors and the server worker are gone

@@ -18,3 +18,10 @@ def tiny_federation(name: str, methods: list[str], method_sections: dict, **sect
     for section, values in sections.items():
         mapping[section] = {**mapping.get(section, {}), **values}
     return mapping
+
+
+def digits_mlp():
+    """An MLP of hidden width 16 for digits, as a `fedunlearn withdraw --model` factory."""
+    from fedunlearn.models import ModelConfig, build_model
+
+    return build_model(ModelConfig(name="mlp", hidden=16), (1, 8, 8), 10)

@@ -9,6 +9,7 @@ and metrics leaves a client.
 from __future__ import annotations
 
 import dataclasses
+import time
 import zlib
 from dataclasses import dataclass
 
@@ -86,6 +87,8 @@ def local_train(cfg, local: LocalData, state: State, config: dict) -> tuple[Stat
     rnd = int(config.get("round", 0))
     if config.get("phase") == "train" and local.client_id == fed.fail_client and rnd == fed.fail_round:
         raise InjectedFault(f"client {local.client_id} fails in round {rnd} (federation.fail_client)")
+    if config.get("phase") == "train" and local.client_id == fed.hang_client and rnd == fed.hang_round:
+        time.sleep(fed.hang_s)  # a node that stops answering (federation.hang_client): the round must not wait
     recipe = dataclasses.replace(local.recipe, **{k: config[k] for k in ("epochs", "lr") if k in config})
     phase = zlib.crc32(str(config.get("phase", "")).encode()) % 997
     seed = local.seed * 1_000_003 + rnd * 1009 + phase * 101 + local.client_id

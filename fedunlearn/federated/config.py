@@ -45,8 +45,14 @@ class FederationConfig:
     client_cpus: float = 1.0       # Ray resources per simulated client
     client_gpus: float = -1.0      # -1 = auto: a GPU fraction when CUDA is present, else 0
     server_gpus: float = 0.1       # GPU fraction of the server's Ray worker (ctx.run_task), when GPUs exist
+    history: Literal["memory", "disk"] = "memory"  # where stored updates live: RAM, or OUT/history (store.py)
+    history_dtype: Literal["float32", "float16"] = "float32"  # disk store: float16 halves the client files
+    round_timeout_s: float = 0.0   # a round ends after this many seconds without the missing clients (0 = wait)
     fail_client: int = -1          # fault injection: this client raises during training round fail_round
     fail_round: int = 0
+    hang_client: int = -1          # fault injection: this client sleeps hang_s in training round hang_round
+    hang_round: int = 0
+    hang_s: float = 0.0
 
     def __post_init__(self):
         check_range("federation.num_clients", self.num_clients, 2)
@@ -55,6 +61,8 @@ class FederationConfig:
         check_range("federation.store_every", self.store_every, 1)
         check_range("federation.client_cpus", self.client_cpus, 0.01)
         check_range("federation.server_gpus", self.server_gpus, 0.0, 1.0)
+        check_range("federation.round_timeout_s", self.round_timeout_s, 0.0)
+        check_range("federation.hang_s", self.hang_s, 0.0)
 
 
 @dataclass(frozen=True)
@@ -62,6 +70,7 @@ class WithdrawalConfig:
     client: int = 0                # partition id of the departing client
     after_round: int = 0           # the request arrives after this round (0 = after the last); training stops there
     departing_online: bool = True  # false: the client is gone, cooperative methods cannot ask it anything
+    purge: bool = True             # delete the client's stored updates once every method has run
 
     def __post_init__(self):
         check_range("withdrawal.after_round", self.after_round, 0)

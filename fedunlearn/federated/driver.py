@@ -13,14 +13,17 @@ import logging
 import time
 from pathlib import Path
 
+from fedunlearn import checkpoint, record
 from fedunlearn.config import config_hash, to_dict
 from fedunlearn.contract import cooperative, hook
 from fedunlearn.errors import WithdrawalError
 from fedunlearn.experiments.pipeline import cached, run_method
 from fedunlearn.federated import fedavg
 from fedunlearn.federated.context import FedContext
+from fedunlearn.federated.monitor import MonitoredTransport
 from fedunlearn.federated.resources import ServerWorker
 from fedunlearn.federated.rounds import run_fedavg
+from fedunlearn.federated.store import DiskHistory, make_history
 from fedunlearn.federated.withdrawal import Membership
 from fedunlearn.models import build_model
 from fedunlearn.training import get_device, seed_everything
@@ -31,6 +34,7 @@ log = logging.getLogger("fedunlearn")
 def serve(cfg, transport, out_dir: str | Path, progress: bool = True) -> dict:
     out = Path(out_dir)
     ckpt = out / "checkpoints"
+    transport = MonitoredTransport(transport, cfg.federation.round_timeout_s)
     seed, fed = cfg.experiment.seed, cfg.federation
     device = get_device(cfg.experiment.device)
     check_cooperation(cfg)
@@ -43,7 +47,9 @@ def serve(cfg, transport, out_dir: str | Path, progress: bool = True) -> dict:
         return build_model(cfg.model, input_shape, num_classes)
 
     base_key = config_hash([cfg.data, cfg.model, fed, cfg.backdoor, cfg.withdrawal.client, cfg.train_rounds, seed])
-    trained = cached(ckpt / f"federation-{base_key}", lambda: train_federation(cfg, transport, make_model))
+    history_root = out / f"history-{base_key}"
+    trained = cached(ckpt / f"federation-{base_key}",
+                     lambda: train_federation(cfg, transport, make_model, history_root))
     log.info("trained %d rounds in %.1f s; stored history: %d rounds, %.1f MB", cfg.train_rounds,
              trained["wall_s"], len(trained["history"].rounds), trained["history"].nbytes() / 1e6)
 
@@ -68,24 +74,48 @@ def serve(cfg, transport, out_dir: str | Path, progress: bool = True) -> dict:
                      row["messages_to_remaining"])
             results[name] = {"state": result.state, "curve": result.curve, "row": row}
 
+    purge = purge_client(cfg, trained, ckpt / f"federation-{base_key}") if cfg.withdrawal.purge else {"purged": False}
+    trained = {**trained, "purge": purge, "unlearn_log": [r for r in transport.rounds if r["phase"] != "train"]}
     from fedunlearn.federated.report import write_federated_report
 
-    return write_federated_report(cfg, out, trained, results, make_model, device)
+    report = write_federated_report(cfg, out, trained, results, make_model, device)
+    record.append(out / "deletions.jsonl", cfg.withdrawal.client, "+".join(cfg.method_names()),
+                  record.state_sha256(trained["global_state"]),
+                  {name: record.state_sha256(res["state"]) for name, res in results.items()},
+                  {row["method"]: {k: v for k, v in row.items() if isinstance(v, (int, float))}
+                   for row in report["results"]}, purge)
+    return {**report, "purge": purge}
 
 
-def train_federation(cfg, transport, make_model) -> dict:
-    """FedAvg over every client; keeps the history, each round's global model and any failures."""
+def purge_client(cfg, trained: dict, checkpoint_path: Path) -> dict:
+    """Once every method has run: delete the departing client's stored updates from the history
+    and rewrite the training checkpoint that pickled them (an in-memory history)."""
+    purge = trained["history"].purge(cfg.withdrawal.client)
+    checkpoint.save(checkpoint_path, trained)
+    log.info("purged client %d's stored updates: %s", cfg.withdrawal.client, purge)
+    return purge
+
+
+def train_federation(cfg, transport, make_model, history_root: Path) -> dict:
+    """FedAvg over every client; keeps the history, each round's global model and any failures
+    (with their causes and how many clients each round used, when the transport is monitored)."""
     fed = cfg.federation
     initial = fedavg.copy_state(make_model().state_dict())
+    history = make_history(fed.history, history_root, fed.store_every, fed.history_dtype)
+    if isinstance(history, DiskHistory):
+        history.set_model("initial", initial)
 
     def fit(ids, state, config):
         return fedavg.aggregate_replies(state, transport.train(ids, state, {**config, "phase": "train"}))
 
     start = time.perf_counter()
     state, history, curve, failures = run_fedavg(fit, list(range(fed.num_clients)), initial, cfg.train_rounds,
-                                                 fed.store_every, desc="training")
+                                                 fed.store_every, desc="training", history=history)
+    if isinstance(history, DiskHistory):
+        history.set_model("final", state)
     return {"global_state": state, "initial_state": initial, "history": history, "curve": curve,
             "failures": failures, "wall_s": time.perf_counter() - start,
+            "round_log": list(getattr(transport, "rounds", [])),
             "model_bytes": fedavg.state_nbytes(state), "config": to_dict(fed)}
 
 

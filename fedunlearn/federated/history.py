@@ -19,14 +19,17 @@ class StoredRound:
     updates: dict[int, tuple[State, int]]       # client id -> (delta = local - global, num_samples)
     span: int = 1                               # rounds this stored round stands for (store_every, less at the end)
 
+    removed_samples: int = 0                    # samples of purged clients' updates, still part of the round
+
     def total_samples(self) -> int:
-        return sum(n for _, n in self.updates.values())
+        return sum(n for _, n in self.updates.values()) + self.removed_samples
 
 
 @dataclass
 class History:
     store_every: int = 1
     rounds: list[StoredRound] = field(default_factory=list)
+    purged: set[int] = field(default_factory=set)  # clients whose updates were deleted after their withdrawal
 
     def nbytes(self) -> int:
         """Bytes the server holds: stored global models plus every stored client update."""
@@ -39,3 +42,38 @@ class History:
     def client_rounds(self, client_id: int) -> list[StoredRound]:
         """The stored rounds in which `client_id` took part (its update arrived)."""
         return [r for r in self.rounds if client_id in r.updates]
+
+    def record(self, rnd: int, global_state: State, updates: dict[int, tuple[State, int]], span: int) -> None:
+        """One finished round; kept when span > 0 (a stored round standing for `span` rounds)."""
+        if span > 0:
+            self.rounds.append(StoredRound(rnd, {k: v.detach().cpu().clone() for k, v in global_state.items()},
+                                           dict(updates), span))
+
+    def client_sum(self, client_id: int) -> tuple[State, float, int]:
+        """(sum over stored rounds of span * n_k / n_r * u_k, mean share n_k / n_r, stored rounds used)."""
+        if client_id in self.purged:
+            from fedunlearn.errors import FedUnlearnError
+
+            raise FedUnlearnError(f"client {client_id}'s stored updates were purged after its withdrawal; "
+                                  "nothing of it is left to use")
+        stored = self.client_rounds(client_id)
+        removed: State = {}
+        share = 0.0
+        for rnd in stored:
+            update, n_k = rnd.updates[client_id]
+            weight = rnd.span * n_k / rnd.total_samples()
+            for k, v in update.items():
+                removed[k] = removed[k] + weight * v if k in removed else weight * v
+            share += n_k / rnd.total_samples() / len(stored)
+        return removed, share, len(stored)
+
+    def purge(self, client_id: int) -> dict:
+        """Drop every stored update of `client_id` (the totals of its rounds are kept)."""
+        dropped = 0
+        self.purged.add(int(client_id))
+        for rnd in self.rounds:
+            if client_id in rnd.updates:
+                rnd.removed_samples += rnd.updates.pop(client_id)[1]
+                dropped += 1
+        return {"client": int(client_id), "updates_deleted": dropped, "purged": not self.client_rounds(client_id)}
+

@@ -82,6 +82,8 @@ def write_federated_report(cfg, out: Path, trained: dict, results: dict, make_mo
     history = trained["history"]
     extra = {"history_bytes": history.nbytes(), "stored_rounds": [r.round for r in history.rounds],
              "model_bytes": trained["model_bytes"], "train_failures": trained["failures"],
+             "round_log": trained.get("round_log", []), "unlearn_round_log": trained.get("unlearn_log", []),
+             "purge": trained.get("purge", {}),
              "client_samples": {str(c): len(p) for c, p in enumerate(federation_data(cfg)[1])},
              "departing_client": cfg.withdrawal.client, "device": str(device),
              "num_classes": int(outputs.test.shape[1])}
@@ -100,6 +102,13 @@ def write_federated_report(cfg, out: Path, trained: dict, results: dict, make_mo
     ]
     if trained["failures"]:
         notes.append(f"client failures during training (round, client), left out of those rounds: {trained['failures']}")
+    for row in trained.get("round_log", []) + trained.get("unlearn_log", []):
+        if row["failed"]:
+            notes.append(f"{row['phase']} round {row['round']} used {row['used']} of {row['sent']} clients; "
+                         + "; ".join(f"client {c}: {cause}" for c, cause in row["failed"].items()))
+    if trained.get("purge", {}).get("purged"):
+        notes.append(f"client {cfg.withdrawal.client}'s stored updates were deleted after the withdrawal "
+                     "(history and training checkpoint); the run's deletions.jsonl records it")
     write_report(out, f"{cfg.experiment.name}: federated client withdrawal", to_dict(cfg), rows, extra=extra,
                  notes=notes, columns=COLUMNS, plots=[str(plot)])
     return {"results": rows, "config": to_dict(cfg), "columns": COLUMNS, **extra}

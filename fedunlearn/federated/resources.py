@@ -42,6 +42,7 @@ class ServerWorker:
     def __init__(self, gpu_fraction: float = 0.1):
         self.gpu_fraction = gpu_fraction
         self._actor = None
+        self._started_ray = False  # close() shuts down a Ray that start() had to start
 
     def start(self) -> "ServerWorker":
         import ray
@@ -50,7 +51,7 @@ class ServerWorker:
 
         if self._actor is not None:
             return self
-        ensure_ray()
+        self._started_ray = ensure_ray() or self._started_ray
         options: dict[str, float] = {"num_cpus": 0}
         if ray.cluster_resources().get("GPU", 0.0) > 0 and self.gpu_fraction > 0:
             if ray.available_resources().get("GPU", 0.0) >= self.gpu_fraction:
@@ -75,6 +76,9 @@ class ServerWorker:
         if self._actor is not None and ray.is_initialized():
             ray.kill(self._actor)
         self._actor = None
+        if self._started_ray and ray.is_initialized():
+            ray.shutdown()
+        self._started_ray = False
 
     def __enter__(self) -> "ServerWorker":
         return self

@@ -4,7 +4,8 @@
 Flower node ids with a `query.hello` handshake, then sends `train` messages (model arrays + a
 config record) and `query.call` messages (a named client-side computation, see queries.py). A
 reply that carries an error (the ClientApp raised) comes back as an exception for that client,
-so one failing client does not stop a round.
+so one failing client does not stop a round; with `round_timeout_s` a client that does not
+answer in time is left out of the round (the caller sees it missing from the replies).
 
 `LocalTransport` calls the same client functions as the ClientApp directly, in-process: for
 unit tests of a method without Flower or Ray, and for debugging a method step by step. The
@@ -44,6 +45,7 @@ class ClientError(RuntimeError):
 class FlowerTransport:
     def __init__(self, grid, num_clients: int, wait_s: float = 120.0):
         self.grid = grid
+        self.round_timeout_s = 0.0  # > 0: send_and_receive returns after this long without the late replies
         self.info: dict[int, dict] = {}  # partition id -> what the client reported in the handshake
         self.node_of = self._handshake(num_clients, wait_s)
 
@@ -74,7 +76,8 @@ class FlowerTransport:
         by_node = {self.node_of[cid]: cid for cid in client_ids}
         content = lambda: RecordDict({"arrays": ArrayRecord(state), "config": ConfigRecord(config)})  # noqa: E731
         msgs = [Message(content(), node, kind) for node in by_node]
-        return {by_node[r.metadata.src_node_id]: r for r in self.grid.send_and_receive(msgs)}
+        replies = self.grid.send_and_receive(msgs, timeout=self.round_timeout_s or None)
+        return {by_node[r.metadata.src_node_id]: r for r in replies}
 
     def train(self, client_ids: list[int], state: State, config: dict) -> dict:
         replies = {}
@@ -87,7 +90,9 @@ class FlowerTransport:
         return replies
 
     def query(self, client_id: int, name: str, state: State, config: dict) -> tuple[State, dict]:
-        reply = self._send([client_id], "query.call", state, {**config, "query": name})[client_id]
+        reply = self._send([client_id], "query.call", state, {**config, "query": name}).get(client_id)
+        if reply is None:
+            raise ClientError(f"client {client_id} did not answer query '{name}' within {self.round_timeout_s:g} s")
         if reply.has_error():
             raise ClientError(f"client {client_id} failed query '{name}': {reply.error.reason}")
         arrays = reply.content["arrays"]

@@ -5,7 +5,9 @@ contributed (n_k / n_r) * u_k^r to the global model; subtracting it leaves the o
 contributions with weights n_i / n_r instead of n_i / (n_r - n_k), so with `rescale` the
 remaining trajectory w - w_0 is scaled by n / (n - n_k), as retraining without k would weight
 it. Exact when every round is stored and the model is linear in its updates; an estimate
-otherwise (the other clients trained from models that k had influenced).
+otherwise (the other clients trained from models that k had influenced). The history gives
+the weighted sum directly (`client_sum`): the on-disk store keeps it as a running sum over every
+round, so it is exact whatever `store_every` is.
 
 BatchNorm running statistics are averaged like weights, so they get subtracted and rescaled
 too, and under label skew a running variance can turn negative (measured), which makes every
@@ -28,17 +30,10 @@ class Config:
 
 
 def unlearn(ctx: FedContext, cfg: Config) -> FedResult:
-    stored = ctx.history.client_rounds(ctx.departing)
-    if not stored:
+    removed, share, used = ctx.history.client_sum(ctx.departing)
+    if not used:
         raise FedUnlearnError(f"subtract needs the departing client's stored updates, but the history holds none "
                               f"for client {ctx.departing}; set federation.store_every >= 1")
-    removed: fedavg.State = {}
-    share = 0.0
-    for rnd in stored:
-        update, n_k = rnd.updates[ctx.departing]
-        weight = rnd.span * n_k / rnd.total_samples()
-        removed = fedavg.add(removed, update, weight) if removed else {k: v * weight for k, v in update.items()}
-        share += n_k / rnd.total_samples() / len(stored)
     state = fedavg.add(ctx.global_state, removed, -1.0)
     if cfg.rescale:
         trajectory = fedavg.delta(state, ctx.initial_state)
@@ -46,7 +41,7 @@ def unlearn(ctx: FedContext, cfg: Config) -> FedResult:
         # integer buffers (BatchNorm counters) come from the global model, not round 0
         state.update({k: v.clone() for k, v in ctx.global_state.items() if not fedavg.is_float(v)})
     kept = keep_valid_batchnorm(state, ctx.global_state)
-    return FedResult(state, 0, [], {"stored_rounds_used": len(stored), "client_share": share,
+    return FedResult(state, 0, [], {"stored_rounds_used": used, "client_share": share,
                                     "batchnorm_layers_kept": kept})
 
 
