@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from fedunlearn.config import to_dict
 from fedunlearn.data import ArrayDataset, triggered_test
@@ -59,6 +60,12 @@ def quick_point(model, test: ArrayDataset, backdoor: ArrayDataset | None, device
     return acc(test), (acc(backdoor) if backdoor is not None else float("nan"))
 
 
+def _num_classes(model, data, device) -> int:
+    """The width of the model's output: what "chance" means for the collapsed-row check."""
+    with torch.no_grad():
+        return int(model(data.x[:1].to(device)).shape[1])
+
+
 def write_federated_report(cfg, out: Path, trained: dict, results: dict, make_model, device) -> dict:
     splits = oracle_splits(cfg)
     seed = cfg.experiment.seed
@@ -86,7 +93,7 @@ def write_federated_report(cfg, out: Path, trained: dict, results: dict, make_mo
              "purge": trained.get("purge", {}),
              "client_samples": {str(c): len(p) for c, p in enumerate(federation_data(cfg)[1])},
              "departing_client": cfg.withdrawal.client, "device": str(device),
-             "num_classes": int(outputs.test.shape[1])}
+             "num_classes": _num_classes(model_of(trained["global_state"]), splits.test, device)}
     fed = cfg.federation
     notes = [
         f"{fed.num_clients} clients ({fed.partition}{', alpha ' + str(fed.alpha) if fed.partition == 'dirichlet' else ''}), "
