@@ -51,18 +51,29 @@ def cmd_list(args) -> int:
     print("data sets:  " + ", ".join(DATASETS.names()))
     print("models:     " + ", ".join(MODELS.names()))
     print("experiment kinds: " + ", ".join(EXPERIMENTS.names()))
-    print("centralized methods:")
-    for name in METHODS.names():
-        print(f"  {name:<24} {METHODS.describe(name)}")
+    _list_methods("centralized methods", METHODS)
     if "federated" in EXPERIMENTS:
         from fedunlearn.federated.methods import FED_METHODS
         from fedunlearn.federated.queries import CLIENT_QUERIES
 
-        print("federated methods:")
-        for name in FED_METHODS.names():
-            print(f"  {name:<24} {FED_METHODS.describe(name)}")
+        _list_methods("federated methods", FED_METHODS)
         print("client queries: " + ", ".join(CLIENT_QUERIES.names()))
+    if "graph" in EXPERIMENTS:
+        from fedunlearn.graph import GRAPH_METHODS
+
+        _list_methods("graph methods", GRAPH_METHODS)
+    if "features_labels" in EXPERIMENTS:
+        from fedunlearn.features_labels import FL_METHODS
+
+        _list_methods("feature/label methods", FL_METHODS)
     return 0
+
+
+def _list_methods(title: str, registry) -> None:
+    print(f"{title}:")
+    width = max(24, *map(len, registry.names()))
+    for name in registry.names():
+        print(f"  {name:<{width}} {registry.describe(name)}")
 
 
 def cmd_report(args) -> int:

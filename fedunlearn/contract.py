@@ -2,8 +2,10 @@
 
 A method is one module plus one registry line (`METHODS` in fedunlearn/unlearn/__init__.py for
 centralized methods, `FED_METHODS` in fedunlearn/federated/methods/__init__.py for federated
-ones). Every experiment kind runs a method through `fedunlearn.experiments.pipeline.run_method`,
-so a method gets every hook below in every kind, with no edit outside its module.
+ones, `GRAPH_METHODS` in fedunlearn/graph/__init__.py for graph methods, `FL_METHODS` in
+fedunlearn/features_labels/__init__.py for feature/label methods). Every experiment kind runs
+a method through `fedunlearn.experiments.pipeline.run_method`, so a method gets every hook
+below in every kind, with no edit outside its module.
 
 Required:
     Config                   a frozen dataclass whose defaults work; [methods.<name>] in a
@@ -11,7 +13,10 @@ Required:
     unlearn(task, cfg)       centralized: task is an UnlearnTask (fedunlearn.unlearn.base), the
                              answer a MethodResult(model, stats) (a plain (model, stats) tuple is
                              accepted); federated: task is a FedContext (fedunlearn.federated.context),
-                             the answer a FedResult. Timed: this is the unlearning cost.
+                             the answer a FedResult; graph: task is a GraphTask
+                             (fedunlearn.graph.task), feature/label: an FLTask
+                             (fedunlearn.features_labels.task), both answering a MethodResult.
+                             Timed: this is the unlearning cost.
 
 Optional hooks (functions) and flags (module attributes), read only through the accessors here:
     prepare(task, cfg) -> stats
@@ -33,6 +38,13 @@ Optional hooks (functions) and flags (module attributes), read only through the 
     COOPERATIVE: bool = False
         Federated only: the method asks the departing client for help (`ctx.query`), so it
         cannot run when that client is offline (withdrawal.departing_online = false).
+
+Optional restrictions (module attributes; None = no restriction), read through `supports`:
+    MODELS: tuple[str, ...] | None = None
+        Graph only: the model names the method works on (a certified bound needs SGC's linear
+        model); the kind skips it, with a note, for any other model.
+    TARGETS: tuple[str, ...] | None = None
+        Graph only: the request targets (nodes, edges, features) the method handles.
 """
 
 from __future__ import annotations
@@ -42,6 +54,7 @@ from typing import Any, Callable, NamedTuple, Protocol
 
 HOOKS = ("prepare", "diagnose", "benchmark", "warm_up")
 FLAGS = {"CLASS_FORGETTING_ONLY": False, "COOPERATIVE": False}
+RESTRICTIONS = ("MODELS", "TARGETS")
 
 
 class MethodResult(NamedTuple):
@@ -81,6 +94,14 @@ def class_forgetting_only(method: ModuleType) -> bool:
 
 def cooperative(method: ModuleType) -> bool:
     return flag(method, "COOPERATIVE")
+
+
+def supports(method: ModuleType, restriction: str, value: str) -> bool:
+    """Whether the method's restriction `restriction` (one of RESTRICTIONS) admits `value`."""
+    if restriction not in RESTRICTIONS:
+        raise ValueError(f"unknown method restriction '{restriction}'; restrictions: {', '.join(RESTRICTIONS)}")
+    allowed = getattr(method, restriction, None)
+    return allowed is None or value in allowed
 
 
 def as_result(out: Any) -> Any:

@@ -12,18 +12,18 @@ from __future__ import annotations
 import copy
 import json
 import sys
-import types
 from dataclasses import dataclass
 
 import pytest
 
 from fedunlearn.cli import main
 from fedunlearn.config import build
-from fedunlearn.contract import MethodResult, as_result, class_forgetting_only, cooperative, hook
+from fedunlearn.contract import MethodResult, as_result, class_forgetting_only, cooperative, hook, supports
 from fedunlearn.experiments import EXPERIMENTS
 from fedunlearn.federated.methods import FED_METHODS
 from fedunlearn.unlearn import METHODS
 from tiny_federation import tiny_federation
+from toy_method import registered
 
 # --- the toy centralized method: this module ------------------------------------------------
 
@@ -74,9 +74,23 @@ def test_contract_accessors_and_result_normalisation():
     assert isinstance(as_result(("m", {})), MethodResult) and model == "m" and stats == {"a": 1}
 
 
+def test_restrictions_are_read_through_the_contract():
+    from fedunlearn.graph import GRAPH_METHODS
+
+    gnndelete, gif = GRAPH_METHODS.get("gnndelete"), GRAPH_METHODS.get("gif")
+    assert supports(gnndelete, "MODELS", "gcn") and not supports(gnndelete, "MODELS", "sgc")
+    assert not supports(gnndelete, "TARGETS", "features") and supports(gif, "TARGETS", "features")
+    assert supports(sys.modules[__name__], "MODELS", "anything")  # no restriction declared
+    with pytest.raises(ValueError, match="unknown method restriction"):
+        supports(gif, "MODEL", "gcn")
+
+
 def test_toy_method_is_listed(toy, capsys):
     assert main(["list"]) == 0
-    assert "toy" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "toy" in out
+    for title, name in [("graph methods:", "gnndelete"), ("feature/label methods:", "second_order")]:
+        assert title in out and name in out.split(title)[1]
 
 
 def test_toy_method_in_the_centralized_kind(toy, tmp_path):
@@ -140,13 +154,8 @@ def diagnose(ctx, cfg, result):
 
 @pytest.fixture
 def toy_fed():
-    module = types.ModuleType("toy_fed_method")
-    sys.modules["toy_fed_method"] = module  # before exec: dataclass looks its module up
-    exec(compile(TOY_FED, "toy_fed_method", "exec"), module.__dict__)
-    FED_METHODS.register("toy_fed", "toy_fed_method")
-    yield "toy_fed"
-    FED_METHODS.unregister("toy_fed")
-    sys.modules.pop("toy_fed_method", None)
+    with registered(FED_METHODS, "toy_fed", TOY_FED) as name:
+        yield name
 
 
 @pytest.mark.slow

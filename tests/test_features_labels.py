@@ -17,6 +17,7 @@ from fedunlearn.features_labels.task import FLRequestConfig, FLTask, make_reques
 from fedunlearn.metrics.distance import l2_distance
 from fedunlearn.models import ModelConfig, build_model
 from fedunlearn.training import TrainConfig, seed_everything, train
+from toy_method import registered
 
 RECIPE = TrainConfig(epochs=30, batch_size=64, lr=0.05, weight_decay=0.01)
 
@@ -69,3 +70,42 @@ def test_features_labels_config_runs_end_to_end(tmp_path):
     with pytest.raises(ConfigError, match="feature/label method 'nope'"):
         build(EXPERIMENTS.get("features_labels").Config, {"kind": "features_labels",
                                                            "experiment": {"methods": ["nope"]}})
+
+
+TOY_FL = '''
+"""toy_fl: keeps the original model (a method that corrects nothing)."""
+import copy
+from dataclasses import dataclass
+
+@dataclass(frozen=True)
+class Config:
+    scale: float = 1.0
+
+def unlearn(task, cfg):
+    return copy.deepcopy(task.original), {"toy_affected": float(len(task.data.affected)) * cfg.scale}
+
+def prepare(task, cfg):
+    return {"toy_prepared": 1.0}
+
+def diagnose(task, cfg, model):
+    return {"toy_diagnosed": float(len(task.data.after))}
+'''
+
+
+@pytest.fixture
+def toy_fl():
+    from fedunlearn.features_labels import FL_METHODS
+
+    with registered(FL_METHODS, "toy_fl", TOY_FL) as name:
+        yield name
+
+
+def test_toy_method_gets_every_hook_in_the_features_labels_kind(toy_fl, tmp_path):
+    module, cfg = load_experiment("simulations/features_labels.toml", [
+        "experiment.models=['logistic']", "train.epochs=2", "requests=[{name='r', kind='labels', fraction=0.05}]",
+        "experiment.methods=['fl_retrain', 'toy_fl']", "methods.toy_fl.scale=2.0"])
+    rows = {r["method"]: r for r in module.run(cfg, tmp_path, progress=False)["results"]}
+    row = rows["toy_fl"]
+    assert row["toy_affected"] == 2.0 * row["affected"]  # its [methods.toy_fl] section, a plain tuple answer
+    assert row["toy_prepared"] == 1.0 and row["prepare_s"] >= 0 and row["toy_diagnosed"] > 0
+    assert row["l2_to_retrain"] == rows["original"]["l2_to_retrain"]  # it kept the original

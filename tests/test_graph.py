@@ -26,6 +26,7 @@ from fedunlearn.graph.partition import bekm, blpa, cut_share
 from fedunlearn.graph.requests import GraphForgetConfig, select_request
 from fedunlearn.graph.task import GraphTask
 from fedunlearn.metrics.distance import l2_distance
+from toy_method import registered
 
 SMALL = GraphDataConfig(nodes=600, features=16)
 
@@ -230,3 +231,47 @@ def test_graph_eraser_retrains_only_affected_shards_on_ray(tmp_path):
     assert torch.allclose(predict(again, task.after), predict(model, task.after))
     cfg_k = dataclasses.replace(cfg, partition="bekm")
     assert eraser.prepare(task, cfg_k)["prepare_shards"] == 4
+
+
+TOY_GRAPH = '''
+"""toy_graph: keeps the original model (a method that forgets nothing)."""
+import copy
+from dataclasses import dataclass
+
+MODELS = ("gcn",)
+
+@dataclass(frozen=True)
+class Config:
+    scale: float = 1.0
+
+def unlearn(task, cfg):
+    return copy.deepcopy(task.original), {"toy_request_size": float(task.request.size()) * cfg.scale}
+
+def prepare(task, cfg):
+    return {"toy_prepared": float(task.before.n)}
+
+def diagnose(task, cfg, model):
+    return {"toy_diagnosed": float(task.after.n)}
+'''
+
+
+@pytest.fixture
+def toy_graph():
+    with registered(GRAPH_METHODS, "toy_graph", TOY_GRAPH) as name:
+        yield name
+
+
+@pytest.mark.usefixtures("local_ray")
+def test_toy_method_gets_every_hook_in_the_graph_kind(toy_graph, tmp_path):
+    module = EXPERIMENTS.get("graph")
+    cfg = build(module.Config, {
+        "kind": "graph", "data": {"nodes": 200, "features": 8}, "train": {"epochs": 5}, "recipes": {"sgc": {"epochs": 5}},
+        "experiment": {"models": ["gcn", "sgc"], "methods": ["graph_retrain", "toy_graph"], "noise_floor": False},
+        "methods": {"toy_graph": {"scale": 2.0}}, "forget": [{"target": "nodes", "count": 3}]})
+    report = module.run(cfg, tmp_path, progress=False)
+    rows = [r for r in report["results"] if r["method"] == "toy_graph"]
+    assert [r["model"] for r in rows] == ["gcn"]  # MODELS: skipped for sgc, with a note
+    row = rows[0]
+    assert row["toy_request_size"] == 2.0 * row["request_size"] and row["prepare_s"] >= 0
+    assert row["toy_prepared"] == row["toy_diagnosed"] == 200.0
+    assert "toy_graph skipped for sgc" in (tmp_path / "report.md").read_text()

@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from fedunlearn.config import build, to_dict
+from fedunlearn.config import to_dict
 from fedunlearn.data import DataConfig, load_dataset
 from fedunlearn.errors import ConfigError
+from fedunlearn.experiments.pipeline import MethodsSection, run_method, timed
 from fedunlearn.features_labels import FL_METHODS
 from fedunlearn.features_labels.task import FLRequestConfig, FLTask, make_request, objective
 from fedunlearn.influence import grad_of, params_of
@@ -46,7 +46,7 @@ class ExperimentSection:
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(MethodsSection):
     kind: str = "features_labels"
     experiment: ExperimentSection = ExperimentSection()
     data: DataConfig = DataConfig(name="digits")
@@ -54,24 +54,17 @@ class Config:
     train: TrainConfig = TrainConfig(epochs=30, batch_size=64, lr=0.05)
     requests: tuple[FLRequestConfig, ...] = (FLRequestConfig(name="relabel-5%"),
                                              FLRequestConfig(name="zero-block-20%", kind="features", fraction=0.2))
-    methods: dict = field(default_factory=dict)
+    methods: dict = field(default_factory=dict)   # [methods.<name>]: that method's Config
+
+    registry, reference = FL_METHODS, REFERENCE  # MethodsSection checks every listed method and section
 
     def __post_init__(self):
-        for name in (*self.experiment.methods, *self.methods):
-            FL_METHODS.check(name)
+        self.check_methods()
         for name in self.experiment.models:
             if name not in MODELS:
                 raise ConfigError(f"unknown model '{name}'; valid choices: {', '.join(MODELS)}")
         if not self.requests:
             raise ConfigError("a features_labels config needs at least one [[requests]] entry")
-        for name in self.method_names():
-            self.method_config(name)
-
-    def method_names(self) -> list[str]:
-        return [REFERENCE] + [m for m in self.experiment.methods if m != REFERENCE]
-
-    def method_config(self, name: str):
-        return build(FL_METHODS.get(name).Config, self.methods.get(name, {}), f"methods.{name}")
 
 
 def run(cfg: Config, out_dir: str | Path, progress: bool = True) -> dict:
@@ -102,17 +95,17 @@ def _run_request(cfg: Config, task: FLTask, bundle, model_name: str, spec: FLReq
     head = {"model": model_name, "request": label, "affected": len(task.data.affected)}
     models, rows = {"original": task.original}, [{**head, "method": "original"}]
     for name in cfg.method_names():
-        method, method_cfg = FL_METHODS.get(name), cfg.method_config(name)
-        start = time.perf_counter()
-        models[name], stats = method.unlearn(task, method_cfg)
-        rows.append({**head, "method": name, "wall_s": time.perf_counter() - start, **stats})
-        log.info("%s / %s / %s: %.2f s", model_name, label, name, rows[-1]["wall_s"])
-    start = time.perf_counter()
-    other = task.seed + 1000  # another initialisation and batch order
-    seed_everything(other)
-    fresh = build_model(dataclasses.replace(cfg.model, name=model_name), bundle.input_shape, bundle.num_classes)
-    models[NOISE_FLOOR] = train(fresh, task.data.after, task.train_cfg, task.device, seed=other + 1, progress=False)
-    rows.append({**head, "method": NOISE_FLOOR, "wall_s": time.perf_counter() - start})
+        models[name], row = run_method(cfg.method(name), task, cfg.method_config(name))
+        rows.append({**head, "method": name, **row})
+        log.info("%s / %s / %s: %.2f s", model_name, label, name, row["wall_s"])
+
+    def other_seed():
+        other = task.seed + 1000  # another initialisation and batch order
+        seed_everything(other)
+        fresh = build_model(dataclasses.replace(cfg.model, name=model_name), bundle.input_shape, bundle.num_classes)
+        return train(fresh, task.data.after, task.train_cfg, task.device, seed=other + 1, progress=False)
+    models[NOISE_FLOOR], seconds = timed(other_seed)
+    rows.append({**head, "method": NOISE_FLOOR, "wall_s": seconds})
 
     idx = torch.as_tensor(task.data.affected)
     fixed, old = task.data.after.subset(idx), task.data.before.subset(idx)
@@ -134,9 +127,3 @@ def _run_request(cfg: Config, task: FLTask, bundle, model_name: str, spec: FLReq
         if "wall_s" in row:
             row["speedup"] = ref_s / row["wall_s"] if row["wall_s"] > 0 else float("inf")
     return rows
-
-
-def load_config(mapping: dict) -> Config:
-    if mapping.get("kind") != "features_labels":
-        raise ConfigError("not a features_labels config")
-    return build(Config, mapping)

@@ -13,13 +13,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedunlearn.cluster import ClusterConfig, ray_session, warm_up
 from fedunlearn.config import build, to_dict
+from fedunlearn.contract import supports
 from fedunlearn.errors import ConfigError
+from fedunlearn.experiments.pipeline import MethodsSection, run_method, timed
 from fedunlearn.graph import GRAPH_METHODS
 from fedunlearn.graph.data import GraphDataConfig, load_graph
 from fedunlearn.graph.metrics import GraphEvaluation, compare
@@ -45,7 +46,7 @@ class ExperimentSection:
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(MethodsSection):
     kind: str = "graph"
     experiment: ExperimentSection = ExperimentSection()
     data: GraphDataConfig = GraphDataConfig()
@@ -57,33 +58,20 @@ class Config:
     cluster: ClusterConfig = ClusterConfig()
     methods: dict = field(default_factory=dict)   # [methods.<name>]: that method's Config
 
+    registry, reference = GRAPH_METHODS, REFERENCE  # MethodsSection checks every listed method and section
+
     def __post_init__(self):
-        for name in (*self.experiment.methods, *self.methods):
-            GRAPH_METHODS.check(name)
+        self.check_methods()
         for name in (*self.experiment.models, *self.recipes):
             if name not in MODELS:
                 raise ConfigError(f"unknown graph model '{name}'; valid choices: {', '.join(MODELS)}")
         if not self.forget:
             raise ConfigError("a graph config needs at least one [[forget]] request")
-        for name in self.method_names():
-            self.method_config(name)
         for name in self.experiment.models:
             self.recipe(name)
 
-    def method_names(self) -> list[str]:
-        return [REFERENCE] + [m for m in self.experiment.methods if m != REFERENCE]
-
-    def method_config(self, name: str):
-        return build(GRAPH_METHODS.get(name).Config, self.methods.get(name, {}), f"methods.{name}")
-
     def recipe(self, model: str) -> GraphTrainConfig:
         return build(GraphTrainConfig, {**to_dict(self.train), **self.recipes.get(model, {})}, f"recipes.{model}")
-
-
-def _timed(fn):
-    start = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - start
 
 
 def run(cfg: Config, out_dir: str | Path, progress: bool = True) -> dict:
@@ -104,7 +92,7 @@ def run(cfg: Config, out_dir: str | Path, progress: bool = True) -> dict:
             def make_model(model_cfg=model_cfg, s=seed):
                 return build_graph_model(model_cfg, graph.x.shape[1], graph.num_classes, s)
 
-            original, original_s = _timed(lambda: train_graph(make_model(), graph, recipe, seed=seed))
+            original, original_s = timed(lambda: train_graph(make_model(), graph, recipe, seed=seed))
             for i, spec in enumerate(cfg.forget):
                 label = spec.name or f"{spec.target}-{spec.kind}"
                 request = select_request(graph, spec, seed + i)
@@ -122,27 +110,23 @@ def _run_request(cfg: Config, task: GraphTask, label: str, original, original_s:
     head = {"model": task.model_name, "request": label, "request_size": task.request.size()}
     models, rows = {"original": original}, [{**head, "method": "original", "train_s": original_s}]
     for name in cfg.method_names():
-        method, method_cfg = GRAPH_METHODS.get(name), cfg.method_config(name)
-        if method.MODELS is not None and task.model_name not in method.MODELS:
+        method = cfg.method(name)
+        if not supports(method, "MODELS", task.model_name):
             notes.append(f"{name} skipped for {task.model_name}: it needs model {' or '.join(method.MODELS)}")
             continue
-        if task.request.target not in getattr(method, "TARGETS", (task.request.target,)):
+        if not supports(method, "TARGETS", task.request.target):
             notes.append(f"{name} skipped for request {label}: it handles {' and '.join(method.TARGETS)} only")
             continue
-        stats = {}
-        if hasattr(method, "prepare"):
-            prep, prep_s = _timed(lambda: method.prepare(task, method_cfg))
-            stats.update(prep, prepare_s=prep_s)
-        (model, more), seconds = _timed(lambda: method.unlearn(task, method_cfg))
-        models[name] = model
-        rows.append({**head, "method": name, "wall_s": seconds, **stats, **more})
-        log.info("%s / %s / %s: %.2f s", task.model_name, label, name, seconds)
+        # prepare (GraphEraser's shards on the graph before the request) runs untimed inside run_method
+        models[name], row = run_method(method, task, cfg.method_config(name))
+        rows.append({**head, "method": name, **row})
+        log.info("%s / %s / %s: %.2f s", task.model_name, label, name, row["wall_s"])
     if cfg.experiment.noise_floor:
         def other():
             model = build_graph_model(dataclasses.replace(cfg.model, name=task.model_name), task.before.x.shape[1],
                                       task.before.num_classes, task.seed + 1000)
             return train_graph(model, task.after, task.train_cfg, seed=task.seed + 1000)
-        models[NOISE_FLOOR], seconds = _timed(other)
+        models[NOISE_FLOOR], seconds = timed(other)
         rows.append({**head, "method": NOISE_FLOOR, "wall_s": seconds})
     ref_model = models[REFERENCE]
     ref_row = next(r for r in rows if r["method"] == REFERENCE)
@@ -156,9 +140,3 @@ def _run_request(cfg: Config, task: GraphTask, label: str, original, original_s:
         if row["method"] == "graph_eraser" and row.get("shard_count_factor", float("inf")) < float("inf"):
             row["speedup_of_shard_factor"] = row["speedup"] / row["shard_count_factor"]
     return rows
-
-
-def load_config(mapping: dict) -> Config:
-    if mapping.get("kind") != "graph":
-        raise ConfigError("not a graph config")
-    return build(Config, mapping)

@@ -1,7 +1,7 @@
 """The pieces every experiment kind is built from, so that each kind is a thin driver.
 
 - `MethodsSection`: experiment.methods and the [methods.<name>] sections, validated when the
-  config is built, `retrain` first (every other method is compared with it);
+  config is built, the reference (`retrain`) first (every other method is compared with it);
 - `make_task`: the UnlearnTask for one deletion request;
 - `run_method`: one method on one task the same way in every kind: its `prepare` hook
   (untimed), the timed `unlearn`, its `diagnose` hook (untimed), the checkpoint, the row;
@@ -61,9 +61,11 @@ def timed(work: Callable[[], Any]) -> tuple[Any, float]:
 
 class MethodsSection:
     """Mixin for an experiment Config with `experiment.methods` and a `methods` dict of
-    [methods.<name>] sections; `registry` is the method registry of the kind."""
+    [methods.<name>] sections; `registry` is the method registry of the kind, `reference` the
+    method every other one is compared with."""
 
     registry: ClassVar[Registry]
+    reference: ClassVar[str] = "retrain"
 
     def __post_init__(self):
         self.check_methods()
@@ -76,8 +78,8 @@ class MethodsSection:
             self.method_config(name)
 
     def method_names(self) -> list[str]:
-        """`retrain` always runs first: every other method is compared with it."""
-        return ["retrain"] + [m for m in self.experiment.methods if m != "retrain"]
+        """The reference always runs first: every other method is compared with it."""
+        return [self.reference] + [m for m in self.experiment.methods if m != self.reference]
 
     def method(self, name: str) -> ModuleType:
         return self.registry.load(name)
@@ -101,7 +103,7 @@ def make_task(train, forget_idx: np.ndarray, original, *, gone: np.ndarray | Non
 
 def run_method(method: ModuleType, task, cfg, path: Path | None = None, *, prepare: bool = True,
                cpu: bool = False, measure: Callable[[Any], dict] | None = None) -> tuple[Any, dict]:
-    """One method on one task; returns (model, or FedResult for a federated method; row).
+    """One method on one task of any kind; returns (model, or FedResult for a federated method; row).
 
     The row is {"wall_s", "cpu_s" (when `cpu`), prepare's stats and "prepare_s", `measure(result)`,
     the method's stats, diagnose's stats}. With `path`, a finished run is reused from its

@@ -69,6 +69,9 @@ def make_request(clean: ArrayDataset, cfg: FLRequestConfig, num_classes: int, se
 
 @dataclass
 class FLTask:
+    """What a feature/label method's `unlearn(task, cfg)` receives (fedunlearn.contract); it
+    answers a MethodResult."""
+
     original: nn.Module
     data: FLData
     train_cfg: TrainConfig

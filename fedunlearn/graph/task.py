@@ -1,9 +1,10 @@
 """What every graph unlearning method receives, and the shape of its answer.
 
-A graph method is a module with a frozen dataclass `Config`, a tuple `MODELS` of the model
-names it supports (None = all) and `unlearn(task, cfg) -> (model, stats)`: plain PyTorch.
-A method that keeps training-time state (GraphEraser's shards) also has `prepare(task, cfg)`,
-run on the graph before the request and not timed.
+A graph method follows fedunlearn.contract: a module with a frozen dataclass `Config`,
+optionally a tuple `MODELS` of the model names it supports and `TARGETS` of the request targets
+it handles (None = all), and `unlearn(task, cfg) -> MethodResult(model, stats)`: plain PyTorch.
+A method that keeps training-time state (GraphEraser's shards) also has the `prepare(task, cfg)`
+hook, run on the graph before the request and not timed.
 """
 
 from __future__ import annotations

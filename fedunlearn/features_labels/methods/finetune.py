@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from fedunlearn.config import check_range
+from fedunlearn.contract import MethodResult
 from fedunlearn.features_labels.task import FLTask
 from fedunlearn.training import clone, train
 
@@ -22,4 +23,5 @@ class Config:
 
 def unlearn(task: FLTask, cfg: Config = Config()):
     recipe = dataclasses.replace(task.train_cfg, epochs=cfg.epochs, lr=task.train_cfg.lr * cfg.lr_scale)
-    return train(clone(task.original), task.data.after, recipe, task.device, seed=task.seed + 1, progress=False), {}
+    model = train(clone(task.original), task.data.after, recipe, task.device, seed=task.seed + 1, progress=False)
+    return MethodResult(model, {})

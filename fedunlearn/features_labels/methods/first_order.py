@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from fedunlearn.config import check_range
+from fedunlearn.contract import MethodResult
 from fedunlearn.features_labels.task import FLTask, affected_loss_change, objective
 from fedunlearn.influence import add_to_params, grad_of, params_of
 from fedunlearn.training import clone
@@ -45,4 +46,4 @@ def unlearn(task: FLTask, cfg: Config = Config()):
                 losses[t] = float(objective(trial, task.data.after, wd))
         tau = min(losses, key=losses.get)
     add_to_params(model, -tau * g)
-    return model, {"tau": tau, "grad_change_norm": float(g.norm())}
+    return MethodResult(model, {"tau": tau, "grad_change_norm": float(g.norm())})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fedunlearn.contract import MethodResult
 from fedunlearn.features_labels.task import FLTask
 from fedunlearn.training import train
 
@@ -14,4 +15,5 @@ class Config:
 
 
 def unlearn(task: FLTask, cfg: Config = Config()):
-    return train(task.make_model(), task.data.after, task.train_cfg, task.device, seed=task.seed, progress=False), {}
+    model = train(task.make_model(), task.data.after, task.train_cfg, task.device, seed=task.seed, progress=False)
+    return MethodResult(model, {})

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fedunlearn.config import check_range
+from fedunlearn.contract import MethodResult
 from fedunlearn.features_labels.task import FLTask, affected_loss_change, objective
 from fedunlearn.influence import add_to_params, cg_solve, grad_of, hvp_fn, params_of
 from fedunlearn.training import clone
@@ -45,4 +46,4 @@ def unlearn(task: FLTask, cfg: Config = Config()):
         damping = max(damping * 10, 1e-8)
     add_to_params(model, -step)
     stats.update(damping=damping, cg_tries=tries, update_norm=float(step.norm()), grad_change_norm=float(g.norm()))
-    return model, stats
+    return MethodResult(model, stats)

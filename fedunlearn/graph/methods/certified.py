@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from fedunlearn.config import check_range
+from fedunlearn.contract import MethodResult
 from fedunlearn.graph.models import adjacency
 from fedunlearn.graph.task import GraphTask
 from fedunlearn.unlearn import linear
@@ -65,4 +66,4 @@ def unlearn(task: GraphTask, cfg: Config = Config()):
     epsilon = bound * c / cfg.sigma if cfg.sigma > 0 else float("inf")
     stats = {"epsilon": epsilon, "delta": cfg.delta, "sigma": cfg.sigma, "residual_bound": bound,
              "gradient_residual": residual, "step_norm": float((new_w - w).norm())}
-    return linear.with_head(model, new_w).eval(), stats
+    return MethodResult(linear.with_head(model, new_w).eval(), stats)

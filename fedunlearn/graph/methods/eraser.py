@@ -30,6 +30,7 @@ from torch import nn
 from fedunlearn import checkpoint
 from fedunlearn.cluster import current_resources, fan_out, ray_session
 from fedunlearn.config import check_range, config_hash
+from fedunlearn.contract import MethodResult
 from fedunlearn.errors import ConfigError
 from fedunlearn.graph.data import Graph
 from fedunlearn.graph.models import adjacency, train_graph
@@ -108,7 +109,7 @@ def _train_shard(sub: Graph, key: str, make_model, recipe, seed: int, ckpt_dir: 
     return int(sub.train.sum())
 
 
-def fit(task: GraphTask, graph: Graph, cfg: Config) -> tuple[nn.Module, dict]:
+def fit(task: GraphTask, graph: Graph, cfg: Config) -> MethodResult:
     """Shard models for exactly the current `graph`, training only shards without a valid checkpoint."""
     ckpt = _workdir(task)
     label = partition(task, cfg)
@@ -144,7 +145,7 @@ def fit(task: GraphTask, graph: Graph, cfg: Config) -> tuple[nn.Module, dict]:
              "full_shards_critical_over_retrain": makespan(full, res.slots) / retrain_work,
              "cut_edge_share": cut_share(np.flatnonzero(label >= 0), label[label >= 0], task.before.edges.numpy()),
              "max_weight": float(weights.max())}
-    return ShardAggregate(members, weights).eval(), stats
+    return MethodResult(ShardAggregate(members, weights).eval(), stats)
 
 
 def _aggregation_weights(members: list[nn.Module], graph: Graph, cfg: Config, seed: int) -> torch.Tensor:

@@ -9,6 +9,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from fedunlearn.config import check_range
+from fedunlearn.contract import MethodResult
 from fedunlearn.graph.models import train_graph
 from fedunlearn.graph.task import GraphTask
 from fedunlearn.training import clone
@@ -29,4 +30,4 @@ class Config:
 def unlearn(task: GraphTask, cfg: Config = Config()):
     recipe = dataclasses.replace(task.train_cfg, epochs=cfg.epochs, lr=task.train_cfg.lr * cfg.lr_scale)
     model = train_graph(clone(task.original), task.after, recipe, seed=task.seed + 1)
-    return model, {"epochs": cfg.epochs}
+    return MethodResult(model, {"epochs": cfg.epochs})

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from fedunlearn.config import check_range
+from fedunlearn.contract import MethodResult
 from fedunlearn.graph.data import Graph
 from fedunlearn.graph.models import adjacency, train_loss
 from fedunlearn.graph.task import GraphTask
@@ -71,4 +72,4 @@ def unlearn(task: GraphTask, cfg: Config = Config()):
     stats.update(damping=damping, cg_tries=tries)
     add_to_params(model, -cfg.scale * step)
     stats.update(update_norm=float(step.norm()) * cfg.scale, grad_diff_norm=float(g.norm()))
-    return model.eval(), stats
+    return MethodResult(model.eval(), stats)

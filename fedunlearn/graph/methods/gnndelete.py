@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedunlearn.config import check_range
+from fedunlearn.contract import MethodResult
 from fedunlearn.errors import ConfigError
 from fedunlearn.graph.models import adjacency
 from fedunlearn.graph.task import GraphTask
@@ -92,4 +93,4 @@ def unlearn(task: GraphTask, cfg: Config = Config()):
         ni = F.mse_loss(out[local], target[local])
         (cfg.lam * dec + (1 - cfg.lam) * ni).backward()
         opt.step()
-    return model.eval(), {"deleted_edges": int(gone.shape[1]), "local_nodes": int(model.local2.sum())}
+    return MethodResult(model.eval(), {"deleted_edges": int(gone.shape[1]), "local_nodes": int(model.local2.sum())})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fedunlearn.contract import MethodResult
 from fedunlearn.graph.models import train_graph
 from fedunlearn.graph.task import GraphTask
 
@@ -16,4 +17,4 @@ class Config:
 
 
 def unlearn(task: GraphTask, cfg: Config = Config()):
-    return train_graph(task.make_model(), task.after, task.train_cfg, seed=task.seed), {}
+    return MethodResult(train_graph(task.make_model(), task.after, task.train_cfg, seed=task.seed), {})
