@@ -18,7 +18,8 @@ import numpy as np
 
 from fedunlearn import checkpoint
 from fedunlearn.config import build, config_hash, to_dict
-from fedunlearn.data import DataBundle, DataConfig, ForgetConfig, complement, load_dataset, select_forget
+from fedunlearn.data import DataBundle, DataConfig, ForgetConfig, complement, load_dataset
+from fedunlearn.data.forget_model import select_forget_for
 from fedunlearn.errors import ConfigError
 from fedunlearn.metrics import EvalConfig, Splits, compare_to_reference, evaluate, write_report
 from fedunlearn.metrics.mia import sample_feature
@@ -77,7 +78,15 @@ def prepare(cfg: Config, data: DataBundle | None = None):
     seed = cfg.experiment.seed
     data = data if data is not None else load_dataset(cfg.data, seed)
     labels = data.train.y.numpy()
-    forget_idx = select_forget(labels, cfg.forget, seed)
+
+    def make_model():
+        seed_everything(seed)
+        return build_model(cfg.model, data.input_shape, data.num_classes)
+
+    # subpopulation / atypical need the original: the same seeded training run() does next.
+    forget_idx = select_forget_for(data.train, cfg.forget, seed, lambda: [train(
+        make_model(), data.train, cfg.train, get_device(cfg.experiment.device), seed=seed, progress=False)],
+        get_device(cfg.experiment.device))
     retain_idx = complement(len(labels), forget_idx)
     retain, forget = data.train.subset(retain_idx), data.train.subset(forget_idx)
     eval_retain = retain
@@ -85,11 +94,6 @@ def prepare(cfg: Config, data: DataBundle | None = None):
         pick = np.random.default_rng(seed).choice(len(retain), cfg.eval.eval_retain_size, replace=False)
         eval_retain = retain.subset(np.sort(pick))
     splits = Splits(retain=eval_retain, forget=forget, test=data.test)
-
-    def make_model():
-        seed_everything(seed)
-        return build_model(cfg.model, data.input_shape, data.num_classes)
-
     return data, splits, retain_idx, forget_idx, retain, forget, make_model
 
 
@@ -110,7 +114,8 @@ def run(cfg: Config, out_dir: str | Path, progress: bool = True, data: DataBundl
 
     task = UnlearnTask(original=original, retain=retain, forget=forget, train_cfg=cfg.train,
                        make_model=make_model, num_classes=data.num_classes, device=device, seed=seed,
-                       retain_idx=retain_idx, forget_idx=forget_idx, workdir=str(ckpt / f"work-{base_key}"))
+                       retain_idx=retain_idx, forget_idx=forget_idx, workdir=str(ckpt / f"work-{base_key}"),
+                       val=data.val)
     models, rows = {"original": original}, [{"method": "original", "wall_s": original_s}]
     for name in cfg.method_names():
         method, method_cfg = METHODS.get(name), cfg.method_config(name)

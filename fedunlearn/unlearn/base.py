@@ -31,6 +31,7 @@ class UnlearnTask:
     retain_idx: np.ndarray | None = None
     forget_idx: np.ndarray | None = None
     workdir: str = ""                  # where a method may keep checkpoints between requests
+    val: ArrayDataset | None = None    # validation split (data.val_size): for any tuning or early stopping
     extras: dict = field(default_factory=dict)
 
 
