@@ -49,10 +49,28 @@ def test_ulira_chance_when_indistinguishable_and_near_one_when_separated():
     same = ulira(centre + rng.normal(0, 1, (8, 400)), retrained)
     assert abs(same.auc - 0.5) < 0.05
     assert same.tpr_at_1pct_fpr < 0.05
-    apart = ulira(centre + 5 + rng.normal(0, 1, (8, 400)), retrained)
-    assert apart.auc > 0.98 and apart.tpr_at_1pct_fpr > 0.5
+    # Members: the per-example pattern differs (half the samples far more confident), as after training on them.
+    memorised = centre + 5 * (rng.random(400) < 0.5) + rng.normal(0, 1, (8, 400))
+    apart = ulira(memorised, retrained)
+    assert apart.auc > 0.7 and apart.tpr_at_1pct_fpr > 0.2
     with pytest.raises(ValueError, match="at least 3"):
         ulira(retrained[:2], retrained[:2])
+
+
+def test_ulira_calibration_removes_model_wide_offsets():
+    rng = np.random.default_rng(3)
+    aucs = {True: [], False: []}
+    for _ in range(10):
+        centre = rng.normal(0, 3, 60)
+        # Each model a little more or less confident everywhere: the same law on both sides.
+        draw = lambda: centre + 0.3 * rng.normal(0, 1, (8, 60)) + rng.normal(0, 1.5, (8, 1))  # noqa: E731
+        a, b = draw(), draw()
+        for cal in aucs:
+            aucs[cal].append(ulira(a, b, calibrate=cal).auc)
+    assert abs(np.mean(aucs[True]) - 0.5) < 0.05
+    assert np.std(aucs[True]) < np.std(aucs[False]) / 2
+    shifted = centre + 6 + 0.3 * rng.normal(0, 1, (8, 60))
+    assert ulira(shifted, b, calibrate=False).auc > 0.95  # a uniform shift is seen only uncalibrated
 
 
 def test_tpr_at_fpr_reads_the_step_curve():

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from fedunlearn import checkpoint
+from fedunlearn.audit.config import AuditConfig
 from fedunlearn.config import build, config_hash, to_dict
 from fedunlearn.data import DataBundle, DataConfig, ForgetConfig, complement, load_dataset
 from fedunlearn.data.forget_model import select_forget_for
@@ -53,6 +54,7 @@ class Config:
     forget: ForgetConfig = ForgetConfig()
     eval: EvalConfig = EvalConfig()
     methods: dict = field(default_factory=dict)  # [methods.<name>] sections: that method's Config
+    audit: AuditConfig = AuditConfig()  # [audit] models = N > 0 makes the run an ensemble audit
 
     def __post_init__(self):
         for name in self.experiment.methods:
@@ -98,6 +100,10 @@ def prepare(cfg: Config, data: DataBundle | None = None):
 
 
 def run(cfg: Config, out_dir: str | Path, progress: bool = True, data: DataBundle | None = None) -> dict:
+    if cfg.audit.models > 0:
+        from fedunlearn.audit.runner import run_audit
+
+        return run_audit(cfg, out_dir, progress, data)
     out = Path(out_dir)
     ckpt = out / "checkpoints"
     device = get_device(cfg.experiment.device)
