@@ -61,6 +61,7 @@ class Member:
     stats: dict = field(default_factory=dict)
     row: dict = field(default_factory=dict)
     logits: dict[str, torch.Tensor] = field(default_factory=dict)
+    skipped: str = ""          # why a method does not apply here (e.g. a class-only method, sample forgetting)
 
 
 def fresh_model(shared: Shared, seed: int) -> nn.Module:
@@ -91,7 +92,14 @@ def member(job: Job, shared: Shared, original_state: dict | None = None) -> Memb
         train(model, data, shared.train_cfg, device, seed=job.seed, desc=job.role, progress=False)
         wall = time.perf_counter() - start
     else:
-        model, wall, stats = _unlearn(job, shared, original_state, device)
+        from fedunlearn.errors import ConfigError
+
+        try:
+            model, wall, stats = _unlearn(job, shared, original_state, device)
+        except ConfigError as err:  # the method refuses this forget set: one row says so, the audit goes on
+            return Member(job.role, job.index, {}, float("nan"), skipped=str(err))
+        except Exception as err:  # noqa: BLE001 -- one broken method must not cost every other row
+            return Member(job.role, job.index, {}, float("nan"), skipped=f"failed: {type(err).__name__}: {err}")
     result = Member(job.role, job.index, {k: v.detach().cpu() for k, v in model.state_dict().items()}, wall, stats)
     if job.evaluate:
         result.row, _ = evaluate(model, shared.splits, device, shared.eval_cfg, seed=job.seed)

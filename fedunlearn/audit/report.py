@@ -25,7 +25,7 @@ from fedunlearn.metrics.ulira import scaled_confidence, ulira  # noqa: E402
 
 AUDIT_FIELDS = ["ulira_auc", "ulira_tpr_at_1pct_fpr", "ulira_tpr_at_01pct_fpr", "klom_forget", "klom_retain", "klom_val"]
 COLUMNS = ["method", "forget", *AUDIT_FIELDS, "test_acc", "forget_acc", "mia_efficacy", "js_to_retrain",
-           "avg_gap", "speedup", "wall_s"]
+           "avg_gap", "speedup", "wall_s", "skipped"]
 
 
 def _stack(members: list[Member], part: str) -> torch.Tensor:
@@ -41,6 +41,9 @@ def audit_row(name: str, members: list[Member], reference: list[Member], labels:
               klom_fit: str = "gaussian") -> dict:
     """One method's row: `members[i]` started from original i, `reference[i]` is retrain i."""
     members, reference = sorted(members, key=lambda m: m.index), sorted(reference, key=lambda m: m.index)
+    if any(m.skipped for m in members):
+        why = next(m.skipped for m in members if m.skipped)
+        return {"method": name, "models": 0, **{k: float("nan") for k in AUDIT_FIELDS}, "skipped": why}
     attack = ulira(scaled_confidence(_stack(members, "forget"), labels["forget"]),
                    scaled_confidence(_stack(reference, "forget"), labels["forget"]))
     raw = ulira(scaled_confidence(_stack(members, "forget"), labels["forget"]),
