@@ -77,7 +77,7 @@ def tradeoff_plot(rows: list[dict], forget_label: str, path: str | Path) -> Path
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     lines = {r["method"]: r for r in rows if r["method"] in ("retrain", "original")}
     points = [r for r in rows if r["method"] not in lines and math.isfinite(r.get("speedup", float("nan")))]
-    for ax, key, label in ((axes[0], "klom_forget", "KLoM, forget set (95th pct; lower is better)"),
+    for ax, key, label in ((axes[0], "klom_forget", "KLoM, forget set (95th pct, symlog; lower is better)"),
                            (axes[1], "ulira_auc", "U-LiRA AUC, forget set (0.5 = like retraining)")):
         for r in points:
             if math.isfinite(r.get(key, float("nan"))):
@@ -88,6 +88,8 @@ def tradeoff_plot(rows: list[dict], forget_label: str, path: str | Path) -> Path
                 what = "retrain noise floor" if name == "retrain" else "original (no unlearning)"
                 ax.axhline(lines[name][key], color="grey", linestyle=style, label=what)
         ax.set_xscale("log")
+        if key.startswith("klom"):
+            ax.set_yscale("symlog", linthresh=1.0)  # KLoM spans 0 (retrain) to thousands (no unlearning)
         ax.set_xlabel("speedup over retraining (x, log scale)")
         ax.set_ylabel(label)
         ax.legend(fontsize=8)
