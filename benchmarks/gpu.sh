@@ -23,11 +23,11 @@ fi
 
 if [ "$QUICK" = 1 ]; then
   AUDIT_SIZE=(--set data.train_size=700 --set data.val_size=100 --set data.test_size=300 --set train.epochs=1 --set audit.models=3)
-  SISA_SIZE=(--set data.train_size=2000 --set train.epochs=2 --set methods.sisa.epochs_per_slice=1)
+  SISA_SIZE=(--set train.epochs=1 --set methods.sisa.epochs_per_slice=1)  # its forget indices need all 20,000
   AMUN_SIZE=(--set data.train_size=1000 --set train.epochs=2 --set "experiment.seeds=[0]" --set methods.amun.epochs=1)
 else
   AUDIT_SIZE=(--set audit.models=4)
-  SISA_SIZE=(--set data.train_size=10000 --set train.epochs=20 --set methods.sisa.epochs_per_slice=5)
+  SISA_SIZE=(--set train.epochs=20 --set methods.sisa.epochs_per_slice=5)
   AMUN_SIZE=(--set "experiment.seeds=[0]")
 fi
 AUDIT_METHODS=(--set 'audit.methods=["finetune","salun"]' --set 'experiment.methods=["finetune","salun"]')
