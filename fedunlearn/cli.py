@@ -43,6 +43,20 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    from fedunlearn.audit.tune import require_tune, tune_method
+
+    require_tune()  # before any training: a missing extra is a one-line error
+    module, cfg = load_experiment(args.config, args.set)
+    if getattr(module.Config, "__name__", "") != "Config" or not hasattr(cfg, "method_config"):
+        raise FedUnlearnError("`fedunlearn tune` works on centralized configs")
+    cfg.method_config(args.method)
+    path = tune_method(cfg, args.method, args.out or Path("results") / f"tune-{args.method}", args.samples, args.models)
+    print(path.read_text())
+    print(f"wrote {path}")
+    return 0
+
+
 def cmd_list(args) -> int:
     from fedunlearn.data import DATASETS
     from fedunlearn.models import MODELS
@@ -138,6 +152,14 @@ def main(argv: list[str] | None = None) -> int:
                      "(only a folder fedunlearn created, holding only what it wrote)")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     run.set_defaults(func=cmd_run)
+    tune = sub.add_parser("tune", help="search one method's settings with Ray Tune, scored against retraining")
+    tune.add_argument("config")
+    tune.add_argument("--method", required=True)
+    tune.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    tune.add_argument("--samples", type=int, default=8, help="trials")
+    tune.add_argument("--models", type=int, default=3, help="originals and retrains the trials are scored on")
+    tune.add_argument("--out", default=None)
+    tune.set_defaults(func=cmd_tune)
     sub.add_parser("list", help="list data sets, models and methods").set_defaults(func=cmd_list)
     rep = sub.add_parser("report", help="print the table of a finished run")
     rep.add_argument("dir")

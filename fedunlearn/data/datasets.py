@@ -31,11 +31,13 @@ class DataConfig:
     download: bool = False    # torchvision data sets only: allow a download
     train_size: int = 0       # seeded subsample of the training set for fast runs; 0 = all
     test_size: int = 0        # same for the test set
+    val_size: int = 0         # validation split carved (seeded) from the training set, for any tuning; 0 = none
 
     def __post_init__(self):
         DATASETS.check(self.name)  # an unknown data set fails when the config is built
         check_range("data.train_size", self.train_size, 0)
         check_range("data.test_size", self.test_size, 0)
+        check_range("data.val_size", self.val_size, 0)
 
 
 class ArrayDataset(torch.utils.data.Dataset):
@@ -67,6 +69,7 @@ class DataBundle:
     train: ArrayDataset
     test: ArrayDataset
     num_classes: int
+    val: ArrayDataset | None = None  # carved from the training data; never trained on
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -172,4 +175,12 @@ def load_dataset(cfg: DataConfig, seed: int = 0) -> DataBundle:
         part = getattr(data, attr)
         if size and size < len(part):
             setattr(data, attr, part.subset(np.sort(rng.choice(len(part), size=size, replace=False))))
+    if cfg.val_size:
+        n = len(data.train)
+        if cfg.val_size >= n:
+            raise DataError(f"data.val_size = {cfg.val_size} leaves nothing to train on: the training set has {n} samples")
+        # Its own generator: adding a validation split must not change which samples train_size picks.
+        pick = np.random.default_rng([seed, 1]).permutation(n)
+        data.val = data.train.subset(np.sort(pick[:cfg.val_size]))
+        data.train = data.train.subset(np.sort(pick[cfg.val_size:]))
     return data

@@ -1,4 +1,7 @@
-"""Which training samples a deletion request names: a random fraction, whole classes, or indices."""
+"""Which training samples a deletion request names: a random fraction, whole classes, or indices.
+
+`subpopulation` and `atypical` depend on a trained model; fedunlearn.data.forget_model selects them.
+"""
 
 from __future__ import annotations
 
@@ -13,18 +16,26 @@ from fedunlearn.errors import DataError
 
 @dataclass(frozen=True)
 class ForgetConfig:
-    kind: Literal["random", "class", "indices"] = "random"
-    fraction: float = 0.1          # kind = "random": share of the training set to forget
-    classes: tuple[int, ...] = ()  # kind = "class": every training sample of these labels
+    kind: Literal["random", "class", "indices", "subpopulation", "atypical"] = "random"
+    fraction: float = 0.1          # kind = "random" / "atypical": share of the training set to forget
+    classes: tuple[int, ...] = ()  # kind = "class": every training sample of these labels;
+                                   # "subpopulation": the class to cluster (first; empty = a seeded pick)
     indices: tuple[int, ...] = ()  # kind = "indices": explicit training-set positions
+    clusters: int = 5              # kind = "subpopulation": k-means clusters of the class's features
+    cluster: int = -1              # kind = "subpopulation": which cluster (by label); -1 = a seeded pick
 
     def __post_init__(self):
         check_range("forget.fraction", self.fraction, 0.0, 1.0)
+        check_range("forget.clusters", self.clusters, 2)
+        check_range("forget.cluster", self.cluster, -1, self.clusters - 1)
 
 
 def select_forget(labels: np.ndarray, cfg: ForgetConfig, seed: int) -> np.ndarray:
     """Sorted, unique training indices to forget; raises DataError on an impossible request."""
     n = len(labels)
+    if cfg.kind in ("subpopulation", "atypical"):
+        raise DataError(f"forget.kind = '{cfg.kind}' depends on a trained model; select it with "
+                        "fedunlearn.data.forget_model.select_forget_for")
     if cfg.kind == "random":
         count = int(round(cfg.fraction * n))
         if count == 0 or count >= n:

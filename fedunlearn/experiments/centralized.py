@@ -18,9 +18,11 @@ import numpy as np
 from torch import nn
 
 from fedunlearn import outdir
+from fedunlearn.audit.config import AuditConfig
 from fedunlearn.config import config_hash, to_dict
-from fedunlearn.data import DataBundle, DataConfig, ForgetConfig, complement, load_dataset, select_forget
+from fedunlearn.data import DataBundle, DataConfig, ForgetConfig, complement, load_dataset
 from fedunlearn.data.datasets import ArrayDataset
+from fedunlearn.data.forget_model import select_forget_for
 from fedunlearn.experiments.pipeline import (MethodsSection, cached, evaluate_against_reference, make_task,
                                              run_benchmark, run_method, timed)
 from fedunlearn.metrics import EvalConfig, Splits, write_report
@@ -56,6 +58,7 @@ class Config(MethodsSection):
     forget: ForgetConfig = ForgetConfig()
     eval: EvalConfig = EvalConfig()
     methods: dict = field(default_factory=dict)  # [methods.<name>] sections: that method's Config
+    audit: AuditConfig = AuditConfig()  # [audit] models = N > 0 makes the run an ensemble audit
 
     registry = METHODS  # MethodsSection.__post_init__ checks every listed method and section
 
@@ -79,7 +82,15 @@ def prepare(cfg: Config, data: DataBundle | None = None) -> Prepared:
     seed = cfg.experiment.seed
     data = data if data is not None else load_dataset(cfg.data, seed)
     labels = data.train.y.numpy()
-    forget_idx = select_forget(labels, cfg.forget, seed)
+
+    def make_model():
+        seed_everything(seed)
+        return build_model(cfg.model, data.input_shape, data.num_classes)
+
+    # subpopulation / atypical need the original: the same seeded training run() does next.
+    forget_idx = select_forget_for(data.train, cfg.forget, seed, lambda: [train(
+        make_model(), data.train, cfg.train, get_device(cfg.experiment.device), seed=seed, progress=False)],
+        get_device(cfg.experiment.device))
     retain_idx = complement(len(labels), forget_idx)
     retain, forget = data.train.subset(retain_idx), data.train.subset(forget_idx)
     eval_retain = retain
@@ -87,15 +98,14 @@ def prepare(cfg: Config, data: DataBundle | None = None) -> Prepared:
         pick = np.random.default_rng(seed).choice(len(retain), cfg.eval.eval_retain_size, replace=False)
         eval_retain = retain.subset(np.sort(pick))
     splits = Splits(retain=eval_retain, forget=forget, test=data.test)
-
-    def make_model():
-        seed_everything(seed)
-        return build_model(cfg.model, data.input_shape, data.num_classes)
-
     return Prepared(data, splits, retain_idx, forget_idx, retain, forget, make_model)
 
 
 def run(cfg: Config, out_dir: str | Path, progress: bool = True, data: DataBundle | None = None) -> dict:
+    if cfg.audit.models > 0:
+        from fedunlearn.audit.runner import run_audit
+
+        return run_audit(cfg, out_dir, progress, data)
     out = Path(out_dir)
     outdir.mark(out)  # a survey's part folders too: --fresh may empty only marked folders
     ckpt = out / "checkpoints"
@@ -115,7 +125,8 @@ def run(cfg: Config, out_dir: str | Path, progress: bool = True, data: DataBundl
         p.make_model(), data.train, cfg.train, device, seed=seed, desc="original", progress=progress)))
 
     task = make_task(data.train, p.forget_idx, original, train_cfg=cfg.train, make_model=p.make_model,
-                     num_classes=data.num_classes, device=device, seed=seed, workdir=str(ckpt / f"work-{base_key}"))
+                     num_classes=data.num_classes, device=device, seed=seed, workdir=str(ckpt / f"work-{base_key}"),
+                     val=data.val)
     models, rows = {"original": original}, [{"method": "original", "wall_s": original_s}]
     for name in cfg.method_names():
         method, method_cfg = cfg.method(name), cfg.method_config(name)

@@ -23,6 +23,10 @@ METHODS = Registry("method", {
     "linear_filtration": "fedunlearn.unlearn.linear_filtration",
     "bad_teacher": "fedunlearn.unlearn.bad_teacher",
     "error_max_noise": "fedunlearn.unlearn.error_max_noise",
+    "gradient_ascent": "fedunlearn.unlearn.gradient_ascent",
+    "l1_sparse": "fedunlearn.unlearn.l1_sparse",
+    "salun": "fedunlearn.unlearn.salun",
+    "scrub": "fedunlearn.unlearn.scrub",
 })
 
 __all__ = ["METHODS", "MethodResult", "Stats", "UnlearnTask"]

@@ -40,6 +40,7 @@ class UnlearnTask:
     # Larger when earlier requests already removed samples (continual unlearning).
     train_size: int = 0
     cluster: ClusterConfig | None = None  # Ray resources a method may fan out on; None = the defaults
+    val: ArrayDataset | None = None    # validation split (data.val_size): for any tuning or early stopping
 
 
 Stats = dict  # free-form numbers a method reports (steps, epsilons, retrained shards, ...)

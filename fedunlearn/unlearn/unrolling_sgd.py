@@ -77,4 +77,4 @@ def _hvp_norm(init, task: UnlearnTask, v: torch.Tensor, samples: int) -> float:
     params = list(init.parameters())
     grads = torch.autograd.grad(F.cross_entropy(init(x), y), params, create_graph=True)
     hv = torch.autograd.grad(parameters_to_vector(grads) @ v, params)
-    return float(parameters_to_vector(hv).norm())
+    return float(torch.cat([h.reshape(-1) for h in hv]).norm())  # conv grads may be non-contiguous
