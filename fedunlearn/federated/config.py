@@ -17,7 +17,7 @@ from typing import Literal
 from fedunlearn.config import build, check_range
 from fedunlearn.data import BackdoorConfig, DataConfig
 from fedunlearn.federated.methods import FED_METHODS, load_method
-from fedunlearn.federated.withdrawal import check_withdrawal
+from fedunlearn.federated.withdrawal import CLIENT_RULES, check_withdrawal
 from fedunlearn.metrics import EvalConfig
 from fedunlearn.models import ModelConfig
 from fedunlearn.training import TrainConfig
@@ -39,6 +39,7 @@ class FederationConfig:
     partition: Literal["iid", "dirichlet"] = "iid"
     alpha: float = 0.3             # Dirichlet concentration (partition = "dirichlet"); smaller = more skew
     rounds: int = 6                # FedAvg rounds of training
+    clients_per_round: int = 0     # clients sampled (seeded) each round; 0 = every client
     store_every: int = 1           # the server stores client updates every this many rounds (FedEraser)
     local: TrainConfig = LOCAL_RECIPE  # each client's local training per round
     client_cpus: float = 1.0       # Ray resources per simulated client
@@ -51,6 +52,7 @@ class FederationConfig:
         check_range("federation.num_clients", self.num_clients, 2)
         check_range("federation.alpha", self.alpha, 1e-6)
         check_range("federation.rounds", self.rounds, 1)
+        check_range("federation.clients_per_round", self.clients_per_round, 0, self.num_clients)
         check_range("federation.store_every", self.store_every, 1)
         check_range("federation.client_cpus", self.client_cpus, 0.01)
         check_range("federation.server_gpus", self.server_gpus, 0.0, 1.0)
@@ -58,12 +60,14 @@ class FederationConfig:
 
 @dataclass(frozen=True)
 class WithdrawalConfig:
-    client: int = 0                # partition id of the departing client
+    client: int | str = 0          # partition id of the departing client, or "largest" / "median" (by sample count)
     after_round: int = 0           # the request arrives after this round (0 = after the last); training stops there
     departing_online: bool = True  # false: the client is gone, cooperative methods cannot ask it anything
 
     def __post_init__(self):
         check_range("withdrawal.after_round", self.after_round, 0)
+        if isinstance(self.client, str) and self.client not in CLIENT_RULES:
+            raise ValueError(f"'withdrawal.client' = {self.client!r}: give a client id or one of {', '.join(CLIENT_RULES)}")
 
 
 @dataclass(frozen=True)
@@ -79,7 +83,8 @@ class Config:
     methods: dict = field(default_factory=dict)  # [methods.<name>] sections: that method's Config
 
     def __post_init__(self):
-        check_withdrawal(self.withdrawal.client, self.federation.num_clients)
+        if not isinstance(self.withdrawal.client, str):
+            check_withdrawal(self.withdrawal.client, self.federation.num_clients)
         if self.withdrawal.after_round > self.federation.rounds:
             raise ValueError(f"'withdrawal.after_round' = {self.withdrawal.after_round} is after the last round "
                              f"(federation.rounds = {self.federation.rounds})")

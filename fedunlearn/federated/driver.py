@@ -17,6 +17,7 @@ from fedunlearn import checkpoint
 from fedunlearn.config import config_hash, to_dict
 from fedunlearn.errors import WithdrawalError
 from fedunlearn.federated import fedavg
+from fedunlearn.federated.client import departing_client
 from fedunlearn.federated.context import FedContext, aggregate_replies
 from fedunlearn.federated.history import state_nbytes
 from fedunlearn.federated.methods import load_method
@@ -43,14 +44,15 @@ def serve(cfg, transport, out_dir: str | Path, progress: bool = True) -> dict:
         seed_everything(seed)
         return build_model(cfg.model, input_shape, num_classes)
 
-    base_key = config_hash([cfg.data, cfg.model, fed, cfg.backdoor, cfg.withdrawal.client, cfg.train_rounds, seed])
+    departing = departing_client(cfg)
+    base_key = config_hash([cfg.data, cfg.model, fed, cfg.backdoor, departing, cfg.train_rounds, seed])
     trained = _cached(ckpt / f"federation-{base_key}", lambda: train_federation(cfg, transport, make_model))
     log.info("trained %d rounds in %.1f s; stored history: %d rounds, %.1f MB", cfg.train_rounds,
              trained["wall_s"], len(trained["history"].rounds), trained["history"].nbytes() / 1e6)
 
     members = Membership(fed.num_clients)
-    remaining = members.withdraw(cfg.withdrawal.client)
-    log.info("client %d withdraws after round %d; %d clients remain", cfg.withdrawal.client, cfg.train_rounds,
+    remaining = members.withdraw(departing)
+    log.info("client %d withdraws after round %d; %d clients remain", departing, cfg.train_rounds,
              len(remaining))
 
     results = {}
@@ -67,7 +69,7 @@ def serve(cfg, transport, out_dir: str | Path, progress: bool = True) -> dict:
                 ctx = FedContext(
                     global_state=fedavg.copy_state(trained["global_state"]),
                     initial_state=fedavg.copy_state(trained["initial_state"]), history=trained["history"],
-                    departing=cfg.withdrawal.client, remaining=list(remaining), num_clients=fed.num_clients,
+                    departing=departing, remaining=list(remaining), num_clients=fed.num_clients,
                     num_classes=num_classes, input_shape=input_shape, make_model=make_model, fed_cfg=fed,
                     device=device, transport=transport, departing_online=cfg.withdrawal.departing_online,
                     train_rounds=cfg.train_rounds, sample_counts={c: int(v["num_examples"]) for c, v in info.items()},
@@ -97,7 +99,8 @@ def train_federation(cfg, transport, make_model) -> dict:
 
     start = time.perf_counter()
     state, history, curve, failures = run_fedavg(fit, list(range(fed.num_clients)), initial, cfg.train_rounds,
-                                                 fed.store_every, desc="training")
+                                                 fed.store_every, desc="training", per_round=fed.clients_per_round,
+                                                 seed=cfg.experiment.seed)
     return {"global_state": state, "initial_state": initial, "history": history, "curve": curve,
             "failures": failures, "wall_s": time.perf_counter() - start,
             "model_bytes": state_nbytes(state), "config": to_dict(fed)}

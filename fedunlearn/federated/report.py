@@ -16,7 +16,7 @@ import numpy as np
 
 from fedunlearn.config import to_dict
 from fedunlearn.data import ArrayDataset, triggered_test
-from fedunlearn.federated.client import federation_data, local_data
+from fedunlearn.federated.client import departing_client, federation_data, local_data
 from fedunlearn.metrics import Splits, compare_to_reference, evaluate, write_report
 from fedunlearn.metrics.plots import curves
 from fedunlearn.training import predict_probs
@@ -28,7 +28,7 @@ COLUMNS = ["method", "test_acc", "retain_acc", "forget_acc", "backdoor_asr", "mi
 def oracle_splits(cfg) -> Splits:
     data, parts = federation_data(cfg)
     seed = cfg.experiment.seed
-    departing = cfg.withdrawal.client
+    departing = departing_client(cfg)
     forget = local_data(cfg, departing).train
     others = np.sort(np.concatenate([p for c, p in enumerate(parts) if c != departing]))
     size = cfg.eval.eval_retain_size
@@ -92,11 +92,11 @@ def write_federated_report(cfg, out: Path, trained: dict, results: dict, make_mo
     extra = {"history_bytes": history.nbytes(), "stored_rounds": [r.round for r in history.rounds],
              "model_bytes": trained["model_bytes"], "train_failures": trained["failures"],
              "client_samples": {str(c): len(p) for c, p in enumerate(federation_data(cfg)[1])},
-             "departing_client": cfg.withdrawal.client, "device": str(device)}
+             "departing_client": departing_client(cfg), "device": str(device)}
     fed = cfg.federation
     notes = [
         f"{fed.num_clients} clients ({fed.partition}{', alpha ' + str(fed.alpha) if fed.partition == 'dirichlet' else ''}), "
-        f"{cfg.train_rounds} FedAvg rounds of {fed.local.epochs} local epoch(s); client {cfg.withdrawal.client} withdraws "
+        f"{cfg.train_rounds} FedAvg rounds of {fed.local.epochs} local epoch(s); client {departing_client(cfg)} withdraws "
         f"({len(splits.forget)} samples, {cfg.backdoor.fraction:.0%} backdoored, target {cfg.backdoor.target})",
         f"the server stored client updates of rounds {extra['stored_rounds']}: {history.nbytes() / 1e6:.1f} MB "
         f"(one model: {trained['model_bytes'] / 1e6:.2f} MB)",
@@ -137,6 +137,6 @@ def plot_curves(cfg, out: Path, trained, results, splits, model_of, device) -> P
         add(f"{name} ({res['row']['rounds']} rounds)", [withdraw_at, *xs], [base[-1], *pts])
     out.mkdir(parents=True, exist_ok=True)
     return curves(series, "federated round", out / "curves.png", marker_x=withdraw_at,
-                  title=f"client {cfg.withdrawal.client} withdraws after round {withdraw_at}")
+                  title=f"client {departing_client(cfg)} withdraws after round {withdraw_at}")
 
 

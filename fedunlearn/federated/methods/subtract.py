@@ -4,7 +4,8 @@ No data and no messages. For each stored round r (standing for `span` rounds) th
 contributed (n_k / n_r) * u_k^r to the global model; subtracting it leaves the other clients'
 contributions with weights n_i / n_r instead of n_i / (n_r - n_k), so with `rescale` the
 remaining trajectory w - w_0 is scaled by n / (n - n_k), as retraining without k would weight
-it. Exact when every round is stored and the model is linear in its updates; an estimate
+it (under partial participation n_k / n is the client's mean share over all rounds, 0 in the
+rounds it was not sampled in). Exact when every round is stored and the model is linear in its updates; an estimate
 otherwise (the other clients trained from models that k had influenced).
 
 BatchNorm running statistics are averaged like weights, so they get subtracted and rescaled
@@ -34,11 +35,13 @@ def unlearn(ctx: FedContext, cfg: Config) -> FedResult:
                               f"for client {ctx.departing}; set federation.store_every >= 1")
     removed: fedavg.State = {}
     share = 0.0
+    # the client's mean share of the whole trajectory: rounds it was not sampled in count as 0
+    total_span = sum(r.span for r in ctx.history.rounds)
     for rnd in stored:
         update, n_k = rnd.updates[ctx.departing]
         weight = rnd.span * n_k / rnd.total_samples()
         removed = fedavg.add(removed, update, weight) if removed else {k: v * weight for k, v in update.items()}
-        share += n_k / rnd.total_samples() / len(stored)
+        share += weight / total_span
     state = fedavg.add(ctx.global_state, removed, -1.0)
     if cfg.rescale:
         trajectory = fedavg.delta(state, ctx.initial_state)
