@@ -123,3 +123,44 @@ def test_methods_handle_rounds_the_departing_client_missed():
     assert retrain.rounds == 5
     pga = load_method("pga")
     assert pga.reference_model(ctx) is not None
+
+
+def linear_history(partial: bool = False):
+    """Three rounds, three clients whose updates simply add up; with `partial`, the departing
+    client 0 sits out round 2."""
+    from fedunlearn.federated.history import History, StoredRound
+
+    vec = lambda *v: {"w": torch.tensor(v, dtype=torch.float32)}  # noqa: E731
+    w0 = vec(0.0, 0.0)
+    ups = {0: (vec(1.0, 0.0), 2), 1: (vec(0.0, 1.0), 1), 2: (vec(0.0, 3.0), 3)}
+    history, state, retrained = History(store_every=1), w0, w0
+    for rnd in (1, 2, 3):
+        present = {c: u for c, u in ups.items() if not (partial and rnd == 2 and c == 0)}
+        history.rounds.append(StoredRound(rnd, state, dict(present)))
+        state = fedavg.apply_updates(state, list(present.values()))
+        retrained = fedavg.apply_updates(retrained, [present[1], present[2]])
+    ctx = FedContext(global_state=state, initial_state=w0, history=history, departing=0, remaining=[1, 2],
+                     num_clients=3, num_classes=2, input_shape=(2,), make_model=None, fed_cfg=None,
+                     device=torch.device("cpu"), transport=None, train_rounds=3)
+    return ctx, retrained
+
+
+@pytest.mark.parametrize("partial", [False, True])
+def test_server_only_baselines_are_exact_for_a_linear_model(partial):
+    ctx, retrained = linear_history(partial)
+    replay = load_method("replay").unlearn(ctx, load_method("replay").Config())
+    assert torch.allclose(replay.state["w"], retrained["w"]) and len(replay.curve) == 3
+    fedrecovery = load_method("fedrecovery")
+    exact = fedrecovery.unlearn(ctx, fedrecovery.Config(sensitivity_frac=0.0))
+    assert torch.allclose(exact.state["w"], retrained["w"], atol=1e-6) and exact.stats["noise_sigma"] == 0.0
+    noisy = fedrecovery.unlearn(ctx, fedrecovery.Config(epsilon=1.0))
+    assert noisy.stats["noise_sigma"] > 0 and not torch.allclose(noisy.state["w"], retrained["w"])
+    assert ctx.traffic.messages_to_remaining == 0 and ctx.traffic.messages_to_departing == 0
+
+
+def test_server_only_baselines_on_a_partial_federation():
+    ctx = partial_context(tiny(federation={"rounds": 3}))
+    for name in ("replay", "fedrecovery"):
+        result = load_method(name).unlearn(ctx, load_method(name).Config())
+        assert all(torch.isfinite(v).all() for v in result.state.values())
+    assert ctx.traffic.messages_to_remaining == 0
