@@ -10,5 +10,6 @@ EXPERIMENTS = Registry("experiment kind", {
     "centralized": "fedunlearn.experiments.centralized",
     "cluster": "fedunlearn.experiments.cluster",
     "federated": "fedunlearn.federated.experiment",
+    "federated_matrix": "fedunlearn.experiments.federated_matrix",
     "survey": "fedunlearn.experiments.survey",
 })

@@ -30,7 +30,8 @@ from fedunlearn.training import get_device, seed_everything
 log = logging.getLogger("fedunlearn")
 
 
-def serve(cfg, transport, out_dir: str | Path, progress: bool = True) -> dict:
+def serve(cfg, transport, out_dir: str | Path, progress: bool = True, server=None) -> dict:
+    """`server`: where the server-side work runs (default: a ServerWorker, the server's Ray actor)."""
     out = Path(out_dir)
     ckpt = out / "checkpoints"
     seed, fed = cfg.experiment.seed, cfg.federation
@@ -45,7 +46,8 @@ def serve(cfg, transport, out_dir: str | Path, progress: bool = True) -> dict:
         return build_model(cfg.model, input_shape, num_classes)
 
     departing = departing_client(cfg)
-    base_key = config_hash([cfg.data, cfg.model, fed, cfg.backdoor, departing, cfg.train_rounds, seed])
+    base_key = config_hash([cfg.data, cfg.model, fed, cfg.backdoor, departing, cfg.train_rounds, seed,
+                            checkpoint.code_key()])
     trained = _cached(ckpt / f"federation-{base_key}", lambda: train_federation(cfg, transport, make_model))
     log.info("trained %d rounds in %.1f s; stored history: %d rounds, %.1f MB", cfg.train_rounds,
              trained["wall_s"], len(trained["history"].rounds), trained["history"].nbytes() / 1e6)
@@ -56,7 +58,7 @@ def serve(cfg, transport, out_dir: str | Path, progress: bool = True) -> dict:
              len(remaining))
 
     results = {}
-    with ServerWorker(fed.server_gpus) as server:
+    with (server or ServerWorker(fed.server_gpus)) as server:
         # A method that works on the server's Ray worker has a warm_up: the worker's start and
         # first steps are the cost of a server process, not of the method, and are not timed.
         for warm_up in {getattr(load_method(name), "warm_up", None) for name in cfg.method_names()} - {None}:

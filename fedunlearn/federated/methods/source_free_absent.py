@@ -24,6 +24,7 @@ from fedunlearn.training import get_device
 from fedunlearn.unlearn.source_free.consolidate import ConsolidateConfig
 from fedunlearn.unlearn.source_free.generator import GeneratorConfig
 from fedunlearn.unlearn.source_free.pipeline import RepairConfig, repair
+from fedunlearn.unlearn.source_free.support import class_support, local_models
 
 COOPERATIVE = False
 
@@ -36,8 +37,16 @@ class Config(RepairConfig):
 def unlearn(ctx: FedContext, cfg: Config) -> FedResult:
     reference = reference_state(ctx)
     state, _, stats = ctx.run_task(server_repair, ctx.make_model, ctx.global_state, reference, ctx.num_classes,
-                                   ctx.input_shape, cfg, ctx.seed)
+                                   ctx.input_shape, cfg, ctx.seed, remaining_locals(ctx, cfg))
     return FedResult(state, 0, [], stats)
+
+
+def remaining_locals(ctx: FedContext, cfg: RepairConfig):
+    """The remaining clients' local models from their last stored rounds (support.py), when the
+    repair's teacher is "remaining"."""
+    if cfg.teacher != "remaining":
+        return None
+    return local_models(ctx.history, ctx.remaining, ctx.sample_counts)
 
 
 def warm_up(server, make_model, global_state: State, num_classes: int, input_shape, seed: int) -> None:
@@ -59,12 +68,16 @@ def to_state(model: torch.nn.Module) -> State:
 
 
 def server_repair(make_model, global_state: State, reference_state: State, num_classes: int, input_shape,
-                  cfg: RepairConfig, seed: int):
+                  cfg: RepairConfig, seed: int, locals_=None):
     """The server task: models from states, `repair`; returns (state, generator on the CPU, stats)."""
     device = get_device("auto")  # on the server's Ray worker: the GPU Ray assigned, if any
     original, reference = make_model(), make_model()
     original.load_state_dict(global_state)
     reference.load_state_dict(reference_state)
-    student, generator, stats = repair(original, reference, num_classes, input_shape, cfg, device, seed=seed)
+    support_fn = None
+    if locals_:
+        support_fn = lambda x, labels: class_support(make_model, locals_, x, labels, num_classes, device)  # noqa: E731
+    student, generator, stats = repair(original, reference, num_classes, input_shape, cfg, device, seed=seed,
+                                       support_fn=support_fn)
     stats["threads"] = torch.get_num_threads()
     return to_state(student), generator.cpu(), stats
