@@ -94,6 +94,8 @@ def merge(base: dict, over: dict) -> dict:
 class InlineServer:
     """The server's work run in the calling process: a matrix cell already holds its own CPU."""
 
+    reserved_cpus = 1.0
+
     def start(self) -> "InlineServer":
         return self
 

@@ -31,6 +31,12 @@ class ExperimentSection:
     seed: int = 0
     device: str = "auto"  # auto = CUDA when present, else CPU
     methods: tuple[str, ...] = ("retrain", "continue", "federaser", "pga", "subtract")
+    timing_repeats: int = 3         # a method faster than repeat_below_s runs this many times: median wall time
+    repeat_below_s: float = 30.0
+
+    def __post_init__(self):
+        check_range("experiment.timing_repeats", self.timing_repeats, 1)
+        check_range("experiment.repeat_below_s", self.repeat_below_s, 0.0)
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,7 @@ class FederationConfig:
     client_cpus: float = 1.0       # Ray resources per simulated client
     client_gpus: float = -1.0      # -1 = auto: a GPU fraction when CUDA is present, else 0
     server_gpus: float = 0.1       # GPU fraction of the server's Ray worker (ctx.run_task), when GPUs exist
+    server_cpus: float = 1.0       # CPUs the server's Ray worker reserves; its torch uses as many threads
     fail_client: int = -1          # fault injection: this client raises during training round fail_round
     fail_round: int = 0
 
@@ -56,6 +63,7 @@ class FederationConfig:
         check_range("federation.store_every", self.store_every, 1)
         check_range("federation.client_cpus", self.client_cpus, 0.01)
         check_range("federation.server_gpus", self.server_gpus, 0.0, 1.0)
+        check_range("federation.server_cpus", self.server_cpus, 0.0)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ the cluster has one).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import torch
 
@@ -21,8 +21,6 @@ from fedunlearn.federated.context import FedContext, FedResult
 from fedunlearn.federated.history import State
 from fedunlearn.federated.methods import subtract
 from fedunlearn.training import get_device
-from fedunlearn.unlearn.source_free.consolidate import ConsolidateConfig
-from fedunlearn.unlearn.source_free.generator import GeneratorConfig
 from fedunlearn.unlearn.source_free.pipeline import RepairConfig, repair
 from fedunlearn.unlearn.source_free.support import class_support, local_models
 
@@ -49,13 +47,16 @@ def remaining_locals(ctx: FedContext, cfg: RepairConfig):
     return local_models(ctx.history, ctx.remaining, ctx.sample_counts)
 
 
-def warm_up(server, make_model, global_state: State, num_classes: int, input_shape, seed: int) -> None:
-    """Before any timing (driver.py): a two-step repair on the server's worker. The first
-    generator and distillation steps in a fresh process pay torch's one-time set-up (about
-    1.3 s of 3 s measured on 2 cores), which a long-running server has long since paid."""
-    tiny = RepairConfig(generator=GeneratorConfig(steps=2), consolidate=ConsolidateConfig(steps=2),
-                        skip_agreement=2.0, check_samples=8)
-    server.run(server_repair, make_model, global_state, global_state, num_classes, input_shape, tiny, seed)
+def warm_up(server, make_model, global_state: State, num_classes: int, input_shape, seed: int,
+            cfg: RepairConfig | None = None) -> None:
+    """Before any timing (driver.py): a two-step repair on the server's worker with the method's
+    own generator and distillation settings (width, batch) but two steps each. The first steps in
+    a fresh process pay torch's one-time set-up, which a long-running server has long since paid."""
+    cfg = cfg or RepairConfig()
+    tiny = replace(cfg, generator=replace(cfg.generator, steps=2), consolidate=replace(cfg.consolidate, steps=2),
+                   skip_agreement=2.0, check_samples=min(cfg.check_samples, 64), teacher="original")
+    server.run(server_repair, make_model, global_state, global_state, num_classes, input_shape,
+               RepairConfig(**{f.name: getattr(tiny, f.name) for f in fields(RepairConfig)}), seed)
 
 
 def reference_state(ctx: FedContext) -> State:
