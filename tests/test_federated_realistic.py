@@ -164,3 +164,16 @@ def test_server_only_baselines_on_a_partial_federation():
         result = load_method(name).unlearn(ctx, load_method(name).Config())
         assert all(torch.isfinite(v).all() for v in result.state.values())
     assert ctx.traffic.messages_to_remaining == 0
+
+
+def test_the_report_says_what_was_forgotten():
+    from fedunlearn.federated.report import forgotten
+
+    rows = [{"method": "original", "test_acc": 0.9, "forget_acc": 0.95, "backdoor_asr": 0.9},
+            {"method": "retrain", "test_acc": 0.88, "forget_acc": 0.5, "backdoor_asr": 0.01},
+            {"method": "subtract", "test_acc": 0.6, "forget_acc": 0.3, "backdoor_asr": 0.0},
+            {"method": "continue", "test_acc": 0.89, "forget_acc": 0.9, "backdoor_asr": 0.7},
+            {"method": "good", "test_acc": 0.875, "forget_acc": 0.52, "backdoor_asr": 0.02}]
+    text = forgotten(rows, 3, 120, backdoor=True)
+    assert "client 3 (120 samples)" in text and "90.0% -> 1.0%" in text
+    assert "retrain: good." in text and "retrain + 3%): continue." in text and "lost test accuracy: subtract." in text

@@ -106,6 +106,7 @@ def write_federated_report(cfg, out: Path, trained: dict, results: dict, make_mo
         "unlearning (model arrays); speedup = retrain wall time / method wall time in this run",
         "simulated clients share the machine's cores, so wall time flatters no one only next to rounds and messages",
     ]
+    notes.append(forgotten(rows, departing_client(cfg), len(splits.forget), cfg.backdoor.fraction > 0))
     if trained["failures"]:
         notes.append(f"client failures during training (round, client), left out of those rounds: {trained['failures']}")
     write_report(out, f"{cfg.experiment.name}: federated client withdrawal", to_dict(cfg), rows, extra=extra,
@@ -140,3 +141,32 @@ def plot_curves(cfg, out: Path, trained, results, splits, model_of, device) -> P
                   title=f"client {departing_client(cfg)} withdraws after round {withdraw_at}")
 
 
+
+
+def forgotten(rows: list[dict], client: int, samples: int, backdoor: bool, tolerance: float = 0.02,
+              margin: float = 0.03) -> str:
+    """One paragraph: what the departing client taught (original against retrain) and which
+    methods removed it (within `margin` of retrain's forget accuracy and backdoor success, and
+    within `tolerance` of its test accuracy)."""
+    by = {r["method"]: r for r in rows}
+    orig, ref = by["original"], by["retrain"]
+    taught = (f"forget accuracy {orig['forget_acc']:.3f} -> {ref['forget_acc']:.3f} on its data"
+              + (f", backdoor success {orig['backdoor_asr']:.1%} -> {ref['backdoor_asr']:.1%}" if backdoor else "")
+              + f", test accuracy {orig['test_acc']:.3f} -> {ref['test_acc']:.3f}")
+    good, kept, lost = [], [], []
+    for name, r in by.items():
+        if name in ("original", "retrain"):
+            continue
+        still = (r["forget_acc"] > ref["forget_acc"] + margin
+                 or (backdoor and r.get("backdoor_asr", 0.0) > ref.get("backdoor_asr", 0.0) + margin))
+        if still:
+            kept.append(name)
+        elif abs(r["test_acc"] - ref["test_acc"]) > tolerance:
+            lost.append(name)
+        else:
+            good.append(name)
+    say = lambda names: ", ".join(names) if names else "none"  # noqa: E731
+    return (f"What was forgotten: client {client} ({samples} samples) taught the federation what retraining "
+            f"without it shows ({taught}). Removed it and kept test accuracy within {tolerance:.0%} of "
+            f"retrain: {say(good)}. Still hold more of it than retrain (forget accuracy or backdoor success "
+            f"above retrain + {margin:.0%}): {say(kept)}. Removed it but lost test accuracy: {say(lost)}.")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 
+import numpy as np
 import torch
 
 from fedunlearn.federated.context import FedContext, FedResult
@@ -44,7 +45,10 @@ def remaining_locals(ctx: FedContext, cfg: RepairConfig):
     repair's teacher is "remaining"."""
     if cfg.teacher != "remaining":
         return None
-    return local_models(ctx.history, ctx.remaining, ctx.sample_counts)
+    clients = sorted(ctx.remaining)
+    if len(clients) > cfg.support_clients:  # a seeded sample: an unbiased estimate of the weighted mean
+        clients = sorted(np.random.default_rng(ctx.seed + 811).choice(clients, cfg.support_clients, replace=False))
+    return local_models(ctx.history, [int(c) for c in clients], ctx.sample_counts)
 
 
 def warm_up(server, make_model, global_state: State, num_classes: int, input_shape, seed: int,

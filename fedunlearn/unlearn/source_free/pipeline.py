@@ -53,10 +53,12 @@ class RepairConfig:
     check_samples: int = 1000    # synthetic samples for that check (about 100 per class)
     teacher: Literal["remaining", "original"] = "remaining"  # remaining: per-class blend by the remaining
                                  # clients' support (support.py); original: the global model as it is
+    support_clients: int = 20    # the support is estimated from at most this many remaining clients (seeded sample)
 
     def __post_init__(self):
         check_range("skip_agreement", self.skip_agreement, 0.0)
         check_range("check_samples", self.check_samples, 1)
+        check_range("support_clients", self.support_clients, 1)
 
 
 def repair(original: nn.Module, reference: nn.Module, num_classes: int, input_shape, cfg: RepairConfig, device,
