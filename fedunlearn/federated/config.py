@@ -32,7 +32,7 @@ class ExperimentSection:
     device: str = "auto"  # auto = CUDA when present, else CPU
     methods: tuple[str, ...] = ("retrain", "continue", "federaser", "pga", "subtract")
     timing_repeats: int = 3         # a method faster than repeat_below_s runs this many times: median wall time
-    repeat_below_s: float = 30.0
+    repeat_below_s: float = 10.0
 
     def __post_init__(self):
         check_range("experiment.timing_repeats", self.timing_repeats, 1)

@@ -1,14 +1,17 @@
 """source_free_absent: source-free unlearning of a client that is gone (seed 000, design.md).
 
-The server uses only what it holds: the global model, the round-0 weights and the departing
-client's stored updates. It subtracts those updates (the `subtract` method: the reference),
-then repairs the reference without any data (fedunlearn.unlearn.source_free.pipeline): a
-generator trained against the frozen global model synthesizes stand-in samples; if the
-reference disagrees with the global model on most of the samples of some class (subtraction
-lost that class, as under label skew), a student starting at the reference is distilled from
-the global model on them. The remaining clients get no message and the departing client is not asked
-anything. Generator and distillation run on the server's Ray worker (a GPU fraction when
-the cluster has one).
+The server uses only what it holds: the global model, the round-0 weights, the stored client
+updates and sample counts. It subtracts the departing client's updates (the `subtract` method:
+the reference), then repairs the reference without any data (fedunlearn.unlearn.source_free):
+a generator trained against the frozen global model and the reference synthesizes stand-in
+samples both recognise; the teacher is the global model blended per class with the reference
+by how well the remaining clients' own local models (global model plus their stored update,
+from the last round they took part in) recognise that class, so that what only the departing
+client taught is not given back. If the reference already agrees with that teacher on most
+synthetic samples of every class it is kept; otherwise a student starting at the reference is
+distilled from the teacher. The remaining clients get no message and the departing client is
+not asked anything. Generator and distillation run on the server's Ray worker (a GPU fraction
+when the cluster has one).
 """
 
 from __future__ import annotations
