@@ -78,3 +78,22 @@ def load_or_none(path: str | Path) -> tuple[Any, dict] | None:
 
         logging.getLogger("fedunlearn").warning("%s -- rebuilding it", err)
         return None
+
+
+_SOURCE_KEY: str | None = None
+
+
+def code_key() -> str:
+    """The package version and a hash of every fedunlearn source file: part of a checkpoint's key,
+    so that results made by other code are rebuilt instead of silently reused."""
+    global _SOURCE_KEY
+    if _SOURCE_KEY is None:
+        import fedunlearn
+
+        root = Path(fedunlearn.__file__).resolve().parent
+        digest = hashlib.sha256()
+        for file in sorted(root.rglob("*.py")):
+            digest.update(str(file.relative_to(root)).encode())
+            digest.update(file.read_bytes())
+        _SOURCE_KEY = f"{getattr(fedunlearn, '__version__', '0')}-{digest.hexdigest()[:16]}"
+    return _SOURCE_KEY

@@ -30,7 +30,7 @@ Optional hooks (functions) and flags (module attributes), read only through the 
         Extra timing experiments that need the cluster to themselves (parallel against one
         worker); `result` is the timed request's {"wall_s", **stats}. Runs alone after every
         method when the experiment asks for benchmarks (experiment.benchmark).
-    warm_up(server, make_model, global_state, num_classes, input_shape, seed) -> None
+    warm_up(server, make_model, global_state, num_classes, input_shape, seed, cfg) -> None
         Federated only: start and exercise the server's Ray worker (ServerWorker) before any
         method is timed, so process start-up is not billed to the method.
     CLASS_FORGETTING_ONLY: bool = False

@@ -148,9 +148,10 @@ def test_server_worker_is_one_ray_process_reused_across_calls():
 
         return torch.get_num_threads(), os.getpid()
 
-    with ServerWorker() as worker:
+    with ServerWorker(cpus=1.0) as worker:
         threads, pid = worker.run(threads_and_pid)
-        assert pid != os.getpid() and threads == os.cpu_count()  # the node's cores, free while the server works
+        assert pid != os.getpid() and threads == 1  # as many threads as the CPUs it reserved
+        assert worker.reserved_cpus == 1.0
         assert worker.run(threads_and_pid)[1] == pid  # the same warm process, not a new one per call
 
 

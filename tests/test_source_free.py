@@ -196,3 +196,30 @@ def test_worst_class_agreement_sees_one_lost_class():
     assert worst_class_agreement(ours, theirs, 10) == 0.0
     assert worst_class_agreement(theirs, theirs, 10) == 1.0
     assert worst_class_agreement(theirs[theirs < 5], theirs[theirs < 5], 10) == 1.0  # unseen classes left out
+
+
+def test_support_sees_a_class_only_the_departing_client_taught():
+    """Two local models: one recognises every class, the other never predicts class 2. Support
+    of class 2 is the first's share of the samples; the blended teacher follows the reference there."""
+    from fedunlearn.federated.history import History, StoredRound
+    from fedunlearn.unlearn.source_free.support import blended_teacher, class_support, local_models
+
+    torch.manual_seed(0)
+    make = lambda: torch.nn.Linear(3, 3)  # noqa: E731
+    x = torch.eye(3).repeat(10, 1)
+    labels = torch.arange(3).repeat(10)
+    knows_all = {"weight": 5 * torch.eye(3), "bias": torch.zeros(3)}
+    no_two = {"weight": 5 * torch.eye(3), "bias": torch.tensor([0.0, 0.0, -100.0])}
+    zero = {k: torch.zeros_like(v) for k, v in knows_all.items()}
+    history = History(rounds=[StoredRound(1, zero, {0: (knows_all, 30), 1: (no_two, 10)})])
+    locals_ = local_models(history, [0, 1])
+    assert [n for _, n in locals_] == [30, 10] and torch.allclose(locals_[1][0]["bias"], no_two["bias"])
+    support = class_support(make, locals_, x, labels, 3, torch.device("cpu"))
+    assert torch.allclose(support, torch.tensor([1.0, 1.0, 0.75]))
+    only_remaining = class_support(make, locals_[1:], x, labels, 3, torch.device("cpu"))
+    assert torch.allclose(only_remaining, torch.tensor([1.0, 1.0, 0.0]))
+    original, reference = make(), make()
+    original.load_state_dict(knows_all)
+    reference.load_state_dict(no_two)
+    probs = blended_teacher(original, reference, only_remaining)(torch.eye(3))
+    assert probs[2].argmax() != 2 and probs[0].argmax() == 0

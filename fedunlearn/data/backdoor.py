@@ -1,36 +1,73 @@
 """Backdoor triggers that mark a client's data, so forgetting it can be verified.
 
-A trigger is a small bright square in the bottom-right corner; a poisoned sample carries the
-trigger and the target label. Attack success rate (ASR) is measured on triggered test inputs
-whose true label is not the target: the share classified as the target.
+A poisoned sample carries the trigger and the target label. Triggers:
+  square        a bright square patch of side `size`;
+  checkerboard  the same patch filled with alternating bright and dark pixels;
+  blended       a fixed full-image pattern mixed into the image with weight `blend`
+                (Chen et al. 2017, "Targeted backdoor attacks ... using data poisoning").
+A patch sits at `position`: one of the four corners or the centre. Attack success rate (ASR)
+is measured on triggered test inputs whose true label is not the target: the share
+classified as the target.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
 
 from fedunlearn.config import check_range
 
+POSITIONS = ("bottom-right", "bottom-left", "top-right", "top-left", "centre")
+
 
 @dataclass(frozen=True)
 class BackdoorConfig:
     fraction: float = 0.0   # share of the departing client's samples that carry the trigger
     target: int = 0         # label the trigger maps to
-    size: int = 3           # side of the square patch, in pixels
+    size: int = 3           # side of the patch, in pixels (square, checkerboard)
     value: float = 1.0      # patch intensity (inputs are scaled to [0, 1])
+    position: Literal["bottom-right", "bottom-left", "top-right", "top-left", "centre"] = "bottom-right"
+    pattern: Literal["square", "checkerboard", "blended"] = "square"
+    blend: float = 0.2      # weight of the full-image pattern (pattern = "blended")
+    local_epochs: int = 0   # the attacker's local epochs per training round (0 = the federation's recipe)
 
     def __post_init__(self):
         check_range("backdoor.fraction", self.fraction, 0.0, 1.0)
         check_range("backdoor.size", self.size, 1)
+        check_range("backdoor.blend", self.blend, 0.0, 1.0)
+        check_range("backdoor.local_epochs", self.local_epochs, 0)
+
+
+def _window(height: int, width: int, s: int, position: str) -> tuple[slice, slice]:
+    if position == "centre":
+        top, left = (height - s) // 2, (width - s) // 2
+    else:
+        top = 0 if position.startswith("top") else height - s
+        left = 0 if position.endswith("left") else width - s
+    return slice(top, top + s), slice(left, left + s)
+
+
+def blend_pattern(shape: tuple[int, ...]) -> torch.Tensor:
+    """The blended trigger: a fixed pseudo-random image in [0, 1] (the same for every run and client)."""
+    gen = torch.Generator().manual_seed(20170101)
+    return torch.rand(shape, generator=gen)
 
 
 def add_trigger(x: torch.Tensor, cfg: BackdoorConfig) -> torch.Tensor:
     out = x.clone()
-    s = min(cfg.size, x.shape[-1], x.shape[-2])
-    out[..., -s:, -s:] = cfg.value
+    height, width = x.shape[-2], x.shape[-1]
+    if cfg.pattern == "blended":
+        return (1.0 - cfg.blend) * out + cfg.blend * blend_pattern(tuple(x.shape[-3:]) if x.dim() >= 3 else (height, width))
+    s = min(cfg.size, height, width)
+    rows, cols = _window(height, width, s, cfg.position)
+    if cfg.pattern == "checkerboard":
+        board = (torch.arange(s)[:, None] + torch.arange(s)[None, :]) % 2 == 0
+        out[..., rows, cols] = torch.where(board, torch.tensor(cfg.value, dtype=x.dtype), torch.tensor(0.0, dtype=x.dtype))
+    else:
+        out[..., rows, cols] = cfg.value
     return out
 
 

@@ -12,6 +12,7 @@ EXPERIMENTS = Registry("experiment kind", {
     "centralized": "fedunlearn.experiments.centralized",
     "cluster": "fedunlearn.experiments.cluster",
     "federated": "fedunlearn.experiments.federated",
+    "federated_matrix": "fedunlearn.experiments.federated_matrix",
     "survey": "fedunlearn.experiments.survey",
     "graph": "fedunlearn.experiments.graph",
     "features_labels": "fedunlearn.experiments.features_labels",

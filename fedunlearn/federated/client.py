@@ -56,11 +56,21 @@ def federation_data(cfg) -> tuple[DataBundle, list[np.ndarray]]:
     return _CACHE[key]
 
 
+def departing_client(cfg) -> int:
+    """withdrawal.client as an id: the given id, or the rule ("largest" / "median") applied to the
+    partition's sample counts, which every process derives alike from the seed."""
+    from fedunlearn.federated.withdrawal import pick_client
+
+    if not isinstance(cfg.withdrawal.client, str):
+        return int(cfg.withdrawal.client)
+    return pick_client(cfg.withdrawal.client, [len(p) for p in federation_data(cfg)[1]])
+
+
 def local_data(cfg, client_id: int) -> LocalData:
     data, parts = federation_data(cfg)
     own = data.train.subset(parts[client_id])
     poisoned = np.zeros(0, dtype=np.int64)
-    if client_id == cfg.withdrawal.client and cfg.backdoor.fraction > 0:
+    if client_id == departing_client(cfg) and cfg.backdoor.fraction > 0:
         x, y, poisoned = poison(own.x, own.y, cfg.backdoor, seed=cfg.experiment.seed + 7919)
         own = ArrayDataset(x, y)
     return LocalData(client_id, own, poisoned, data.num_classes, data.input_shape, cfg.federation.local,
@@ -90,6 +100,9 @@ def local_train(cfg, local: LocalData, state: State, config: dict) -> tuple[Stat
     if config.get("phase") == "train" and local.client_id == fed.hang_client and rnd == fed.hang_round:
         time.sleep(fed.hang_s)  # a node that stops answering (federation.hang_client): the round must not wait
     recipe = dataclasses.replace(local.recipe, **{k: config[k] for k in ("epochs", "lr") if k in config})
+    if config.get("phase") == "train" and len(local.poisoned_idx) and cfg.backdoor.local_epochs:
+        # the attacker trains longer on its poisoned data, as a real one does until the trigger works
+        recipe = dataclasses.replace(recipe, epochs=cfg.backdoor.local_epochs)
     phase = zlib.crc32(str(config.get("phase", "")).encode()) % 997
     seed = local.seed * 1_000_003 + rnd * 1009 + phase * 101 + local.client_id
     data = local.train

@@ -18,7 +18,7 @@ from fedunlearn.config import check_range
 from fedunlearn.data import BackdoorConfig, DataConfig
 from fedunlearn.experiments.pipeline import MethodsSection
 from fedunlearn.federated.methods import FED_METHODS
-from fedunlearn.federated.withdrawal import check_withdrawal
+from fedunlearn.federated.withdrawal import CLIENT_RULES, check_withdrawal
 from fedunlearn.metrics import EvalConfig
 from fedunlearn.models import ModelConfig
 from fedunlearn.training import TrainConfig
@@ -32,6 +32,12 @@ class ExperimentSection:
     seed: int = 0
     device: str = "auto"  # auto = CUDA when present, else CPU
     methods: tuple[str, ...] = ("retrain", "continue", "federaser", "pga", "subtract")
+    timing_repeats: int = 3         # a method faster than repeat_below_s runs this many times: median wall time
+    repeat_below_s: float = 10.0
+
+    def __post_init__(self):
+        check_range("experiment.timing_repeats", self.timing_repeats, 1)
+        check_range("experiment.repeat_below_s", self.repeat_below_s, 0.0)
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,7 @@ class FederationConfig:
     partition: Literal["iid", "dirichlet"] = "iid"
     alpha: float = 0.3             # Dirichlet concentration (partition = "dirichlet"); smaller = more skew
     rounds: int = 6                # FedAvg rounds of training
+    clients_per_round: int = 0     # clients sampled (seeded) each round; 0 = every client
     store_every: int = 1           # the server stores client updates every this many rounds (FedEraser)
     local: TrainConfig = LOCAL_RECIPE  # each client's local training per round
     client_cpus: float = 1.0       # Ray resources per simulated client
@@ -48,6 +55,7 @@ class FederationConfig:
     history: Literal["memory", "disk"] = "memory"  # where stored updates live: RAM, or OUT/history (store.py)
     history_dtype: Literal["float32", "float16"] = "float32"  # disk store: float16 halves the client files
     round_timeout_s: float = 0.0   # a round ends after this many seconds without the missing clients (0 = wait)
+    server_cpus: float = 1.0       # CPUs the server's Ray worker reserves; its torch uses as many threads
     fail_client: int = -1          # fault injection: this client raises during training round fail_round
     fail_round: int = 0
     hang_client: int = -1          # fault injection: this client sleeps hang_s in training round hang_round
@@ -58,22 +66,26 @@ class FederationConfig:
         check_range("federation.num_clients", self.num_clients, 2)
         check_range("federation.alpha", self.alpha, 1e-6)
         check_range("federation.rounds", self.rounds, 1)
+        check_range("federation.clients_per_round", self.clients_per_round, 0, self.num_clients)
         check_range("federation.store_every", self.store_every, 1)
         check_range("federation.client_cpus", self.client_cpus, 0.01)
         check_range("federation.server_gpus", self.server_gpus, 0.0, 1.0)
         check_range("federation.round_timeout_s", self.round_timeout_s, 0.0)
         check_range("federation.hang_s", self.hang_s, 0.0)
+        check_range("federation.server_cpus", self.server_cpus, 0.0)
 
 
 @dataclass(frozen=True)
 class WithdrawalConfig:
-    client: int = 0                # partition id of the departing client
+    client: int | str = 0          # partition id of the departing client, or "largest" / "median" (by sample count)
     after_round: int = 0           # the request arrives after this round (0 = after the last); training stops there
     departing_online: bool = True  # false: the client is gone, cooperative methods cannot ask it anything
     purge: bool = True             # delete the client's stored updates once every method has run
 
     def __post_init__(self):
         check_range("withdrawal.after_round", self.after_round, 0)
+        if isinstance(self.client, str) and self.client not in CLIENT_RULES:
+            raise ValueError(f"'withdrawal.client' = {self.client!r}: give a client id or one of {', '.join(CLIENT_RULES)}")
 
 
 @dataclass(frozen=True)
@@ -91,7 +103,8 @@ class Config(MethodsSection):
     registry = FED_METHODS
 
     def __post_init__(self):
-        check_withdrawal(self.withdrawal.client, self.federation.num_clients)
+        if not isinstance(self.withdrawal.client, str):
+            check_withdrawal(self.withdrawal.client, self.federation.num_clients)
         if self.withdrawal.after_round > self.federation.rounds:
             raise ValueError(f"'withdrawal.after_round' = {self.withdrawal.after_round} is after the last round "
                              f"(federation.rounds = {self.federation.rounds})")

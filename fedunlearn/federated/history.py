@@ -50,7 +50,7 @@ class History:
                                            dict(updates), span))
 
     def client_sum(self, client_id: int) -> tuple[State, float, int]:
-        """(sum over stored rounds of span * n_k / n_r * u_k, mean share n_k / n_r, stored rounds used)."""
+        """(sum over stored rounds of span * n_k / n_r * u_k, mean share n_k / n_r over every round, stored rounds used)."""
         if client_id in self.purged:
             from fedunlearn.errors import FedUnlearnError
 
@@ -59,12 +59,14 @@ class History:
         stored = self.client_rounds(client_id)
         removed: State = {}
         share = 0.0
+        # the client's mean share of the whole trajectory: rounds it was not sampled in count as 0
+        total_span = sum(r.span for r in self.rounds)
         for rnd in stored:
             update, n_k = rnd.updates[client_id]
             weight = rnd.span * n_k / rnd.total_samples()
             for k, v in update.items():
                 removed[k] = removed[k] + weight * v if k in removed else weight * v
-            share += n_k / rnd.total_samples() / len(stored)
+            share += weight / total_span
         return removed, share, len(stored)
 
     def purge(self, client_id: int) -> dict:

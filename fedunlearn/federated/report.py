@@ -16,7 +16,7 @@ import torch
 
 from fedunlearn.config import to_dict
 from fedunlearn.data import ArrayDataset, triggered_test
-from fedunlearn.federated.client import federation_data, local_data
+from fedunlearn.federated.client import departing_client, federation_data, local_data
 from fedunlearn.experiments.pipeline import evaluate_against_reference
 from fedunlearn.metrics import Splits, write_report
 from fedunlearn.metrics.plots import curves
@@ -29,7 +29,7 @@ COLUMNS = ["method", "test_acc", "retain_acc", "forget_acc", "backdoor_asr", "mi
 def oracle_splits(cfg) -> Splits:
     data, parts = federation_data(cfg)
     seed = cfg.experiment.seed
-    departing = cfg.withdrawal.client
+    departing = departing_client(cfg)
     forget = local_data(cfg, departing).train
     others = np.sort(np.concatenate([p for c, p in enumerate(parts) if c != departing]))
     size = cfg.eval.eval_retain_size
@@ -92,12 +92,12 @@ def write_federated_report(cfg, out: Path, trained: dict, results: dict, make_mo
              "round_log": trained.get("round_log", []), "unlearn_round_log": trained.get("unlearn_log", []),
              "purge": trained.get("purge", {}),
              "client_samples": {str(c): len(p) for c, p in enumerate(federation_data(cfg)[1])},
-             "departing_client": cfg.withdrawal.client, "device": str(device),
+             "departing_client": departing_client(cfg), "device": str(device),
              "num_classes": _num_classes(model_of(trained["global_state"]), splits.test, device)}
     fed = cfg.federation
     notes = [
         f"{fed.num_clients} clients ({fed.partition}{', alpha ' + str(fed.alpha) if fed.partition == 'dirichlet' else ''}), "
-        f"{cfg.train_rounds} FedAvg rounds of {fed.local.epochs} local epoch(s); client {cfg.withdrawal.client} withdraws "
+        f"{cfg.train_rounds} FedAvg rounds of {fed.local.epochs} local epoch(s); client {departing_client(cfg)} withdraws "
         f"({len(splits.forget)} samples, {cfg.backdoor.fraction:.0%} backdoored, target {cfg.backdoor.target})",
         f"the server stored client updates of rounds {extra['stored_rounds']}: {history.nbytes() / 1e6:.1f} MB "
         f"(one model: {trained['model_bytes'] / 1e6:.2f} MB)",
@@ -107,6 +107,7 @@ def write_federated_report(cfg, out: Path, trained: dict, results: dict, make_mo
         "unlearning (model arrays); speedup = retrain wall time / method wall time in this run",
         "simulated clients share the machine's cores, so wall time flatters no one only next to rounds and messages",
     ]
+    notes.append(forgotten(rows, departing_client(cfg), len(splits.forget), cfg.backdoor.fraction > 0))
     if trained["failures"]:
         notes.append(f"client failures during training (round, client), left out of those rounds: {trained['failures']}")
     for row in trained.get("round_log", []) + trained.get("unlearn_log", []):
@@ -145,6 +146,35 @@ def plot_curves(cfg, out: Path, trained, results, splits, model_of, device) -> P
         add(f"{name} ({res['row']['rounds']} rounds)", [withdraw_at, *xs], [base[-1], *pts])
     out.mkdir(parents=True, exist_ok=True)
     return curves(series, "federated round", out / "curves.png", marker_x=withdraw_at,
-                  title=f"client {cfg.withdrawal.client} withdraws after round {withdraw_at}")
+                  title=f"client {departing_client(cfg)} withdraws after round {withdraw_at}")
 
 
+
+
+def forgotten(rows: list[dict], client: int, samples: int, backdoor: bool, tolerance: float = 0.02,
+              margin: float = 0.03) -> str:
+    """One paragraph: what the departing client taught (original against retrain) and which
+    methods removed it (within `margin` of retrain's forget accuracy and backdoor success, and
+    within `tolerance` of its test accuracy)."""
+    by = {r["method"]: r for r in rows}
+    orig, ref = by["original"], by["retrain"]
+    taught = (f"forget accuracy {orig['forget_acc']:.3f} -> {ref['forget_acc']:.3f} on its data"
+              + (f", backdoor success {orig['backdoor_asr']:.1%} -> {ref['backdoor_asr']:.1%}" if backdoor else "")
+              + f", test accuracy {orig['test_acc']:.3f} -> {ref['test_acc']:.3f}")
+    good, kept, lost = [], [], []
+    for name, r in by.items():
+        if name in ("original", "retrain"):
+            continue
+        still = (r["forget_acc"] > ref["forget_acc"] + margin
+                 or (backdoor and r.get("backdoor_asr", 0.0) > ref.get("backdoor_asr", 0.0) + margin))
+        if still:
+            kept.append(name)
+        elif abs(r["test_acc"] - ref["test_acc"]) > tolerance:
+            lost.append(name)
+        else:
+            good.append(name)
+    say = lambda names: ", ".join(names) if names else "none"  # noqa: E731
+    return (f"What was forgotten: client {client} ({samples} samples) taught the federation what retraining "
+            f"without it shows ({taught}). Removed it and kept test accuracy within {tolerance:.0%} of "
+            f"retrain: {say(good)}. Still hold more of it than retrain (forget accuracy or backdoor success "
+            f"above retrain + {margin:.0%}): {say(kept)}. Removed it but lost test accuracy: {say(lost)}.")

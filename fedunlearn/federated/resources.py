@@ -32,15 +32,19 @@ class ServerWorker:
     (a generator, a distillation), on a GPU fraction when the cluster has GPUs.
 
     It is started once per experiment, before any method is timed, and reused by every method:
-    a fresh Ray worker process costs seconds of Python and torch imports, which would otherwise
-    be billed to the first method that uses it.
-    It reserves no CPU: in a Flower simulation the client actors hold every CPU while they sit
-    idle during server-side unlearning, and an actor waiting for a CPU would never start. Its
-    torch uses the node's cores, which are free while the server works.
+    a fresh Ray worker process costs seconds of Python and torch imports (3-12 s measured on a
+    busy 2-core machine), which would otherwise be billed to the first method that uses it.
+    It reserves `cpus` CPUs and its torch runs that many threads (at least one), so that its
+    timings do not depend on whatever else runs on the node. When the node has no CPU free (a
+    Flower simulation's client actors can hold all of them while they sit idle during
+    server-side unlearning), it asks for none rather than wait forever, logs a warning, and
+    still runs that many threads; `reserved_cpus` says which happened.
     """
 
-    def __init__(self, gpu_fraction: float = 0.1):
+    def __init__(self, gpu_fraction: float = 0.1, cpus: float = 1.0):
         self.gpu_fraction = gpu_fraction
+        self.cpus = cpus
+        self.reserved_cpus = 0.0
         self._actor = None
         self._started_ray = False  # close() shuts down a Ray that start() had to start
 
@@ -53,12 +57,18 @@ class ServerWorker:
             return self
         self._started_ray = ensure_ray() or self._started_ray
         options: dict[str, float] = {"num_cpus": 0}
+        if self.cpus > 0:
+            if ray.available_resources().get("CPU", 0.0) >= self.cpus:
+                options["num_cpus"] = self.reserved_cpus = self.cpus
+            else:
+                log.warning("no %.1f free CPU(s) for the server worker; it reserves none and runs %d thread(s)",
+                            self.cpus, max(1, int(self.cpus)))
         if ray.cluster_resources().get("GPU", 0.0) > 0 and self.gpu_fraction > 0:
             if ray.available_resources().get("GPU", 0.0) >= self.gpu_fraction:
                 options["num_gpus"] = self.gpu_fraction
             else:
                 log.warning("no free GPU fraction of %.2f for the server worker; it runs on CPU", self.gpu_fraction)
-        self._actor = ray.remote(**options)(_ServerProcess).remote()
+        self._actor = ray.remote(**options)(_ServerProcess).remote(max(1, int(self.cpus)) if self.cpus else 0)
         info = ray.get(self._actor.ready.remote())
         log.info("server worker on Ray with %s: %s", options, info)
         return self
@@ -88,10 +98,10 @@ class ServerWorker:
 
 
 class _ServerProcess:
-    def __init__(self):
+    def __init__(self, threads: int = 1):
         import torch
 
-        torch.set_num_threads(os.cpu_count() or 1)
+        torch.set_num_threads(threads or os.cpu_count() or 1)
 
     def ready(self) -> dict:
         import ray

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
+import numpy as np
+
 from fedunlearn.federated.fedavg import RoundResult, State
 from fedunlearn.federated.history import History
 
@@ -13,10 +15,21 @@ log = logging.getLogger("fedunlearn")
 Fit = Callable[[list[int], State, dict], RoundResult]
 
 
+def sample_clients(clients: list[int], per_round: int, seed: int, rnd: int) -> list[int]:
+    """The clients of round `rnd`: all of them (per_round = 0 or >= len), else a seeded sample."""
+    if not per_round or per_round >= len(clients):
+        return list(clients)
+    rng = np.random.default_rng([seed, rnd, 7411])
+    return sorted(int(c) for c in rng.choice(clients, per_round, replace=False))
+
+
 def run_fedavg(fit: Fit, clients: list[int], state: State, rounds: int, store_every: int = 0,
-               config: dict | None = None, desc: str = "fedavg",
+               config: dict | None = None, desc: str = "fedavg", per_round: int = 0, seed: int = 0,
                history=None) -> tuple[State, History, list[State], list[tuple[int, int]]]:
     """Returns (final state, history, global state after each round, [(round, failed client)]).
+
+    With `per_round` > 0 each round trains a seeded sample of that many `clients` (partial
+    participation); the history records who took part in each stored round.
 
     The history holds rounds 1, 1 + store_every, ... and always the last round (PGA's reference
     model needs the departing client's last update); each stored round's `span` is the number
@@ -28,7 +41,7 @@ def run_fedavg(fit: Fit, clients: list[int], state: State, rounds: int, store_ev
     history = history if history is not None else History(store_every=store_every)
     curve, failures = [], []
     for rnd in range(1, rounds + 1):
-        result = fit(clients, state, {**(config or {}), "round": rnd})
+        result = fit(sample_clients(clients, per_round, seed, rnd), state, {**(config or {}), "round": rnd})
         span = (stored + [rounds + 1])[stored.index(rnd) + 1] - rnd if rnd in stored else 0
         history.record(rnd, state, result.updates, span)
         failures += [(rnd, cid) for cid in result.failed]

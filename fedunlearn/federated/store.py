@@ -246,12 +246,14 @@ class DiskHistory:
         return [r for r in self.rounds if client_id in r.updates]
 
     def client_sum(self, client_id: int) -> tuple[State, float, int]:
-        """(sum over rounds of (n_k / n_r) * u_k, mean share n_k / n_r, rounds) from the running sum."""
+        """(sum over rounds of (n_k / n_r) * u_k, mean share n_k / n_r over every round, rounds) from the running sum."""
         self._check_not_purged(client_id)
         entry = self.meta["sums"].get(str(client_id))
         if entry is None:
             return {}, 0.0, 0
-        return self.read_state(self.client_dir(client_id) / "sum.npy"), entry["weight"] / entry["rounds"], entry["rounds"]
+        # the mean share over every round: rounds the client was not sampled in count as 0
+        share = entry["weight"] / max(len(self.meta["rounds"]), 1)
+        return self.read_state(self.client_dir(client_id) / "sum.npy"), share, entry["rounds"]
 
     def model(self, which: str) -> State:
         return self.read_state(self.root / "model" / f"{which}.npy", self.meta.get(f"{which}_extras", {}))

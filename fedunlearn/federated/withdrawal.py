@@ -12,6 +12,21 @@ from dataclasses import dataclass, field
 
 from fedunlearn.errors import WithdrawalError
 
+CLIENT_RULES = ("largest", "median")  # withdrawal.client by rule, over the clients' sample counts
+
+
+def pick_client(rule: int | str, sizes: list[int]) -> int:
+    """The departing client: an id as given, or the client with the largest / median sample count
+    (ties go to the lowest id)."""
+    if not isinstance(rule, str):
+        return int(rule)
+    order = sorted(range(len(sizes)), key=lambda c: (sizes[c], c))
+    if rule == "largest":
+        return max(range(len(sizes)), key=lambda c: (sizes[c], -c))
+    if rule == "median":
+        return order[(len(order) - 1) // 2]
+    raise WithdrawalError(f"unknown withdrawal rule {rule!r}; give a client id or one of {', '.join(CLIENT_RULES)}")
+
 
 def check_withdrawal(client: int, num_clients: int, withdrawn: set[int] | frozenset = frozenset()) -> None:
     """A withdrawal request must name a client of the federation that has not left already."""

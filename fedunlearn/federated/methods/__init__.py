@@ -18,6 +18,8 @@ FED_METHODS = Registry("federated method", {
     "subtract": "fedunlearn.federated.methods.subtract",
     "source_free_absent": "fedunlearn.federated.methods.source_free_absent",
     "source_free_cooperative": "fedunlearn.federated.methods.source_free_cooperative",
+    "replay": "fedunlearn.federated.methods.replay",
+    "fedrecovery": "fedunlearn.federated.methods.fedrecovery",
 })
 
 

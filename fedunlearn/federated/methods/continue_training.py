@@ -22,5 +22,6 @@ class Config:
 
 
 def unlearn(ctx: FedContext, cfg: Config) -> FedResult:
-    state, _, curve, failures = run_fedavg(ctx.fit, ctx.remaining, ctx.global_state, cfg.rounds, desc="continue")
+    state, _, curve, failures = run_fedavg(ctx.fit, ctx.remaining, ctx.global_state, cfg.rounds, desc="continue",
+                                          per_round=getattr(ctx.fed_cfg, "clients_per_round", 0), seed=ctx.seed)
     return FedResult(state, cfg.rounds, curve, {"failed_client_rounds": len(failures)})

@@ -45,7 +45,10 @@ class Config:
 
 def reference_model(ctx: FedContext) -> fedavg.State:
     last = ctx.history.rounds[-1] if ctx.history.rounds else None
-    if last is None or last.round != ctx.train_rounds or ctx.departing not in last.updates:
+    if last is not None and last.round == ctx.train_rounds and ctx.departing not in last.updates:
+        # partial participation: the client was not sampled in the last round, which it did not shape
+        return fedavg.copy_state(ctx.global_state)
+    if last is None or last.round != ctx.train_rounds:
         raise FedUnlearnError("pga needs the departing client's update from the last training round in the "
                               "stored history (kept whenever federation.store_every >= 1)")
     others = [upd for cid, upd in last.updates.items() if cid != ctx.departing]
@@ -63,7 +66,8 @@ def unlearn(ctx: FedContext, cfg: Config) -> FedResult:
                                {"lr": cfg.lr, "epochs": cfg.epochs, "radius": radius, "stop_loss": stop})
     curve = [state]
     if cfg.post_rounds:
-        state, _, more, _ = run_fedavg(ctx.fit, ctx.remaining, state, cfg.post_rounds, desc="pga post-training")
+        state, _, more, _ = run_fedavg(ctx.fit, ctx.remaining, state, cfg.post_rounds, desc="pga post-training",
+                                      per_round=getattr(ctx.fed_cfg, "clients_per_round", 0), seed=ctx.seed)
         curve += more
     return FedResult(state, 1 + cfg.post_rounds, curve,
                      {"ascent_steps": metrics.get("steps", 0), "ascent_loss": metrics.get("loss", float("nan")),

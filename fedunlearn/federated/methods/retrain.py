@@ -23,5 +23,6 @@ class Config:
 
 def unlearn(ctx: FedContext, cfg: Config) -> FedResult:
     rounds = cfg.rounds or ctx.train_rounds
-    state, _, curve, failures = run_fedavg(ctx.fit, ctx.remaining, ctx.initial_state, rounds, desc="retrain")
+    state, _, curve, failures = run_fedavg(ctx.fit, ctx.remaining, ctx.initial_state, rounds, desc="retrain",
+                                          per_round=getattr(ctx.fed_cfg, "clients_per_round", 0), seed=ctx.seed)
     return FedResult(state, rounds, curve, {"failed_client_rounds": len(failures)})

@@ -1,30 +1,33 @@
 """source_free_absent: source-free unlearning of a client that is gone.
 
-The server uses only what it holds: the global model, the round-0 weights and the departing
-client's stored updates. It subtracts those updates (the `subtract` method: the reference),
-then repairs the reference without any data (fedunlearn.unlearn.source_free.pipeline): a
-generator trained against the frozen global model synthesizes stand-in samples; if the
-reference disagrees with the global model on most of the samples of some class (subtraction
-lost that class, as under label skew), a student starting at the reference is distilled from
-the global model on them. The remaining clients get no message and the departing client is not asked
-anything. Generator and distillation run on the server's Ray worker (a GPU fraction when
-the cluster has one).
+The server uses only what it holds: the global model, the round-0 weights, the stored client
+updates and sample counts. It subtracts the departing client's updates (the `subtract` method:
+the reference), then repairs the reference without any data (fedunlearn.unlearn.source_free):
+a generator trained against the frozen global model and the reference synthesizes stand-in
+samples both recognise; the teacher is the global model blended per class with the reference
+by how well the remaining clients' own local models (global model plus their stored update,
+from the last round they took part in) recognise that class, so that what only the departing
+client taught is not given back. If the reference already agrees with that teacher on most
+synthetic samples of every class it is kept; otherwise a student starting at the reference is
+distilled from the teacher. The remaining clients get no message and the departing client is
+not asked anything. Generator and distillation run on the server's Ray worker (a GPU fraction
+when the cluster has one).
 Paper: Ahmed et al., Towards Source-Free Machine Unlearning, CVPR 2025.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
+import numpy as np
 import torch
 
 from fedunlearn.federated.context import FedContext, FedResult
 from fedunlearn.federated.fedavg import State
 from fedunlearn.federated.methods import subtract
 from fedunlearn.training import get_device
-from fedunlearn.unlearn.source_free.consolidate import ConsolidateConfig
-from fedunlearn.unlearn.source_free.generator import GeneratorConfig
 from fedunlearn.unlearn.source_free.pipeline import RepairConfig, repair
+from fedunlearn.unlearn.source_free.support import class_support, local_models
 
 COOPERATIVE = False
 
@@ -37,17 +40,31 @@ class Config(RepairConfig):
 def unlearn(ctx: FedContext, cfg: Config) -> FedResult:
     reference = reference_state(ctx)
     state, _, stats = ctx.run_task(server_repair, ctx.make_model, ctx.global_state, reference, ctx.num_classes,
-                                   ctx.input_shape, cfg, ctx.seed)
+                                   ctx.input_shape, cfg, ctx.seed, remaining_locals(ctx, cfg))
     return FedResult(state, 0, [], stats)
 
 
-def warm_up(server, make_model, global_state: State, num_classes: int, input_shape, seed: int) -> None:
-    """Before any timing (driver.py): a two-step repair on the server's worker. The first
-    generator and distillation steps in a fresh process pay torch's one-time set-up, which a
-    long-running server has long since paid."""
-    tiny = RepairConfig(generator=GeneratorConfig(steps=2), consolidate=ConsolidateConfig(steps=2),
-                        skip_agreement=2.0, check_samples=8)
-    server.run(server_repair, make_model, global_state, global_state, num_classes, input_shape, tiny, seed)
+def remaining_locals(ctx: FedContext, cfg: RepairConfig):
+    """The remaining clients' local models from their last stored rounds (support.py), when the
+    repair's teacher is "remaining"."""
+    if cfg.teacher != "remaining":
+        return None
+    clients = sorted(ctx.remaining)
+    if len(clients) > cfg.support_clients:  # a seeded sample: an unbiased estimate of the weighted mean
+        clients = sorted(np.random.default_rng(ctx.seed + 811).choice(clients, cfg.support_clients, replace=False))
+    return local_models(ctx.history, [int(c) for c in clients], ctx.sample_counts)
+
+
+def warm_up(server, make_model, global_state: State, num_classes: int, input_shape, seed: int,
+            cfg: RepairConfig | None = None) -> None:
+    """Before any timing (driver.py): a two-step repair on the server's worker with the method's
+    own generator and distillation settings (width, batch) but two steps each. The first steps in
+    a fresh process pay torch's one-time set-up, which a long-running server has long since paid."""
+    cfg = cfg or RepairConfig()
+    tiny = replace(cfg, generator=replace(cfg.generator, steps=2), consolidate=replace(cfg.consolidate, steps=2),
+                   skip_agreement=2.0, check_samples=min(cfg.check_samples, 64), teacher="original")
+    server.run(server_repair, make_model, global_state, global_state, num_classes, input_shape,
+               RepairConfig(**{f.name: getattr(tiny, f.name) for f in fields(RepairConfig)}), seed)
 
 
 def reference_state(ctx: FedContext) -> State:
@@ -60,12 +77,16 @@ def to_state(model: torch.nn.Module) -> State:
 
 
 def server_repair(make_model, global_state: State, reference_state: State, num_classes: int, input_shape,
-                  cfg: RepairConfig, seed: int):
+                  cfg: RepairConfig, seed: int, locals_=None):
     """The server task: models from states, `repair`; returns (state, generator on the CPU, stats)."""
     device = get_device("auto")  # on the server's Ray worker: the GPU Ray assigned, if any
     original, reference = make_model(), make_model()
     original.load_state_dict(global_state)
     reference.load_state_dict(reference_state)
-    student, generator, stats = repair(original, reference, num_classes, input_shape, cfg, device, seed=seed)
+    support_fn = None
+    if locals_:
+        support_fn = lambda x, labels: class_support(make_model, locals_, x, labels, num_classes, device)  # noqa: E731
+    student, generator, stats = repair(original, reference, num_classes, input_shape, cfg, device, seed=seed,
+                                       support_fn=support_fn)
     stats["threads"] = torch.get_num_threads()
     return to_state(student), generator.cpu(), stats

@@ -21,11 +21,13 @@ from fedunlearn.config import check_range
 from fedunlearn.federated.context import FedContext, FedResult
 from fedunlearn.federated.fedavg import State
 from fedunlearn.federated.methods import source_free_absent
-from fedunlearn.federated.methods.source_free_absent import reference_state, server_repair, to_state
+from fedunlearn.federated.methods.source_free_absent import remaining_locals, reference_state, server_repair, to_state
 from fedunlearn.training import get_device
 from fedunlearn.unlearn.source_free.consolidate import ConsolidateConfig
 from fedunlearn.unlearn.source_free.forget import flag_unknown, local_fisher
-from fedunlearn.unlearn.source_free.pipeline import RepairConfig, refine
+from fedunlearn.unlearn.source_free.generator import sample
+from fedunlearn.unlearn.source_free.pipeline import RepairConfig, predicted, refine
+from fedunlearn.unlearn.source_free.support import blended_teacher, class_support
 
 COOPERATIVE = True
 warm_up = source_free_absent.warm_up  # the same server work, warmed once before timing (driver.py)
@@ -53,27 +55,36 @@ class Config(RepairConfig):
 def unlearn(ctx: FedContext, cfg: Config) -> FedResult:
     reference = reference_state(ctx)
     state, generator, stats = ctx.run_task(server_repair, ctx.make_model, ctx.global_state, reference,
-                                           ctx.num_classes, ctx.input_shape, cfg, ctx.seed)
+                                           ctx.num_classes, ctx.input_shape, cfg, ctx.seed, remaining_locals(ctx, cfg))
     stats["client_asked"] = bool(stats["consolidated"])
     if stats["consolidated"]:  # nothing was distilled, so nothing can have been re-taught
         fisher, metrics = ctx.query(ctx.departing, "source_free_forget", state,
                                     {"max_confidence": cfg.max_confidence, "max_flagged": cfg.max_flagged})
         state, more = ctx.run_task(server_refine, ctx.make_model, ctx.global_state, state, generator, fisher,
                                    replace(cfg.consolidate, steps=cfg.refine_steps, forget_weight=cfg.forget_weight),
-                                   ctx.seed)
+                                   ctx.seed, reference, remaining_locals(ctx, cfg), cfg.check_samples)
         stats.update(more)
         stats.update({f"client_{k}": v for k, v in metrics.items()})
     return FedResult(state, 0, [], stats)
 
 
 def server_refine(make_model, global_state: State, student_state: State, generator, fisher: dict,
-                  cfg: ConsolidateConfig, seed: int):
-    """The second server task: `refine` with the client's Fisher statistics; returns (state, stats)."""
+                  cfg: ConsolidateConfig, seed: int, reference_state: State | None = None, locals_=None,
+                  check_samples: int = 1000):
+    """The second server task: `refine` with the client's Fisher statistics; returns (state, stats).
+    With the remaining clients' local models, the teacher is the same per-class blend as the repair's."""
     device = get_device("auto")
     original, student = make_model(), make_model()
     original.load_state_dict(global_state)
     student.load_state_dict(student_state)
-    refined, stats = refine(student, original, generator.to(device), fisher, cfg, device, seed=seed)
+    teacher = None
+    if locals_ and reference_state is not None:
+        reference = make_model()
+        reference.load_state_dict(reference_state)
+        x, _ = sample(generator, range(generator.num_classes), check_samples, device, seed=seed + 1)
+        support = class_support(make_model, locals_, x, predicted(original, x, device), generator.num_classes, device)
+        teacher = blended_teacher(original.to(device), reference.to(device), support, cfg.temperature)
+    refined, stats = refine(student, original, generator.to(device), fisher, cfg, device, seed=seed, teacher=teacher)
     return to_state(refined), stats
 
 

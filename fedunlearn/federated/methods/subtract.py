@@ -4,10 +4,11 @@ No data and no messages. For each stored round r (standing for `span` rounds) th
 contributed (n_k / n_r) * u_k^r to the global model; subtracting it leaves the other clients'
 contributions with weights n_i / n_r instead of n_i / (n_r - n_k), so with `rescale` the
 remaining trajectory w - w_0 is scaled by n / (n - n_k), as retraining without k would weight
-it. Exact when every round is stored and the model is linear in its updates; an estimate
-otherwise (the other clients trained from models that k had influenced). The history gives
-the weighted sum directly (`client_sum`): the on-disk store keeps it as a running sum over every
-round, so it is exact whatever `store_every` is.
+it (under partial participation n_k / n is the client's mean share over all rounds, 0 in the
+rounds it was not sampled in). Exact when every round is stored and the model is linear in its
+updates; an estimate otherwise (the other clients trained from models that k had influenced).
+The history gives the weighted sum directly (`client_sum`): the on-disk store keeps it as a
+running sum over every round, so it is exact whatever `store_every` is.
 
 BatchNorm running statistics are averaged like weights, so they get subtracted and rescaled
 too, and under label skew a running variance can turn negative (measured), which makes every

@@ -38,6 +38,7 @@ class ConsolidateConfig:
     lr: float = 1e-3             # Adam
     temperature: float = 1.0     # higher passes more of the teacher's small probabilities, backdoor included
     forget_weight: float = 1.0   # lambda in KL + lambda * forget term
+    last_layers: int = 0         # train only the last this many layers with weights (0 = all of them)
 
     def __post_init__(self):
         check_range("consolidate.steps", self.steps, 0)
@@ -45,6 +46,7 @@ class ConsolidateConfig:
         check_range("consolidate.lr", self.lr, 0.0)
         check_range("consolidate.temperature", self.temperature, 1e-3)
         check_range("consolidate.forget_weight", self.forget_weight, 0.0)
+        check_range("consolidate.last_layers", self.last_layers, 0)
 
 
 def model_teacher(model: nn.Module, temperature: float = 1.0) -> Teacher:
@@ -82,7 +84,7 @@ def consolidate(start: nn.Module, teacher: Teacher, generator: Generator, classe
         raise ValueError("consolidation needs at least one retained class")
     student = freeze_batchnorm(clone(start).to(device))
     generator = generator.to(device).eval()
-    opt = torch.optim.Adam(student.parameters(), lr=cfg.lr)
+    opt = torch.optim.Adam(trainable(student, cfg.last_layers), lr=cfg.lr)
     temp = cfg.temperature
     stats = {"consolidate_steps": cfg.steps}
     kl = forget = torch.zeros(())
@@ -128,3 +130,11 @@ def worst_class_agreement(ours: torch.Tensor, theirs: torch.Tensor, num_classes:
     (classes `theirs` never predicts are left out)."""
     shares = [float((ours[theirs == c] == c).float().mean()) for c in range(num_classes) if (theirs == c).any()]
     return min(shares, default=1.0)
+
+
+def trainable(model: nn.Module, last_layers: int = 0) -> list[nn.Parameter]:
+    """The parameters of the last `last_layers` modules that hold weights (0: every parameter)."""
+    if not last_layers:
+        return list(model.parameters())
+    layers = [m for m in model.modules() if list(m.parameters(recurse=False))]
+    return [p for m in layers[-last_layers:] for p in m.parameters(recurse=False)]

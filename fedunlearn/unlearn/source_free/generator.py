@@ -19,6 +19,7 @@ of the target class, and distilling on such samples re-teaches the backdoor (doc
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass
@@ -140,10 +141,13 @@ class BatchNormMatcher:
 
 
 def train_generator(model: nn.Module, input_shape, num_classes: int, cfg: GeneratorConfig, device,
-                    classes=None, seed: int = 0) -> tuple[Generator, dict]:
+                    classes=None, seed: int = 0, judge: nn.Module | None = None) -> tuple[Generator, dict]:
     """Train a generator against the frozen `model` (left unchanged, in eval mode).
 
     `classes` restricts the conditioning labels (the retained classes); default all.
+    `judge`, a second frozen model, must also give each sample its label (its cross-entropy is
+    added): samples both models recognise, so a shortcut that only `model` knows, such as a
+    trigger only the departing client taught, no longer earns a sample its label.
     Returns the generator and stats: the last step's losses and the model's agreement with
     the conditioning labels on that step's (shifted / flipped) view.
     """
@@ -154,6 +158,8 @@ def train_generator(model: nn.Module, input_shape, num_classes: int, cfg: Genera
     frozen = [p.requires_grad for p in model.parameters()]
     for p in model.parameters():
         p.requires_grad_(False)
+    if judge is not None:
+        judge = copy.deepcopy(judge).to(device).eval().requires_grad_(False)
     generator = Generator(input_shape, num_classes, cfg.noise_dim, cfg.width).to(device).train()
     opt = torch.optim.Adam(generator.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
     bn = BatchNormMatcher(model)
@@ -165,8 +171,11 @@ def train_generator(model: nn.Module, input_shape, num_classes: int, cfg: Genera
             y = draw_labels(classes, half).repeat(2).to(device)
             z = torch.randn(2 * half, cfg.noise_dim, device=device)
             x = generator(z, y)
-            logits = model(random_view(x, cfg.shift, cfg.flip))
+            view = random_view(x, cfg.shift, cfg.flip)
+            logits = model(view)
             ce = F.cross_entropy(logits, y)
+            if judge is not None:
+                ce = ce + F.cross_entropy(judge(view), y)
             mean_p = F.softmax(logits, dim=1).mean(0)
             balance = (mean_p * torch.log(mean_p + 1e-8)).sum()  # minus the entropy
             spread = (x[:half] - x[half:]).abs().mean() / (z[:half] - z[half:]).abs().mean()

@@ -1,0 +1,242 @@
+"""A scenario matrix of federated withdrawals: one base config, scenario overrides, seeds.
+
+    kind = "federated_matrix"
+    [matrix]       name, seeds, targets, parallel tasks
+    [base]         a whole federated config (kind = "federated" is implied)
+    [scenarios.<name>]  sections merged into the base, e.g. [scenarios.dir01.federation] alpha = 0.1
+
+Each (scenario, seed) federation is one Ray task holding one CPU: its clients, its retraining
+and every method run inside it, one after another (the in-process transport, local.py), so
+wall times and speedups within a cell are measured on the same core. The report has one row
+per (scenario, seed, method); a summary per method (mean and spread over the cells, the
+share of cells within the targets against retrain of the same cell, and that share among the
+cells where `subtract` misses the test-accuracy target); and a Pareto plot of speedup
+against the gap to retrain in test accuracy, forget accuracy and backdoor success.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fedunlearn.config import build, check_range, to_dict
+from fedunlearn.errors import ConfigError
+from fedunlearn.metrics.report import markdown_table, write_report
+
+log = logging.getLogger("fedunlearn")
+
+ROW_COLUMNS = ["scenario", "seed", "method", "test_acc", "forget_acc", "backdoor_asr", "mia_efficacy", "wall_s",
+               "speedup", "messages_to_remaining", "within_target"]
+SUMMARY_COLUMNS = ["method", "cells", "test_acc", "test_acc_std", "test_gap", "forget_gap", "backdoor_gap",
+                   "backdoor_asr", "speedup", "within_target", "within_target_where_subtract_misses"]
+
+
+@dataclass(frozen=True)
+class MatrixSection:
+    name: str = "withdrawal_matrix"
+    seeds: tuple[int, ...] = (0, 1)
+    parallel: int = 0              # federations at once; 0 = one per CPU of the Ray cluster
+    test_tolerance: float = 0.02   # target: |test_acc - retrain's| <= this
+    forget_margin: float = 0.03    # target: forget_acc <= retrain's + this
+    backdoor_margin: float = 0.03  # target: backdoor_asr <= retrain's + this
+
+    def __post_init__(self):
+        if not self.seeds:
+            raise ValueError("'matrix.seeds' must list at least one seed")
+        check_range("matrix.parallel", self.parallel, 0)
+
+
+@dataclass(frozen=True)
+class Config:
+    kind: str = "federated_matrix"
+    matrix: MatrixSection = MatrixSection()
+    base: dict = field(default_factory=dict)
+    scenarios: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not self.scenarios:
+            raise ValueError("'scenarios' must hold at least one [scenarios.<name>] section")
+        for name, seed in self.cells():
+            self.federation(name, seed)  # every cell's config is validated before any work starts
+
+    def cells(self) -> list[tuple[str, int]]:
+        return [(name, seed) for name in self.scenarios for seed in self.matrix.seeds]
+
+    def federation(self, scenario: str, seed: int):
+        from fedunlearn.federated.config import Config as FedConfig
+
+        mapping = merge(copy.deepcopy(dict(self.base)), dict(self.scenarios[scenario]))
+        mapping["kind"] = "federated"
+        mapping.setdefault("experiment", {})
+        mapping["experiment"] = {**mapping["experiment"], "seed": seed, "name": f"{scenario}-seed{seed}"}
+        try:
+            return build(FedConfig, mapping)
+        except ConfigError as err:
+            raise ConfigError(f"scenario '{scenario}': {err}") from None
+
+
+def merge(base: dict, over: dict) -> dict:
+    """`over` merged into `base`, section by section."""
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            base[key] = merge(dict(base[key]), value)
+        else:
+            base[key] = value
+    return base
+
+
+class InlineServer:
+    """The server's work run in the calling process: a matrix cell already holds its own CPU."""
+
+    reserved_cpus = 1.0
+
+    def start(self) -> "InlineServer":
+        return self
+
+    def run(self, fn, *args, **kwargs):
+        return fn(*args, **kwargs)
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "InlineServer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+def run_cell(mapping: dict, out_dir: str) -> dict:
+    """One federation, start to finish, in this process (a Ray task's body)."""
+    import torch
+
+    from fedunlearn.config import build
+    from fedunlearn.federated.config import Config as FedConfig
+    from fedunlearn.federated.driver import serve
+    from fedunlearn.federated.transport import LocalTransport
+
+    torch.set_num_threads(1)
+    cfg = build(FedConfig, mapping)
+    return serve(cfg, LocalTransport(cfg), out_dir, progress=False, server=InlineServer())
+
+
+def run(cfg: Config, out_dir: str | Path, progress: bool = True) -> dict:
+    import ray
+
+    from fedunlearn.cluster.ray_env import ensure_ray
+
+    out = Path(out_dir)
+    cells = cfg.cells()
+    started_ray = not ray.is_initialized()
+    ensure_ray()
+    start = time.perf_counter()
+    try:
+        limit = cfg.matrix.parallel or max(1, int(ray.cluster_resources().get("CPU", os.cpu_count() or 1)))
+        task = ray.remote(num_cpus=1, max_retries=0)(run_cell)
+        pending, results = {}, {}
+        todo = list(cells)
+        while todo or pending:
+            while todo and len(pending) < limit:
+                scenario, seed = todo.pop(0)
+                mapping = to_dict(cfg.federation(scenario, seed))
+                pending[task.remote(mapping, str(out / scenario / f"seed{seed}"))] = (scenario, seed)
+            done, _ = ray.wait(list(pending), num_returns=1)
+            cell = pending.pop(done[0])
+            results[cell] = ray.get(done[0])
+            log.info("matrix cell %s seed %d done (%d/%d, %.0f s)", *cell, len(results), len(cells),
+                     time.perf_counter() - start)
+    finally:
+        if started_ray and ray.is_initialized():
+            ray.shutdown()
+    rows = cell_rows(cfg, cells, results)
+    summary = summarize(cfg, rows)
+    plot = pareto_plot(summary, out / "pareto.png")
+    m = cfg.matrix
+    notes = [
+        f"{len(cells)} federations ({len(cfg.scenarios)} scenarios x {len(m.seeds)} seeds), each a Ray task on one CPU; "
+        f"wall time of the whole matrix {time.perf_counter() - start:.0f} s",
+        f"within_target: |test_acc - retrain| <= {m.test_tolerance}, forget_acc <= retrain + {m.forget_margin}, "
+        f"backdoor_asr <= retrain + {m.backdoor_margin}, and no message to the remaining clients",
+        "within_target_where_subtract_misses: the same share over the cells where subtract misses the test-accuracy target",
+        "gaps are method - retrain of the same cell (signed for forget and backdoor, absolute for test), then averaged",
+    ]
+    md_summary = markdown_table(summary, SUMMARY_COLUMNS)
+    write_report(out, f"{m.name}: federated withdrawal matrix", to_dict(cfg), rows,
+                 extra={"summary": summary, "matrix_wall_s": time.perf_counter() - start},
+                 notes=notes + ["summary per method (below, and in report.json's `summary`):", "", md_summary],
+                 columns=ROW_COLUMNS, plots=[str(plot)])
+    return {"results": summary, "rows": rows, "columns": SUMMARY_COLUMNS}
+
+
+def within_target(row: dict, ref: dict, m: MatrixSection) -> bool:
+    return (abs(row["test_acc"] - ref["test_acc"]) <= m.test_tolerance
+            and row["forget_acc"] <= ref["forget_acc"] + m.forget_margin
+            and row.get("backdoor_asr", 0.0) <= ref.get("backdoor_asr", 0.0) + m.backdoor_margin
+            and row.get("messages_to_remaining", 0) == 0)
+
+
+def cell_rows(cfg: Config, cells, results) -> list[dict]:
+    rows = []
+    for scenario, seed in cells:
+        cell = results[(scenario, seed)]["results"]
+        ref = next(r for r in cell if r["method"] == "retrain")
+        for row in cell:
+            row = {"scenario": scenario, "seed": seed, **row}
+            if row["method"] not in ("original", "retrain"):
+                row["within_target"] = within_target(row, ref, cfg.matrix)
+                row["test_gap"] = abs(row["test_acc"] - ref["test_acc"])
+                row["forget_gap"] = row["forget_acc"] - ref["forget_acc"]
+                row["backdoor_gap"] = row.get("backdoor_asr", 0.0) - ref.get("backdoor_asr", 0.0)
+            rows.append(row)
+    return rows
+
+
+def summarize(cfg: Config, rows: list[dict]) -> list[dict]:
+    subtract_misses = {(r["scenario"], r["seed"]) for r in rows
+                       if r["method"] == "subtract" and r["test_gap"] > cfg.matrix.test_tolerance}
+    out = []
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = [r for r in rows if r["method"] == method]
+        mean = lambda key: float(np.mean([r[key] for r in mine])) if key in mine[0] else float("nan")  # noqa: E731
+        row = {"method": method, "cells": len(mine), "test_acc": mean("test_acc"),
+               "test_acc_std": float(np.std([r["test_acc"] for r in mine])),
+               "backdoor_asr": mean("backdoor_asr")}
+        if "within_target" in mine[0]:
+            hard = [r for r in mine if (r["scenario"], r["seed"]) in subtract_misses]
+            row.update(test_gap=mean("test_gap"), forget_gap=mean("forget_gap"), backdoor_gap=mean("backdoor_gap"),
+                       speedup=float(np.median([r["speedup"] for r in mine])),
+                       within_target=float(np.mean([r["within_target"] for r in mine])),
+                       within_target_where_subtract_misses=(float(np.mean([r["within_target"] for r in hard]))
+                                                            if hard else float("nan")))
+        out.append(row)
+    return out
+
+
+def pareto_plot(summary: list[dict], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    methods = [r for r in summary if "speedup" in r]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    for ax, key, label in zip(axes, ("test_gap", "forget_gap", "backdoor_gap"),
+                              ("|test acc - retrain|", "forget acc - retrain", "backdoor success - retrain")):
+        for r in methods:
+            ax.scatter(r["speedup"], r[key])
+            ax.annotate(r["method"], (r["speedup"], r[key]), fontsize=7)
+        ax.axhline(0.0, color="grey", linewidth=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel("speedup over retrain (median over cells)")
+        ax.set_ylabel(f"{label} (mean over cells)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,88 @@
+"""What the remaining clients know, per class, estimated from what a federated server holds.
+
+A source-free repair distils a damaged model from a teacher on synthetic samples. The global
+model is a poor teacher on its own: it also holds what only the departing client taught
+(its backdoor, a class that only it had), and distilling from it gives that back. The
+server cannot retrain without the client, but it holds each client's stored update, hence
+each client's *local model* from the last round the client took part in (the global model
+it was sent plus its update). A local model trained on data without class c stops
+recognising c; one trained on c keeps it. So, per class c,
+
+    support_c = sum_{i remaining} n_i * recall_i(c) / sum_{i remaining} n_i,
+
+the sample-weighted recall of the remaining clients' local models on synthetic samples
+that the global model puts in class c, estimates how much of c the remaining clients would
+teach. The repair's teacher is then, on a sample x whose class under the global model is c,
+
+    p_teacher(x) = support_c * p_global(x) + (1 - support_c) * p_reference(x),
+
+where the reference is the model with the departing client's updates removed: classes the
+remaining clients hold are restored from the global model, classes only the departing client
+held stay as the reference has them. No data: only the stored updates, sample counts and
+synthetic samples.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+State = dict[str, torch.Tensor]
+
+
+def local_models(history, clients, sample_counts: dict[int, int] | None = None) -> list[tuple[State, int]]:
+    """(local state, samples) for each of `clients` from the last stored round it took part in
+    (a client never stored is left out). The local state is that round's global model plus the
+    client's update; integer buffers come from the round's global model."""
+    out = []
+    for cid in clients:
+        rounds = history.client_rounds(cid)
+        if not rounds:
+            continue
+        stored = rounds[-1]
+        update, n = stored.updates[cid]
+        state = {k: v.clone() for k, v in stored.global_state.items()}
+        for k, v in update.items():
+            state[k] = state[k] + v
+        out.append((state, int((sample_counts or {}).get(cid, n))))
+    return out
+
+
+@torch.no_grad()
+def class_support(make_model: Callable[[], nn.Module], locals_: list[tuple[State, int]], x: torch.Tensor,
+                  labels: torch.Tensor, num_classes: int, device, batch_size: int = 512) -> torch.Tensor:
+    """Sample-weighted mean over the local models of their recall on the inputs of each label
+    (a class with no input gets support 1: nothing says it is missing)."""
+    support = torch.zeros(num_classes)
+    total = sum(n for _, n in locals_)
+    if not locals_ or total == 0:
+        return torch.ones(num_classes)
+    counts = torch.bincount(labels, minlength=num_classes).float()
+    for state, n in locals_:
+        model = make_model()
+        model.load_state_dict(state)
+        model.to(device).eval()
+        pred = torch.cat([model(x[i:i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(x), batch_size)])
+        hits = torch.bincount(labels[pred == labels], minlength=num_classes).float()
+        support += (n / total) * hits / counts.clamp(min=1)
+    support[counts == 0] = 1.0
+    return support
+
+
+def blended_teacher(original: nn.Module, reference: nn.Module, support: torch.Tensor, temperature: float = 1.0):
+    """p = s_c p_original + (1 - s_c) p_reference, with c the original's class for each input."""
+    original.eval()
+    reference.eval()
+
+    @torch.no_grad()
+    def probs(x: torch.Tensor) -> torch.Tensor:
+        p_orig = F.softmax(original(x) / temperature, dim=1)
+        p_ref = F.softmax(reference(x) / temperature, dim=1)
+        weight = support.to(x.device)[p_orig.argmax(1)].unsqueeze(1)
+        return weight * p_orig + (1.0 - weight) * p_ref
+
+    return probs
+

@@ -1,0 +1,73 @@
+"""The scenario matrix on a real local Ray: two tiny digits federations, each its own Ray task;
+rows per (scenario, seed, method), the summary and the Pareto plot."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fedunlearn.config import build
+from fedunlearn.errors import ConfigError
+from fedunlearn.experiments import EXPERIMENTS
+from fedunlearn.experiments.federated_matrix import Config, merge
+from tiny_federation import tiny_federation
+
+
+def matrix(**scenarios) -> dict:
+    base = tiny_federation("cell", ["retrain", "subtract", "replay", "fedrecovery"], {})
+    base.pop("kind")
+    return {"kind": "federated_matrix", "matrix": {"name": "tiny_matrix", "seeds": [0]}, "base": base,
+            "scenarios": scenarios or {"iid": {"federation": {"partition": "iid"}},
+                                       "skew": {"federation": {"partition": "dirichlet", "alpha": 0.5,
+                                                               "clients_per_round": 2},
+                                                "withdrawal": {"client": "largest"}}}}
+
+
+def test_scenarios_merge_into_the_base_and_bad_ones_fail_early():
+    assert merge({"a": {"x": 1, "y": 2}}, {"a": {"y": 3}, "b": 4}) == {"a": {"x": 1, "y": 3}, "b": 4}
+    cfg = build(Config, matrix())
+    fed = cfg.federation("skew", 0)
+    assert fed.federation.partition == "dirichlet" and fed.federation.num_clients == 3
+    assert fed.withdrawal.client == "largest" and fed.experiment.seed == 0
+    with pytest.raises(ConfigError, match="scenario 'bad'.*num_clients"):
+        build(Config, matrix(bad={"federation": {"num_clients": 1}}))
+
+
+@pytest.mark.slow
+def test_matrix_runs_each_federation_as_a_ray_task(local_ray, tmp_path):
+    cfg = build(Config, matrix())
+    report = EXPERIMENTS.get("federated_matrix").run(cfg, tmp_path, progress=False)
+    data = json.loads((tmp_path / "report.json").read_text())
+    rows = data["results"]
+    assert {(r["scenario"], r["method"]) for r in rows} >= {("iid", "retrain"), ("skew", "fedrecovery")}
+    assert all(r["seed"] == 0 for r in rows)
+    summary = {r["method"]: r for r in data["summary"]}
+    assert set(summary) == {"original", "retrain", "subtract", "replay", "fedrecovery"}
+    assert 0.0 <= summary["subtract"]["within_target"] <= 1.0 and summary["subtract"]["cells"] == 2
+    assert (tmp_path / "pareto.png").stat().st_size > 0 and (tmp_path / "iid" / "seed0" / "report.json").exists()
+    assert report["results"] == data["summary"]
+
+
+@pytest.mark.slow
+def test_short_methods_are_timed_over_repeats_on_a_server_that_reserves_its_cpu(local_ray, tmp_path):
+    import fedunlearn
+    from fedunlearn import checkpoint
+    from fedunlearn.federated.config import Config as FedConfig
+    from fedunlearn.federated.driver import serve
+    from fedunlearn.federated.transport import LocalTransport
+    from fedunlearn.federated.resources import ServerWorker
+
+    mapping = tiny_federation("timing", ["retrain", "subtract", "source_free_absent"],
+                              {"source_free_absent": {"generator": {"steps": 5, "width": 8},
+                                                      "consolidate": {"steps": 5}, "check_samples": 50}})
+    cfg = build(FedConfig, mapping)
+    with ServerWorker(0.0, cpus=1.0) as server:
+        report = serve(cfg, LocalTransport(cfg), tmp_path, progress=False, server=server)
+        assert server.reserved_cpus == 1.0
+    rows = {r["method"]: r for r in report["results"]}
+    assert rows["subtract"]["wall_repeats"] == 3 and rows["subtract"]["wall_s_spread"] >= 0
+    assert rows["source_free_absent"]["server_reserved_cpus"] == 1.0
+    assert checkpoint.code_key().startswith(fedunlearn.__version__ + "-")
+    names = [p.name for p in (tmp_path / "checkpoints").glob("federation-*.pt")]
+    assert len(names) == 1

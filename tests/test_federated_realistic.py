@@ -1,0 +1,180 @@
+"""Realistic federations without Flower: triggers, partial participation, the departing client
+by rule, a stronger attacker, and the server-only baselines on a tiny digits federation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fedunlearn.config import build
+from fedunlearn.data import BackdoorConfig, add_trigger
+from fedunlearn.errors import ConfigError
+from fedunlearn.federated import fedavg
+from fedunlearn.federated.client import departing_client, federation_data, local_data, local_train
+from fedunlearn.federated.config import Config
+from fedunlearn.federated.context import FedContext
+from fedunlearn.federated.fedavg import aggregate_replies
+from fedunlearn.federated.transport import LocalTransport
+from fedunlearn.federated.methods import load_method
+from fedunlearn.federated.rounds import run_fedavg, sample_clients
+from fedunlearn.federated.withdrawal import pick_client
+from fedunlearn.models import build_model
+from fedunlearn.training import get_device
+
+
+def tiny(**sections) -> Config:
+    mapping = {"kind": "federated", "data": {"name": "digits"}, "model": {"name": "mlp", "hidden": 32},
+               "federation": {"num_clients": 5, "rounds": 4, "clients_per_round": 2},
+               "backdoor": {"fraction": 0.3}}
+    for key, values in sections.items():
+        mapping[key] = {**mapping.get(key, {}), **values}
+    return build(Config, mapping)
+
+
+@pytest.mark.parametrize("position", ["bottom-right", "bottom-left", "top-right", "top-left", "centre"])
+def test_patch_triggers_sit_where_asked(position):
+    x = torch.zeros(2, 1, 8, 8)
+    out = add_trigger(x, BackdoorConfig(size=2, position=position))
+    rows, cols = torch.nonzero(out[0, 0], as_tuple=True)
+    assert len(rows) == 4
+    expect_row = {"top": 0, "bottom": 6, "centre": 3}[position.split("-")[0]]
+    expect_col = {"left": 0, "right": 6, "centre": 3}[position.split("-")[-1]]
+    assert int(rows.min()) == expect_row and int(cols.min()) == expect_col
+
+
+def test_checkerboard_and_blended_triggers():
+    x = torch.full((3, 1, 8, 8), 0.5)
+    board = add_trigger(x, BackdoorConfig(size=4, pattern="checkerboard", position="top-left"))[0, 0, :4, :4]
+    assert set(board.flatten().tolist()) == {0.0, 1.0} and board[0, 0] != board[0, 1]
+    blended = add_trigger(x, BackdoorConfig(pattern="blended", blend=0.2))
+    changed = (blended != x).float().mean()
+    assert changed > 0.9  # the whole image carries it
+    assert torch.allclose(blended[0], blended[1])  # one fixed pattern
+    assert float((blended - x).abs().max()) <= 0.2 * 0.5 + 1e-6
+    with pytest.raises(ConfigError, match="backdoor.pattern"):
+        build(BackdoorConfig, {"pattern": "stripes"}, "backdoor")
+
+
+def test_departing_client_by_rule():
+    assert pick_client("largest", [5, 9, 9, 1]) == 1 and pick_client("median", [5, 9, 7, 1]) == 0
+    assert pick_client(3, [1, 1, 1, 1]) == 3
+    cfg = tiny(federation={"partition": "dirichlet", "alpha": 0.3}, withdrawal={"client": "largest"})
+    sizes = [len(p) for p in federation_data(cfg)[1]]
+    who = departing_client(cfg)
+    assert sizes[who] == max(sizes) and len(local_data(cfg, who).poisoned_idx) > 0
+    with pytest.raises(ConfigError, match="withdrawal.client"):
+        tiny(withdrawal={"client": "smallest"})
+    with pytest.raises(ConfigError, match="clients_per_round"):
+        tiny(federation={"clients_per_round": 9})
+
+
+def test_client_sampling_is_seeded_and_history_records_participants():
+    assert sample_clients([0, 1, 2, 3], 2, 0, 1) == sample_clients([0, 1, 2, 3], 2, 0, 1)
+    draws = {tuple(sample_clients(list(range(10)), 3, 0, r)) for r in range(1, 20)}
+    assert len(draws) > 5 and all(len(d) == 3 for d in draws)
+    cfg = tiny()
+    transport = LocalTransport(cfg)
+    local = local_data(cfg, 0)
+    init = build_model(cfg.model, local.input_shape, local.num_classes).state_dict()
+    fit = lambda ids, s, c: aggregate_replies(s, transport.train(ids, s, {**c, "phase": "train"}))  # noqa: E731
+    _, history, _, _ = run_fedavg(fit, list(range(5)), init, 4, store_every=1, per_round=2, seed=0)
+    assert [len(r.updates) for r in history.rounds] == [2, 2, 2, 2]
+    assert [sorted(r.updates) for r in history.rounds] == [sample_clients(list(range(5)), 2, 0, r) for r in (1, 2, 3, 4)]
+
+
+def test_the_attacker_trains_longer_only_in_training_rounds():
+    cfg = tiny(backdoor={"local_epochs": 4})
+    attacker = local_data(cfg, departing_client(cfg))
+    state = build_model(cfg.model, attacker.input_shape, attacker.num_classes).state_dict()
+    long, _, _ = local_train(cfg, attacker, state, {"phase": "train", "round": 1})
+    short, _, _ = local_train(cfg, attacker, state, {"phase": "unlearn", "round": 1})
+    assert fedavg.norm(fedavg.delta(long, state)) > 1.5 * fedavg.norm(fedavg.delta(short, state))
+
+
+def partial_context(cfg: Config):
+    transport = LocalTransport(cfg)
+    local = local_data(cfg, 0)
+    make = lambda: build_model(cfg.model, local.input_shape, local.num_classes)  # noqa: E731
+    init = make().state_dict()
+    fit = lambda ids, s, c: aggregate_replies(s, transport.train(ids, s, {**c, "phase": "train"}))  # noqa: E731
+    state, history, _, _ = run_fedavg(fit, list(range(cfg.federation.num_clients)), init, cfg.federation.rounds,
+                                      store_every=1, per_round=cfg.federation.clients_per_round, seed=0)
+    departing = departing_client(cfg)
+    return FedContext(global_state=state, initial_state=init, history=history, departing=departing,
+                      remaining=[c for c in range(cfg.federation.num_clients) if c != departing],
+                      num_clients=cfg.federation.num_clients, num_classes=10, input_shape=local.input_shape,
+                      make_model=make, fed_cfg=cfg.federation, device=get_device("cpu"), transport=transport,
+                      train_rounds=cfg.federation.rounds, sample_counts={c: len(local_data(cfg, c).train)
+                                                                         for c in range(cfg.federation.num_clients)})
+
+
+def test_methods_handle_rounds_the_departing_client_missed():
+    cfg = tiny(federation={"rounds": 5})
+    ctx = partial_context(cfg)
+    took_part = len(ctx.history.client_rounds(ctx.departing))
+    assert 0 < took_part < 5
+    sub = load_method("subtract").unlearn(ctx, load_method("subtract").Config())
+    assert sub.stats["stored_rounds_used"] == took_part
+    # its share of the trajectory counts the rounds it missed as 0
+    shares = [r.updates[ctx.departing][1] / r.total_samples() for r in ctx.history.client_rounds(ctx.departing)]
+    assert sub.stats["client_share"] == pytest.approx(sum(shares) / 5)
+    retrain = load_method("retrain").unlearn(ctx, load_method("retrain").Config())
+    assert ctx.traffic.messages_to_remaining == 5 * 2 and ctx.traffic.messages_to_departing == 0
+    assert retrain.rounds == 5
+    pga = load_method("pga")
+    assert pga.reference_model(ctx) is not None
+
+
+def linear_history(partial: bool = False):
+    """Three rounds, three clients whose updates simply add up; with `partial`, the departing
+    client 0 sits out round 2."""
+    from fedunlearn.federated.history import History, StoredRound
+
+    vec = lambda *v: {"w": torch.tensor(v, dtype=torch.float32)}  # noqa: E731
+    w0 = vec(0.0, 0.0)
+    ups = {0: (vec(1.0, 0.0), 2), 1: (vec(0.0, 1.0), 1), 2: (vec(0.0, 3.0), 3)}
+    history, state, retrained = History(store_every=1), w0, w0
+    for rnd in (1, 2, 3):
+        present = {c: u for c, u in ups.items() if not (partial and rnd == 2 and c == 0)}
+        history.rounds.append(StoredRound(rnd, state, dict(present)))
+        state = fedavg.apply_updates(state, list(present.values()))
+        retrained = fedavg.apply_updates(retrained, [present[1], present[2]])
+    ctx = FedContext(global_state=state, initial_state=w0, history=history, departing=0, remaining=[1, 2],
+                     num_clients=3, num_classes=2, input_shape=(2,), make_model=None, fed_cfg=None,
+                     device=torch.device("cpu"), transport=None, train_rounds=3)
+    return ctx, retrained
+
+
+@pytest.mark.parametrize("partial", [False, True])
+def test_server_only_baselines_are_exact_for_a_linear_model(partial):
+    ctx, retrained = linear_history(partial)
+    replay = load_method("replay").unlearn(ctx, load_method("replay").Config())
+    assert torch.allclose(replay.state["w"], retrained["w"]) and len(replay.curve) == 3
+    fedrecovery = load_method("fedrecovery")
+    exact = fedrecovery.unlearn(ctx, fedrecovery.Config(sensitivity_frac=0.0))
+    assert torch.allclose(exact.state["w"], retrained["w"], atol=1e-6) and exact.stats["noise_sigma"] == 0.0
+    noisy = fedrecovery.unlearn(ctx, fedrecovery.Config(epsilon=1.0))
+    assert noisy.stats["noise_sigma"] > 0 and not torch.allclose(noisy.state["w"], retrained["w"])
+    assert ctx.traffic.messages_to_remaining == 0 and ctx.traffic.messages_to_departing == 0
+
+
+def test_server_only_baselines_on_a_partial_federation():
+    ctx = partial_context(tiny(federation={"rounds": 3}))
+    for name in ("replay", "fedrecovery"):
+        result = load_method(name).unlearn(ctx, load_method(name).Config())
+        assert all(torch.isfinite(v).all() for v in result.state.values())
+    assert ctx.traffic.messages_to_remaining == 0
+
+
+def test_the_report_says_what_was_forgotten():
+    from fedunlearn.federated.report import forgotten
+
+    rows = [{"method": "original", "test_acc": 0.9, "forget_acc": 0.95, "backdoor_asr": 0.9},
+            {"method": "retrain", "test_acc": 0.88, "forget_acc": 0.5, "backdoor_asr": 0.01},
+            {"method": "subtract", "test_acc": 0.6, "forget_acc": 0.3, "backdoor_asr": 0.0},
+            {"method": "continue", "test_acc": 0.89, "forget_acc": 0.9, "backdoor_asr": 0.7},
+            {"method": "good", "test_acc": 0.875, "forget_acc": 0.52, "backdoor_asr": 0.02}]
+    text = forgotten(rows, 3, 120, backdoor=True)
+    assert "client 3 (120 samples)" in text and "90.0% -> 1.0%" in text
+    assert "retrain: good." in text and "retrain + 3%): continue." in text and "lost test accuracy: subtract." in text
