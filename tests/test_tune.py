@@ -54,3 +54,17 @@ def test_tune_without_ray_tune_extras_is_a_one_line_error(capsys):
         pass
     assert main(["tune", "simulations/quickstart.toml", "--method", "finetune"]) == 2
     assert "ray[tune]" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_tune_command_writes_the_best_section(tmp_path, capsys):
+    """The whole `fedunlearn tune` path on Ray Tune: trials run, the best setting is written as TOML."""
+    import tomllib
+
+    pytest.importorskip("ray.tune")
+    overrides = ["data.name=digits", "data.train_size=0", "data.val_size=200", "model.name=mlp", "train.epochs=5"]
+    args = ["tune", "simulations/quickstart.toml", "--method", "finetune", "--samples", "2", "--models", "2",
+            "--out", str(tmp_path)]
+    assert main(args + [a for o in overrides for a in ("--set", o)]) == 0
+    section = tomllib.loads((tmp_path / "tuned_finetune.toml").read_text())["methods"]["finetune"]
+    assert set(section) <= {"epochs", "lr", "batch_size"} and section
