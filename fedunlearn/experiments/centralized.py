@@ -76,9 +76,11 @@ class Prepared:
     make_model: Callable[[], nn.Module]
 
 
-def prepare(cfg: Config, data: DataBundle | None = None) -> Prepared:
+def prepare(cfg: Config, data: DataBundle | None = None,
+            original: Callable[[Callable[[], nn.Module]], nn.Module] | None = None) -> Prepared:
     """Deterministic in the seed. `data` replaces the data set cfg.data names (e.g. a class subset
-    built by another experiment)."""
+    built by another experiment). `original(make_model)` gives the trained original, which the
+    subpopulation / atypical forget sets are chosen with (default: train it here, untimed)."""
     seed = cfg.experiment.seed
     data = data if data is not None else load_dataset(cfg.data, seed)
     labels = data.train.y.numpy()
@@ -87,10 +89,11 @@ def prepare(cfg: Config, data: DataBundle | None = None) -> Prepared:
         seed_everything(seed)
         return build_model(cfg.model, data.input_shape, data.num_classes)
 
-    # subpopulation / atypical need the original: the same seeded training run() does next.
-    forget_idx = select_forget_for(data.train, cfg.forget, seed, lambda: [train(
-        make_model(), data.train, cfg.train, get_device(cfg.experiment.device), seed=seed, progress=False)],
-        get_device(cfg.experiment.device))
+    device = get_device(cfg.experiment.device)
+    if original is None:
+        def original(make):
+            return train(make(), data.train, cfg.train, device, seed=seed, progress=False)
+    forget_idx = select_forget_for(data.train, cfg.forget, seed, lambda: [original(make_model)], device)
     retain_idx = complement(len(labels), forget_idx)
     retain, forget = data.train.subset(retain_idx), data.train.subset(forget_idx)
     eval_retain = retain
@@ -112,17 +115,21 @@ def run(cfg: Config, out_dir: str | Path, progress: bool = True, data: DataBundl
     device = get_device(cfg.experiment.device)
     seed = cfg.experiment.seed
     given = data is not None
-    p = prepare(cfg, data)
-    data = p.data
-    log.info("data %s: %d train (%d forget), %d test; device %s", data.name, len(data.train),
-             len(p.forget_idx), len(data.test), device)
-
+    data = data if given else load_dataset(cfg.data, seed)
     given_key = [data.name, data.train.y.tolist(), data.num_classes] if given else []
-    # The original is keyed only on what trains it, so a new forget request reuses it.
+    # The original is keyed only on what trains it, so a new forget request reuses it, and the
+    # model-based forget sets (subpopulation, atypical) are chosen with this same checkpoint.
     original_key = config_hash([cfg.data, cfg.model, cfg.train, seed] + given_key)
     base_key = config_hash([cfg.data, cfg.model, cfg.train, cfg.forget, seed] + given_key)
-    original, original_s = cached(ckpt / f"original-{original_key}", lambda: timed(lambda: train(
-        p.make_model(), data.train, cfg.train, device, seed=seed, desc="original", progress=progress)))
+
+    def trained_original(make_model):
+        return cached(ckpt / f"original-{original_key}", lambda: timed(lambda: train(
+            make_model(), data.train, cfg.train, device, seed=seed, desc="original", progress=progress)))
+
+    p = prepare(cfg, data, original=lambda make_model: trained_original(make_model)[0])
+    log.info("data %s: %d train (%d forget), %d test; device %s", data.name, len(data.train),
+             len(p.forget_idx), len(data.test), device)
+    original, original_s = trained_original(p.make_model)
 
     task = make_task(data.train, p.forget_idx, original, train_cfg=cfg.train, make_model=p.make_model,
                      num_classes=data.num_classes, device=device, seed=seed, workdir=str(ckpt / f"work-{base_key}"),
