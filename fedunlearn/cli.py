@@ -122,6 +122,8 @@ def cmd_submit(args) -> int:
 def cmd_record(args) -> int:
     from fedunlearn import record
 
+    if not Path(args.log).is_file():  # nothing to verify is not a tampered record
+        raise FedUnlearnError(f"no deletion record at '{args.log}'; a federated run writes OUT/deletions.jsonl")
     ok, message = record.verify(args.log)
     print(("OK: " if ok else "ALTERED: ") + message)
     return 0 if ok else 1

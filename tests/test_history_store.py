@@ -223,3 +223,9 @@ def test_withdraw_with_source_free_absent_on_the_server_worker(tmp_path, monkeyp
     assert not ray.is_initialized()
     ok, message = record.verify(tmp_path / "run" / "deletions.jsonl")
     assert ok and "2 entries" in message  # the run's own request (client 0), then this one
+
+
+def test_record_verify_of_a_missing_file_is_an_error_not_a_tampered_record(tmp_path, capsys):
+    assert cli_main(["record", "verify", str(tmp_path / "none.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert "no deletion record" in err and "ALTERED" not in err
