@@ -200,7 +200,10 @@ def test_graph_experiment_end_to_end(tmp_path):
         "experiment": {"models": ["gcn", "sgc"]}, "methods": {"graph_eraser": {"shards": 2, "agg_steps": 20}},
         "forget": [{"target": "nodes", "count": 5}, {"target": "features", "kind": "class", "count": 5},
                    {"target": "edges", "kind": "neighbourhood", "count": 10}]})
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "mine.txt").write_text("a user's own file")  # --out may hold one
     report = module.run(cfg, tmp_path, progress=False)
+    assert (tmp_path / "work" / "mine.txt").is_file()
     rows = report["results"]
     assert {r["method"] for r in rows if r["model"] == "gcn"} == {
         "original", "graph_retrain", "graph_finetune", "graph_eraser", "gif", "gnndelete", "retrain_other_seed"}

@@ -80,7 +80,8 @@ def run(cfg: Config, out_dir: str | Path, progress: bool = True) -> dict:
     graph = load_graph(cfg.data, seed)
     log.info("graph %s: %d nodes, %d edges, %d training nodes", graph.name, graph.n, graph.edges.shape[1],
              int(graph.train.sum()))
-    work = out / "work"
+    # Under checkpoints/, which only fedunlearn writes: --out may name a folder holding a user's own "work".
+    work = out / "checkpoints" / "graph-work"
     shutil.rmtree(work, ignore_errors=True)  # shard checkpoints of an earlier run would make deletions free
     rows, notes = [], []
     with ray_session(cfg.cluster):
