@@ -4,12 +4,15 @@
 `flwr.simulation.run_simulation`: one SuperNode per client, client resources chosen from what
 the machine has. The ServerApp does all the work (federated/driver.py) and writes the report; this
 function returns what it wrote. Ray is reused when it already runs, started (and stopped
-afterwards) when it does not.
+afterwards) when it does not. The engine waits for every ClientApp call it started, so a client
+still hung when the ServerApp is done (its round ended by `federation.round_timeout_s`) has its
+Ray actor killed after `SHUTDOWN_GRACE_S`, and the run ends then instead of when the call returns.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 
 from fedunlearn.config import to_dict
@@ -17,6 +20,9 @@ from fedunlearn.federated.config import Config
 from fedunlearn.federated.report import COLUMNS
 
 log = logging.getLogger("fedunlearn")
+
+# After the ServerApp is done, how long the engine may take to stop its idle clients by itself.
+SHUTDOWN_GRACE_S = 2.0
 
 
 def run(cfg: Config, out_dir: str | Path, progress: bool = True) -> dict:
@@ -36,12 +42,29 @@ def run(cfg: Config, out_dir: str | Path, progress: bool = True) -> dict:
     resources = client_resources(cfg.federation)
     log.info("Flower simulation: %d clients, client resources %s", cfg.federation.num_clients, resources)
     started_ray = not ray.is_initialized()
+    server_done, engine_done = threading.Event(), threading.Event()
+    threading.Thread(target=_end_hung_clients, args=(server_done, engine_done), name="fedunlearn-shutdown",
+                     daemon=True).start()
     try:
-        run_simulation(server_app=make_server_app(mapping, str(out), progress), client_app=make_client_app(mapping),
-                       num_supernodes=cfg.federation.num_clients,
+        run_simulation(server_app=make_server_app(mapping, str(out), progress, on_exit=server_done.set),
+                       client_app=make_client_app(mapping), num_supernodes=cfg.federation.num_clients,
                        backend_config={"client_resources": resources, "init_args": {"include_dashboard": False}})
     finally:
+        engine_done.set()
+        server_done.set()  # the watcher returns even when the ServerApp never ran
         if started_ray and ray.is_initialized():
             ray.shutdown()
     report = load_report(out)
     return {"results": report["results"], "config": report["config"], "columns": COLUMNS}
+
+
+def _end_hung_clients(server_done: threading.Event, engine_done: threading.Event) -> None:
+    server_done.wait()
+    if engine_done.wait(SHUTDOWN_GRACE_S):
+        return
+    from fedunlearn.federated.resources import end_client_actors
+
+    log.warning("the ServerApp is done but the simulation engine still waits for a client call; ending its "
+                "client actors (Flower then logs that actor's ActorDiedError: expected)")
+    killed = end_client_actors()
+    log.info("ended %d Flower client actor(s)", killed)

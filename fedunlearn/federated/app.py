@@ -92,7 +92,9 @@ def make_client_app(mapping: dict | None = None) -> ClientApp:
     return app
 
 
-def make_server_app(mapping: dict | None = None, out_dir: str | None = None, progress: bool = True) -> ServerApp:
+def make_server_app(mapping: dict | None = None, out_dir: str | None = None, progress: bool = True,
+                    on_exit=None) -> ServerApp:
+    """`on_exit()` is called when the ServerApp's work has ended, whether it succeeded or raised."""
     app = ServerApp()
 
     @app.main()
@@ -100,9 +102,13 @@ def make_server_app(mapping: dict | None = None, out_dir: str | None = None, pro
         from fedunlearn.federated.driver import serve
         from fedunlearn.federated.transport import FlowerTransport
 
-        cfg = _config(context, mapping)
-        out = out_dir or str(context.run_config.get("out-dir", "") or f"results/{cfg.experiment.name}")
-        serve(cfg, FlowerTransport(grid, cfg.federation.num_clients), out, progress=progress)
+        try:
+            cfg = _config(context, mapping)
+            out = out_dir or str(context.run_config.get("out-dir", "") or f"results/{cfg.experiment.name}")
+            serve(cfg, FlowerTransport(grid, cfg.federation.num_clients), out, progress=progress)
+        finally:
+            if on_exit is not None:
+                on_exit()
 
     return app
 
