@@ -5,12 +5,17 @@ after, the metrics of that run and the purge confirmation, plus `prev` (the prev
 hash; 64 zeros for the first) and `hash` (sha256 of the entry's canonical JSON without
 `hash`). Changing any byte of an entry changes its hash; removing or reordering entries
 breaks a `prev` link. `verify` names the first entry that does not check out.
+
+A request is recorded once: appending an entry whose request id, client, method and model
+hashes (before and after) match an existing entry returns that entry and appends nothing, so
+rerunning a finished run (which resumes from its checkpoints) leaves the record as it was.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import time
 import uuid
@@ -20,6 +25,9 @@ import numpy as np
 import torch
 
 GENESIS = "0" * 64
+SAME_REQUEST = ("request_id", "client", "method", "model_before_sha256", "model_after_sha256")
+
+logger = logging.getLogger("fedunlearn")
 
 
 def state_sha256(state: dict) -> str:
@@ -51,7 +59,8 @@ def _plain(value):
 
 def append(log: str | Path, client, method: str, before: str, after, metrics: dict, purge: dict,
            request_id: str | None = None) -> dict:
-    """Append one request's entry, chained to the last one; returns the entry."""
+    """Append one request's entry, chained to the last one; returns the entry (or, for a request
+    the log already holds, that earlier entry, and nothing is appended)."""
     path = Path(log)
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = path.read_text().splitlines() if path.is_file() else []
@@ -60,6 +69,13 @@ def append(log: str | Path, client, method: str, before: str, after, metrics: di
                     "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "method": method,
                     "model_before_sha256": before, "model_after_sha256": after, "metrics": metrics,
                     "purge": purge, "prev": prev})
+    if request_id is not None:
+        for number, line in enumerate(lines, 1):
+            earlier = json.loads(line)
+            if all(earlier.get(k) == entry[k] for k in SAME_REQUEST):
+                logger.info("the deletion record already holds request %s (entry %d of %s); not appended again",
+                         request_id, number, path)
+                return earlier
     entry["hash"] = hashlib.sha256(_canonical(entry)).hexdigest()
     with open(path, "a") as f:
         f.write(json.dumps(entry, sort_keys=True) + "\n")

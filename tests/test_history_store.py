@@ -94,7 +94,7 @@ def config(tmp_path, history: str, **federation) -> Config:
 
 
 @pytest.mark.parametrize("history", ["disk", "memory"])
-def test_withdrawal_purges_every_stored_update_and_is_recorded(tmp_path, history):
+def test_withdrawal_purges_every_stored_update_and_is_recorded(tmp_path, history, caplog):
     cfg = config(tmp_path, history)
     out = tmp_path / "run"
     report = serve(cfg, LocalTransport(cfg), out, progress=False)
@@ -119,6 +119,23 @@ def test_withdrawal_purges_every_stored_update_and_is_recorded(tmp_path, history
     entry = json.loads((out / "deletions.jsonl").read_text().splitlines()[-1])
     assert entry["client"] == 0 and entry["purge"]["purged"] and entry["model_before_sha256"] != entry[
         "model_after_sha256"]["subtract"]
+    if history == "disk":  # a rerun resumes from the checkpoints: the same request, not a second entry
+        with caplog.at_level("INFO", logger="fedunlearn"):
+            serve(cfg, LocalTransport(cfg), out, progress=False)
+        assert (out / "deletions.jsonl").read_text().splitlines() == [json.dumps(entry, sort_keys=True)]
+        assert "not appended again" in caplog.text
+
+
+def test_a_request_is_recorded_once(tmp_path):
+    log = tmp_path / "deletions.jsonl"
+    first = record.append(log, 3, "subtract", "a" * 64, "b" * 64, {"test_acc": 0.9}, {"purged": True}, "req-1")
+    again = record.append(log, 3, "subtract", "a" * 64, "b" * 64, {"test_acc": 0.9}, {"purged": True}, "req-1")
+    assert again == first and len(log.read_text().splitlines()) == 1
+    # the same request id with another outcome, or another client, is a new entry
+    record.append(log, 3, "subtract", "a" * 64, "c" * 64, {"test_acc": 0.8}, {"purged": True}, "req-1")
+    record.append(log, 4, "subtract", "a" * 64, "b" * 64, {"test_acc": 0.9}, {"purged": True}, "req-1")
+    record.append(log, 3, "subtract", "a" * 64, "b" * 64, {"test_acc": 0.9}, {"purged": True})  # no id: always
+    assert len(log.read_text().splitlines()) == 4 and record.verify(log)[0]
 
 
 def test_record_names_the_altered_entry(tmp_path, capsys):

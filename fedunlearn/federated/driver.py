@@ -90,11 +90,12 @@ def serve(cfg, transport, out_dir: str | Path, progress: bool = True, server=Non
     from fedunlearn.federated.report import write_federated_report
 
     report = write_federated_report(cfg, out, trained, results, make_model, device)
+    # The request is this run's withdrawal: a rerun (resumed from checkpoints) is the same request.
     record.append(out / "deletions.jsonl", cfg.withdrawal.client, "+".join(cfg.method_names()),
                   record.state_sha256(trained["global_state"]),
                   {name: record.state_sha256(res["state"]) for name, res in results.items()},
                   {row["method"]: {k: v for k, v in row.items() if isinstance(v, (int, float))}
-                   for row in report["results"]}, purge)
+                   for row in report["results"]}, purge, request_id=f"run-{base_key}")
     return {**report, "purge": purge}
 
 
