@@ -1,14 +1,17 @@
-"""What float16 storage of client updates costs each method: its gap to retrain, float32 vs float16.
+"""What compressing the stored client updates costs each method: its gap to retrain, per storage.
 
-Runs the same small federation twice over the in-process transport (no Flower, no Ray), with
-the on-disk history in float32 and in float16, and prints each method's avg_gap (mean of
-|test, retain, forget accuracy, MIA - retrain's|), its distance to retrain and the bytes the
-history held. Both runs train identically (the store only keeps what training produced), so
-any difference comes from the stored updates' precision. Retrain is each run's own
-reference; the training and retraining are deterministic and the same in both runs.
+Runs the same small federation once per storage of the on-disk history, over the in-process
+transport (no Flower, no Ray): `none` (float32), `float16` (federation.history_dtype) and
+`topk` (federation.history_topk: each tensor of a stored round update keeps its largest-
+magnitude fraction of entries). It prints each method's avg_gap (mean of |test, retain,
+forget accuracy, MIA - retrain's|), its output distance (JS) to retrain, its backdoor success,
+and the bytes the history held. Every run trains identically (the store only keeps what
+training produced), so a difference comes from the stored updates alone. Retrain is each
+run's own reference; training and retraining are deterministic and the same in every run.
+The running sums stay dense under top-k, so subtract differs only through float16.
 
     python benchmarks/history_compression.py
-    python benchmarks/history_compression.py --set federation.num_clients=10 --methods subtract,pga
+    python benchmarks/history_compression.py --topk 0.05 --set federation.num_clients=10 --methods subtract,pga
 """
 
 from __future__ import annotations
@@ -30,38 +33,48 @@ BASE = {
     "model": {"name": "cnn", "hidden": 32},
     "federation": {"num_clients": 5, "rounds": 4, "history": "disk",
                    "local": {"epochs": 1, "batch_size": 32, "lr": 0.05, "schedule": "constant"}},
-    "withdrawal": {"client": 0},
+    "withdrawal": {"client": 0, "purge": False},  # keep the departing client's files: they are measured too
     "backdoor": {"fraction": 0.3, "target": 0, "size": 2},
     "eval": {"mia_max_samples": 300},
 }
 
 
+def storages(topk: float) -> dict[str, list[str]]:
+    return {"none": ["federation.history_dtype=float32"], "float16": ["federation.history_dtype=float16"],
+            "topk": ["federation.history_dtype=float32", f"federation.history_topk={topk}"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", default="subtract,federaser,pga", help="comma-separated (retrain always runs)")
+    parser.add_argument("--methods", default="subtract,federaser,pga,replay",
+                        help="comma-separated (retrain always runs)")
+    parser.add_argument("--topk", type=float, default=0.1, help="fraction of each tensor's entries kept by topk")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
-    rows = {}
-    for dtype in ("float32", "float16"):
-        mapping = apply_overrides(json.loads(json.dumps(BASE)), args.set + [f"federation.history_dtype={dtype}"])
-        mapping["experiment"]["methods"] = args.methods.split(",")
+    methods = args.methods.split(",")
+    rows, sizes, update_sizes = {}, {}, {}
+    for storage, overrides in storages(args.topk).items():
+        mapping = apply_overrides(json.loads(json.dumps(BASE)), args.set + overrides)
+        mapping["experiment"]["methods"] = methods
         cfg = build(Config, mapping)
         with tempfile.TemporaryDirectory() as out:
             report = serve(cfg, LocalTransport(cfg), Path(out), progress=False)
-        rows[dtype] = {r["method"]: r for r in report["results"]}
-        rows[dtype]["_history_bytes"] = report["history_bytes"]
-    print(f"{'method':<12} {'avg_gap f32':>12} {'avg_gap f16':>12} {'js f32':>10} {'js f16':>10} "
-          f"{'backdoor f32':>13} {'backdoor f16':>13}")
-    summary = {}
-    for name in ["original", *args.methods.split(",")]:
-        a, b = rows["float32"][name], rows["float16"][name]
-        print(f"{name:<12} {a['avg_gap']:>12.4f} {b['avg_gap']:>12.4f} {a['js_to_retrain']:>10.5f} "
-              f"{b['js_to_retrain']:>10.5f} {a.get('backdoor_asr', float('nan')):>13.3f} "
-              f"{b.get('backdoor_asr', float('nan')):>13.3f}")
-        summary[name] = {"avg_gap_float32": a["avg_gap"], "avg_gap_float16": b["avg_gap"],
-                         "js_float32": a["js_to_retrain"], "js_float16": b["js_to_retrain"]}
-    print(f"history bytes at the report (after the purge): float32 {rows['float32']['_history_bytes']}, "
-          f"float16 {rows['float16']['_history_bytes']}")
+            update_sizes[storage] = sum(f.stat().st_size for f in Path(out).glob("history-*/rounds/*/client-*.npy"))
+        rows[storage] = {r["method"]: r for r in report["results"]}
+        sizes[storage] = report["history_bytes"]
+    names = list(rows)
+    print(f"{'method':<12}" + "".join(f" {'gap ' + s:>13}" for s in names) + "".join(f" {'js ' + s:>12}" for s in names)
+          + "".join(f" {'bd ' + s:>11}" for s in names))
+    summary = {"history_bytes": sizes, "round_update_bytes": update_sizes, "topk_fraction": args.topk, "methods": {}}
+    for name in ["original", *methods]:
+        got = [rows[s][name] for s in names]
+        print(f"{name:<12}" + "".join(f" {r['avg_gap']:>13.4f}" for r in got)
+              + "".join(f" {r['js_to_retrain']:>12.5f}" for r in got)
+              + "".join(f" {r.get('backdoor_asr', float('nan')):>11.3f}" for r in got))
+        summary["methods"][name] = {f"avg_gap_{s}": r["avg_gap"] for s, r in zip(names, got)} | {
+            f"js_{s}": r["js_to_retrain"] for s, r in zip(names, got)}
+    print("history bytes on disk: " + ", ".join(f"{s} {sizes[s]:,}" for s in names))
+    print("of which stored round updates: " + ", ".join(f"{s} {update_sizes[s]:,}" for s in names))
     print(json.dumps(summary))
 
 

@@ -75,6 +75,37 @@ def test_a_changed_byte_is_caught_and_float16_halves_the_client_files(tmp_path):
         full.rounds[0].updates[1]
 
 
+def test_topk_keeps_the_largest_entries_of_each_stored_update_and_exact_sums(tmp_path):
+    memory = fill(History(1))
+    dense, sparse = fill(DiskHistory(tmp_path / "d", 1)), fill(DiskHistory(tmp_path / "s", 1, topk=0.25))
+    half = fill(DiskHistory(tmp_path / "h", 1, dtype="float16", topk=0.25))
+    for cid in (0, 1, 2):  # the running sums stay dense and exact
+        assert torch.allclose(sparse.client_sum(cid)[0]["w"], memory.client_sum(cid)[0]["w"], atol=1e-6)
+    for m, d in zip(memory.rounds, DiskHistory.open(tmp_path / "s").rounds):
+        for cid in m.updates:
+            for key, full in m.updates[cid][0].items():
+                got = d.updates[cid][0][key]
+                k = max(1, -(-full.numel() // 4))  # ceil(0.25 * numel)
+                kept = got.reshape(-1) != 0
+                assert int(kept.sum()) == k and torch.equal(got.reshape(-1)[kept], full.reshape(-1)[kept])
+                assert full.reshape(-1)[kept].abs().min() >= full.reshape(-1)[~kept].abs().max()
+    got, full = half.rounds[0].updates[0][0]["w"], dense.rounds[0].updates[0][0]["w"]
+    assert torch.allclose(got, full * (got != 0), atol=1e-2) and int((got != 0).sum()) == 3
+    size = lambda h: (h.round_dir(1) / "client-0.npy").stat().st_size  # noqa: E731
+    assert size(half) < size(sparse) < size(dense)
+    assert sparse.purge(0)["purged"]
+    with pytest.raises(FedUnlearnError, match=r"top-k fraction must be in \[0, 1\]"):
+        DiskHistory(tmp_path / "x", 1, topk=1.5)
+
+
+def test_topk_needs_the_disk_store(tmp_path):
+    from fedunlearn.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="history_topk.*disk"):
+        config(tmp_path, "memory", history_topk=0.1)
+    assert config(tmp_path, "disk", history_topk=0.1).federation.history_topk == 0.1
+
+
 def test_purge_leaves_no_file_of_the_client(tmp_path):
     disk = fill(DiskHistory(tmp_path / "h", 1))
     purge = disk.purge(0)

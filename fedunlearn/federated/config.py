@@ -54,6 +54,7 @@ class FederationConfig:
     server_gpus: float = 0.1       # GPU fraction of the server's Ray worker (ctx.run_task), when GPUs exist
     history: Literal["memory", "disk"] = "memory"  # where stored updates live: RAM, or OUT/history (store.py)
     history_dtype: Literal["float32", "float16"] = "float32"  # disk store: float16 halves the client files
+    history_topk: float = 0.0      # disk store: keep this fraction of each stored round update's entries (0 = all)
     round_timeout_s: float = 0.0   # a round ends after this many seconds without the missing clients (0 = wait)
     server_cpus: float = 1.0       # CPUs the server's Ray worker reserves; its torch uses as many threads
     fail_client: int = -1          # fault injection: this client raises during training round fail_round
@@ -73,6 +74,9 @@ class FederationConfig:
         check_range("federation.round_timeout_s", self.round_timeout_s, 0.0)
         check_range("federation.hang_s", self.hang_s, 0.0)
         check_range("federation.server_cpus", self.server_cpus, 0.0)
+        check_range("federation.history_topk", self.history_topk, 0.0, 1.0)
+        if self.history_topk > 0 and self.history != "disk":
+            raise ValueError("'federation.history_topk' compresses the disk store; set federation.history = \"disk\"")
 
 
 @dataclass(frozen=True)

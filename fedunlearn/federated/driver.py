@@ -133,7 +133,7 @@ def train_federation(cfg, transport, make_model, history_root: Path) -> dict:
     (with their causes and how many clients each round used, when the transport is monitored)."""
     fed = cfg.federation
     initial = fedavg.copy_state(make_model().state_dict())
-    history = make_history(fed.history, history_root, fed.store_every, fed.history_dtype)
+    history = make_history(fed.history, history_root, fed.store_every, fed.history_dtype, fed.history_topk)
     if isinstance(history, DiskHistory):
         history.set_model("initial", initial)
 

@@ -41,7 +41,7 @@ def _only(records: dict, kind: str, reply: Message):
 
 class RecordingStrategy(Strategy):
     def __init__(self, strategy: Strategy, history_dir: str | Path, store_every: int = 1, dtype: str = "float32",
-                 client_key: str = "partition-id", overwrite: bool = False):
+                 client_key: str = "partition-id", overwrite: bool = False, topk: float = 0.0):
         root = Path(history_dir)
         if (root / META).exists() and not overwrite:
             raise FedUnlearnError(f"'{root}' already holds a history; choose a new folder or pass overwrite=True")
@@ -51,7 +51,7 @@ class RecordingStrategy(Strategy):
             shutil.rmtree(root)
         self.inner, self.client_key = strategy, client_key
         self.weight_key = getattr(strategy, "weighted_by_key", "num-examples")
-        self.store = DiskHistory(root, store_every, dtype)
+        self.store = DiskHistory(root, store_every, dtype, topk=topk)
         self._sent: dict | None = None
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,

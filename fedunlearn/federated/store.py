@@ -12,13 +12,20 @@ Each file is a flat .npy vector (the state dict's floating-point tensors in `lay
 integer buffers live in store.json) with a `.sha256` file beside it, checked on every read.
 Files are streamed one tensor at a time, so writing or reading a model never needs more than
 that model in memory. `dtype = "float16"` halves the disk (client files only; global models
-stay float32). `purge(client)` deletes every file of a client once its withdrawal is done.
+stay float32). `topk = f` (0 < f < 1) keeps, of each tensor of a per-round client update, only
+its ceil(f * size) entries of largest magnitude, as (index, value) records: the other entries
+read back as zero (top-k sparsification as in Aji & Heafield, EMNLP 2017; Lin et al., Deep
+Gradient Compression, ICLR 2018, without their error feedback: nothing is sent, only stored).
+The running sums stay dense, so subtract and the source-free methods are unaffected; the
+methods that replay stored rounds (FedEraser, PGA, replay, FedRecovery) see the sparse updates.
+`purge(client)` deletes every file of a client once its withdrawal is done.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 from collections.abc import Iterator, Mapping
@@ -96,6 +103,13 @@ class NpyReader:
     def read(self, count: int) -> np.ndarray:
         return np.fromfile(self.file, dtype=self.dtype, count=count).astype(np.float32, copy=False)
 
+    def read_sparse(self, count: int, k: int) -> np.ndarray:
+        """The next tensor of a top-k file: its k (index, value) records scattered into `count` zeros."""
+        records = np.fromfile(self.file, dtype=self.dtype, count=k)
+        dense = np.zeros(count, dtype=np.float32)
+        dense[records["i"]] = records["v"]
+        return dense
+
     def close(self) -> None:
         self.file.close()
 
@@ -135,7 +149,7 @@ class LazyUpdates(Mapping):
 
     def __getitem__(self, cid) -> tuple[State, int]:
         n = self._clients()[str(cid)]
-        return self.store.read_state(self.store.round_dir(self.rnd) / f"client-{cid}.npy"), int(n)
+        return self.store.read_update(self.store.round_dir(self.rnd) / f"client-{cid}.npy"), int(n)
 
     def __iter__(self) -> Iterator[int]:
         return (int(c) for c in self._clients())
@@ -150,15 +164,18 @@ class LazyUpdates(Mapping):
 class DiskHistory:
     """The History interface (rounds, client_rounds, client_sum, record, nbytes, purge) on files."""
 
-    def __init__(self, root: str | Path, store_every: int = 1, dtype: str = "float32", verify: bool = True):
+    def __init__(self, root: str | Path, store_every: int = 1, dtype: str = "float32", verify: bool = True,
+                 topk: float = 0.0):
         if dtype not in DTYPES:
             raise FedUnlearnError(f"history dtype must be one of {sorted(DTYPES)}, not '{dtype}'")
+        if not 0.0 <= topk <= 1.0:
+            raise FedUnlearnError(f"history top-k fraction must be in [0, 1], not {topk}")
         self.root, self.verify = Path(root).resolve(), verify  # absolute: a checkpoint may be read from elsewhere
         if (self.root / META).is_file():
             self.meta = json.loads((self.root / META).read_text())
         else:
             self.meta = {"version": 1, "store_every": store_every, "dtype": dtype, "layout": None, "rounds": {},
-                         "sums": {}, "purged": [], "failures": []}
+                         "sums": {}, "purged": [], "failures": [], "topk": float(topk)}
         self.store_every = int(self.meta["store_every"])
 
     @classmethod
@@ -198,7 +215,7 @@ class DiskHistory:
         n = info["clients"].get(str(cid), info.get("counted", {}).get(str(cid)))
         weight = n / info["total"]
         if info["stored"]:
-            self.write_state(self.round_dir(rnd) / f"client-{cid}.npy", update, self.dtype)
+            self.write_update(self.round_dir(rnd) / f"client-{cid}.npy", update)
         self._add_to_sum(cid, update, weight)
 
     def set_model(self, which: str, state: State) -> None:
@@ -269,6 +286,37 @@ class DiskHistory:
             state[key] = torch.tensor(value, dtype=getattr(torch, dtype))
         return state
 
+    @property
+    def topk(self) -> float:
+        return float(self.meta.get("topk", 0.0))  # stores written before top-k existed are dense
+
+    def _k(self, count: int) -> int:
+        return min(count, max(1, math.ceil(self.topk * count)))
+
+    def write_update(self, path: Path, update: State) -> None:
+        """A per-round client update: dense in `dtype`, or its top-k (index, value) records per tensor."""
+        if not 0.0 < self.topk < 1.0:
+            return self.write_state(path, update, self.dtype)
+        records = np.dtype([("i", "<u4"), ("v", self.dtype)])
+        out = NpyWriter(path, records, sum(self._k(int(np.prod(shape))) for _, shape in self.meta["layout"]))
+        for key, shape in self.meta["layout"]:
+            flat = update[key].detach().cpu().reshape(-1).float()
+            keep = torch.topk(flat.abs(), self._k(flat.numel()), sorted=False).indices.sort().values
+            chunk = np.empty(len(keep), dtype=records)
+            chunk["i"], chunk["v"] = keep.numpy(), flat[keep].numpy()
+            out.write(chunk)
+        out.close()
+
+    def read_update(self, path: Path) -> State:
+        if not 0.0 < self.topk < 1.0:
+            return self.read_state(path)
+        reader = NpyReader(path, self.verify)
+        try:
+            return {key: torch.from_numpy(reader.read_sparse(n, self._k(n))).reshape(shape)
+                    for key, shape in self.meta["layout"] for n in [int(np.prod(shape))]}
+        finally:
+            reader.close()
+
     def write_state(self, path: Path, state: State, dtype) -> None:
         out = NpyWriter(path, dtype, self._length())
         for key, _ in self.meta["layout"]:
@@ -337,7 +385,7 @@ def extras_of(state: State) -> dict:
             if not torch.is_floating_point(v)}
 
 
-def make_history(kind: str, root: str | Path, store_every: int, dtype: str = "float32"):
+def make_history(kind: str, root: str | Path, store_every: int, dtype: str = "float32", topk: float = 0.0):
     """federation.history: "memory" keeps History in RAM; "disk" a fresh DiskHistory under `root`."""
     from fedunlearn.federated.history import History
 
@@ -345,4 +393,4 @@ def make_history(kind: str, root: str | Path, store_every: int, dtype: str = "fl
         return History(store_every=store_every)
     if Path(root).exists():  # a half-written store of an interrupted training: training starts over
         shutil.rmtree(root)
-    return DiskHistory(root, store_every, dtype)
+    return DiskHistory(root, store_every, dtype, topk=topk)
