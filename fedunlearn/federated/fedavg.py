@@ -9,6 +9,7 @@ Data, AISTATS 2017.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,11 +41,19 @@ def add(state: State, update: State, scale: float = 1.0) -> State:
     return out
 
 
-def weighted_sum(updates: list[tuple[State, int]], total: int | None = None) -> State:
-    """sum_i n_i / total * u_i, with total = sum_i n_i by default (FedAvg's weighting)."""
-    total = total if total is not None else sum(n for _, n in updates)
-    keys = updates[0][0].keys()
-    return {k: sum(u[k] * (n / total) for u, n in updates) for k in keys}
+def weighted_sum(updates: Iterable[tuple[State, int]], total: int | None = None) -> State:
+    """sum_i n_i / total * u_i, with total = sum_i n_i by default (FedAvg's weighting).
+
+    With `total` given, `updates` may be a generator: it is consumed one update at a time, so
+    updates read lazily from a disk store are never all in memory together."""
+    if total is None:
+        updates = list(updates)
+        total = sum(n for _, n in updates)
+    out: State = {}
+    for update, n in updates:
+        for k, v in update.items():
+            out[k] = out[k] + v * (n / total) if k in out else v * (n / total)
+    return out
 
 
 def apply_updates(state: State, updates: list[tuple[State, int]]) -> State:

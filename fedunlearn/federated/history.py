@@ -24,6 +24,10 @@ class StoredRound:
     def total_samples(self) -> int:
         return sum(n for _, n in self.updates.values()) + self.removed_samples
 
+    def counts(self) -> dict[int, int]:
+        """client id -> num_samples (a disk store's round answers this without reading an update)."""
+        return {cid: n for cid, (_, n) in self.updates.items()}
+
 
 @dataclass
 class History:

@@ -43,12 +43,13 @@ def unlearn(ctx: FedContext, cfg: Config) -> FedResult:
     state = ctx.history.rounds[0].global_state
     curve, replayed = [], 0
     for stored in ctx.history.rounds:
-        old = {cid: upd for cid, upd in stored.updates.items() if cid != ctx.departing}
-        if not old:
+        counts = {cid: n for cid, n in stored.counts().items() if cid != ctx.departing}
+        if not counts:
             continue
-        result = ctx.fit(sorted(old), state, {"data_fraction": cfg.calib_fraction})
-        updates = [(calibrate(old[cid][0], new), old[cid][1]) for cid, (new, _) in result.updates.items()]
-        state = fedavg.apply_updates(state, updates)
+        result = ctx.fit(sorted(counts), state, {"data_fraction": cfg.calib_fraction})
+        # stored updates are read one at a time (from disk, with federation.history = "disk")
+        updates = ((calibrate(stored.updates[cid][0], new), counts[cid]) for cid, (new, _) in result.updates.items())
+        state = fedavg.add(state, fedavg.weighted_sum(updates, sum(counts[cid] for cid in result.updates)))
         # BatchNorm statistics are not replayed: keep the calibration round's own aggregate
         state.update({k: v for k, v in result.state.items() if "running" in k or not fedavg.is_float(v)})
         curve.append(state)

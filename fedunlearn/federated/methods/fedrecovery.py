@@ -53,7 +53,8 @@ def residuals(ctx: FedContext) -> fedavg.State:
         if p_k >= 1.0:  # the round had no one else: its whole step goes
             term = {k: v * stored.span for k, v in update.items()}
         else:
-            mean = fedavg.weighted_sum(list(stored.updates.values()))
+            counts = stored.counts()  # the round's updates, read one at a time from a disk store
+            mean = fedavg.weighted_sum((stored.updates[cid] for cid in counts), sum(counts.values()))
             scale = stored.span * p_k / (1.0 - p_k)
             term = {k: (update[k] - mean[k]) * scale for k in update}
         removed = fedavg.add(removed, term) if removed else term

@@ -51,8 +51,9 @@ def reference_model(ctx: FedContext) -> fedavg.State:
     if last is None or last.round != ctx.train_rounds:
         raise FedUnlearnError("pga needs the departing client's update from the last training round in the "
                               "stored history (kept whenever federation.store_every >= 1)")
-    others = [upd for cid, upd in last.updates.items() if cid != ctx.departing]
-    state = fedavg.apply_updates(last.global_state, others)
+    counts = {cid: n for cid, n in last.counts().items() if cid != ctx.departing}
+    others = (last.updates[cid] for cid in counts)  # read one at a time from a disk store
+    state = fedavg.add(last.global_state, fedavg.weighted_sum(others, sum(counts.values())))
     # BatchNorm counters and statistics come from the global model
     state.update({k: v.clone() for k, v in ctx.global_state.items() if not fedavg.is_float(v) or "running" in k})
     return state

@@ -36,10 +36,11 @@ def unlearn(ctx: FedContext, cfg: Config) -> FedResult:
     state = fedavg.copy_state(ctx.initial_state)
     curve, replayed = [], 0
     for stored in ctx.history.rounds:
-        others = [upd for cid, upd in stored.updates.items() if cid != ctx.departing]
-        if not others:
+        counts = {cid: n for cid, n in stored.counts().items() if cid != ctx.departing}
+        if not counts:
             continue
-        state = fedavg.add(state, fedavg.weighted_sum(others), float(stored.span))
+        others = (stored.updates[cid] for cid in counts)  # read one at a time from a disk store
+        state = fedavg.add(state, fedavg.weighted_sum(others, sum(counts.values())), float(stored.span))
         replayed += 1
         if cfg.keep_curve:
             curve.append(fedavg.copy_state(state))
