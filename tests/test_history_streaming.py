@@ -61,3 +61,31 @@ def traced_peak(fn) -> int:
         return tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
+
+
+def test_federaser_from_disk_matches_memory(tmp_path):
+    """FedEraser's calibrated replay over the in-process transport: a disk store gives the model
+    the in-memory history gives."""
+    from fedunlearn.config import build
+    from fedunlearn.federated.config import Config
+    from fedunlearn.federated.driver import train_federation
+    from fedunlearn.federated.methods import federaser
+    from fedunlearn.federated.transport import LocalTransport
+    from fedunlearn.models import build_model
+    from fedunlearn.training import seed_everything
+    from tiny_federation import tiny_federation
+
+    models = {}
+    for history in ("memory", "disk"):
+        cfg = build(Config, tiny_federation("stream", ["federaser"], {}, model={"name": "mlp", "hidden": 16},
+                                            federation={"history": history, "local": {"epochs": 1}}))
+
+        def make_model():
+            seed_everything(0)
+            return build_model(cfg.model, (1, 8, 8), 10)
+
+        transport = LocalTransport(cfg)
+        trained = train_federation(cfg, transport, make_model, tmp_path / history)
+        ctx = FedContext.create(cfg, transport, trained, make_model)
+        models[history] = federaser.unlearn(ctx, federaser.Config()).state
+    assert all(torch.equal(models["disk"][k], models["memory"][k]) for k in models["memory"])
