@@ -4,9 +4,10 @@
 `flwr.simulation.run_simulation`: one SuperNode per client, client resources chosen from what
 the machine has. The ServerApp does all the work (federated/driver.py) and writes the report; this
 function returns what it wrote. Ray is reused when it already runs, started (and stopped
-afterwards) when it does not. The engine waits for every ClientApp call it started, so a client
-still hung when the ServerApp is done (its round ended by `federation.round_timeout_s`) has its
-Ray actor killed after `SHUTDOWN_GRACE_S`, and the run ends then instead of when the call returns.
+afterwards) when it does not. The engine waits for every ClientApp call it started, so when a
+message went unanswered (its round ended by `federation.round_timeout_s`) and the engine has not
+ended `SHUTDOWN_GRACE_S` after the ServerApp, the client actors are killed: the run ends then
+instead of when the hung call returns.
 """
 
 from __future__ import annotations
@@ -42,11 +43,16 @@ def run(cfg: Config, out_dir: str | Path, progress: bool = True) -> dict:
     resources = client_resources(cfg.federation)
     log.info("Flower simulation: %d clients, client resources %s", cfg.federation.num_clients, resources)
     started_ray = not ray.is_initialized()
-    server_done, engine_done = threading.Event(), threading.Event()
-    threading.Thread(target=_end_hung_clients, args=(server_done, engine_done), name="fedunlearn-shutdown",
+    server_done, engine_done, unanswered = threading.Event(), threading.Event(), []
+
+    def server_exit(count: int) -> None:
+        unanswered.append(count)
+        server_done.set()
+
+    threading.Thread(target=_end_hung_clients, args=(server_done, engine_done, unanswered), name="fedunlearn-shutdown",
                      daemon=True).start()
     try:
-        run_simulation(server_app=make_server_app(mapping, str(out), progress, on_exit=server_done.set),
+        run_simulation(server_app=make_server_app(mapping, str(out), progress, on_exit=server_exit),
                        client_app=make_client_app(mapping), num_supernodes=cfg.federation.num_clients,
                        backend_config={"client_resources": resources, "init_args": {"include_dashboard": False}})
     finally:
@@ -58,13 +64,12 @@ def run(cfg: Config, out_dir: str | Path, progress: bool = True) -> dict:
     return {"results": report["results"], "config": report["config"], "columns": COLUMNS}
 
 
-def _end_hung_clients(server_done: threading.Event, engine_done: threading.Event) -> None:
+def _end_hung_clients(server_done: threading.Event, engine_done: threading.Event, unanswered: list[int]) -> None:
     server_done.wait()
-    if engine_done.wait(SHUTDOWN_GRACE_S):
-        return
+    if not sum(unanswered) or engine_done.wait(SHUTDOWN_GRACE_S):
+        return  # every message was answered: no ClientApp call can still be running
     from fedunlearn.federated.resources import end_client_actors
 
-    log.warning("the ServerApp is done but the simulation engine still waits for a client call; ending its "
-                "client actors (Flower then logs that actor's ActorDiedError: expected)")
-    killed = end_client_actors()
-    log.info("ended %d Flower client actor(s)", killed)
+    log.warning("%d message(s) went unanswered and the simulation engine still waits for a client call; ending "
+                "its client actors (Flower then logs the killed actor's ActorDiedError: expected)", sum(unanswered))
+    log.info("ended %d Flower client actor(s)", end_client_actors())

@@ -94,7 +94,8 @@ def make_client_app(mapping: dict | None = None) -> ClientApp:
 
 def make_server_app(mapping: dict | None = None, out_dir: str | None = None, progress: bool = True,
                     on_exit=None) -> ServerApp:
-    """`on_exit()` is called when the ServerApp's work has ended, whether it succeeded or raised."""
+    """`on_exit(unanswered)` is called when the ServerApp's work has ended, whether it succeeded or
+    raised, with the number of messages that got no reply before their round's timeout."""
     app = ServerApp()
 
     @app.main()
@@ -102,13 +103,15 @@ def make_server_app(mapping: dict | None = None, out_dir: str | None = None, pro
         from fedunlearn.federated.driver import serve
         from fedunlearn.federated.transport import FlowerTransport
 
+        transport = None
         try:
             cfg = _config(context, mapping)
             out = out_dir or str(context.run_config.get("out-dir", "") or f"results/{cfg.experiment.name}")
-            serve(cfg, FlowerTransport(grid, cfg.federation.num_clients), out, progress=progress)
+            transport = FlowerTransport(grid, cfg.federation.num_clients)
+            serve(cfg, transport, out, progress=progress)
         finally:
             if on_exit is not None:
-                on_exit()
+                on_exit(transport.unanswered if transport is not None else 0)
 
     return app
 

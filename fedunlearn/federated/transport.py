@@ -46,6 +46,7 @@ class FlowerTransport:
     def __init__(self, grid, num_clients: int, wait_s: float = 120.0):
         self.grid = grid
         self.round_timeout_s = 0.0  # > 0: send_and_receive returns after this long without the late replies
+        self.unanswered = 0  # messages that got no reply within the timeout (their ClientApp call may still run)
         self.info: dict[int, dict] = {}  # partition id -> what the client reported in the handshake
         self.node_of = self._handshake(num_clients, wait_s)
 
@@ -76,7 +77,8 @@ class FlowerTransport:
         by_node = {self.node_of[cid]: cid for cid in client_ids}
         content = lambda: RecordDict({"arrays": ArrayRecord(state), "config": ConfigRecord(config)})  # noqa: E731
         msgs = [Message(content(), node, kind) for node in by_node]
-        replies = self.grid.send_and_receive(msgs, timeout=self.round_timeout_s or None)
+        replies = list(self.grid.send_and_receive(msgs, timeout=self.round_timeout_s or None))
+        self.unanswered += len(msgs) - len(replies)
         return {by_node[r.metadata.src_node_id]: r for r in replies}
 
     def train(self, client_ids: list[int], state: State, config: dict) -> dict:
