@@ -1,11 +1,11 @@
 """What compressing the stored client updates costs each method: its gap to retrain, per storage.
 
 Runs the same small federation once per storage of the on-disk history, over the in-process
-transport (no Flower, no Ray): `none` (float32), `float16` (federation.history_dtype) and
-`topk` (federation.history_topk: each tensor of a stored round update keeps its largest-
-magnitude fraction of entries). It prints each method's avg_gap (mean of |test, retain,
-forget accuracy, MIA - retrain's|), its output distance (JS) to retrain, its backdoor success,
-and the bytes the history held. Every run trains identically (the store only keeps what
+transport (no Flower, no Ray): `none` (float32), `float16` (federation.history_dtype), `topk`
+(federation.history_topk: each tensor of a stored round update keeps its largest-magnitude
+fraction of entries) and both (`f16+topk`). It prints each method's avg_gap (mean of |test,
+retain, forget accuracy, MIA - retrain's|), its output distance (JS) to retrain, its backdoor
+success, and the bytes the history held. Every run trains identically (the store only keeps what
 training produced), so a difference comes from the stored updates alone. Retrain is each
 run's own reference; training and retraining are deterministic and the same in every run.
 The running sums stay dense under top-k, so subtract differs only through float16.
@@ -41,7 +41,8 @@ BASE = {
 
 def storages(topk: float) -> dict[str, list[str]]:
     return {"none": ["federation.history_dtype=float32"], "float16": ["federation.history_dtype=float16"],
-            "topk": ["federation.history_dtype=float32", f"federation.history_topk={topk}"]}
+            "topk": ["federation.history_dtype=float32", f"federation.history_topk={topk}"],
+            "f16+topk": ["federation.history_dtype=float16", f"federation.history_topk={topk}"]}
 
 
 def main() -> None:
