@@ -113,7 +113,6 @@ class _ServerProcess:
         return fn(*args, **kwargs)
 
 
-
 def end_client_actors() -> int:
     """Kill this job's Flower ClientApp actors that are still alive; returns how many.
 
