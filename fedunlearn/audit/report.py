@@ -17,13 +17,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from fedunlearn.audit.ensemble import Member  # noqa: E402
+from fedunlearn.audit.ensemble import Member, outputs_of  # noqa: E402
 from fedunlearn.metrics.evaluate import Outputs  # noqa: E402
 from fedunlearn.metrics.evaluate import compare_to_reference  # noqa: E402
 from fedunlearn.metrics.klom import klom, margins  # noqa: E402
 from fedunlearn.metrics.ulira import scaled_confidence, ulira  # noqa: E402
 
-AUDIT_FIELDS = ["ulira_auc", "ulira_tpr_at_1pct_fpr", "ulira_tpr_at_01pct_fpr", "klom_forget", "klom_retain", "klom_val"]
+AUDIT_FIELDS = ["ulira_auc", "ulira_tpr_at_1pct_fpr", "ulira_tpr_at_01pct_fpr", "klom_forget", "klom_retain", "klom_val",
+                "ulira_retain_auc"]
 COLUMNS = ["method", "forget", *AUDIT_FIELDS, "test_acc", "forget_acc", "mia_efficacy", "js_to_retrain",
            "avg_gap", "speedup", "wall_s", "skipped"]
 
@@ -33,8 +34,7 @@ def _stack(members: list[Member], part: str) -> torch.Tensor:
 
 
 def _outputs(m: Member) -> Outputs:
-    soft = lambda part: torch.softmax(m.logits[part].double(), 1).float()  # noqa: E731
-    return Outputs(soft("retain"), soft("forget"), soft("test"), {})
+    return outputs_of(m.logits)
 
 
 def audit_row(name: str, members: list[Member], reference: list[Member], labels: dict[str, torch.Tensor],
@@ -51,6 +51,11 @@ def audit_row(name: str, members: list[Member], reference: list[Member], labels:
     row = {"method": name, "models": len(members), "ulira_auc": attack.auc,
            "ulira_tpr_at_1pct_fpr": attack.tpr_at_1pct_fpr, "ulira_tpr_at_01pct_fpr": attack.tpr_at_01pct_fpr,
            "ulira_auc_uncalibrated": raw.auc}
+    # The same attack on retain samples (which every model trained on): a method that damaged
+    # or shifted what it should keep is told from retraining there too; 0.5 = untouched.
+    row["ulira_retain_auc"] = (ulira(scaled_confidence(_stack(members, "retain"), labels["retain"]),
+                                     scaled_confidence(_stack(reference, "retain"), labels["retain"])).auc
+                               if "retain" in labels else float("nan"))
     for part in ("forget", "retain", "val"):
         if part in labels:
             row[f"klom_{part}"] = klom(margins(_stack(members, part), labels[part]),

@@ -8,6 +8,7 @@ method, and `retrain` (the second ensemble against the first).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from pathlib import Path
@@ -16,8 +17,10 @@ import numpy as np
 
 from fedunlearn.audit.ensemble import ORIGINAL, RETRAIN_A, RETRAIN_B, Job, Shared, fresh_model, run_members
 from fedunlearn.audit.report import AUDIT_FIELDS, COLUMNS, audit_row, tradeoff_plot
+from fedunlearn import outdir
 from fedunlearn.cluster.ray_env import ray_session
-from fedunlearn.config import to_dict
+from fedunlearn.checkpoint import code_key
+from fedunlearn.config import config_hash, to_dict
 from fedunlearn.data import DataBundle, complement, load_dataset
 from fedunlearn.data.forget_model import select_forget_for
 from fedunlearn.metrics import Splits, write_report
@@ -36,11 +39,21 @@ def forget_label(f) -> str:
     return f"{len(f.indices)} indices"
 
 
+def _digest(data: DataBundle) -> str:
+    """The data itself, so that a bundle passed in by another kind is keyed by what it holds."""
+    h = hashlib.sha256()
+    for part in (data.train, data.val, data.test):
+        if part is not None:
+            h.update(part.x.numpy().tobytes())
+            h.update(part.y.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def run_audit(cfg, out_dir: str | Path, progress: bool = True, data: DataBundle | None = None) -> dict:
     """`cfg` is a centralized Config with cfg.audit.models > 0."""
     audit, seed, n = cfg.audit, cfg.experiment.seed, cfg.audit.models
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    outdir.mark(out)  # it will hold checkpoints/, which --fresh may empty
     data = data if data is not None else load_dataset(cfg.data, seed)
     methods = [m for m in (audit.methods or cfg.experiment.methods) if m != "retrain"]
     forgets = audit.forget or (cfg.forget,)
@@ -48,9 +61,13 @@ def run_audit(cfg, out_dir: str | Path, progress: bool = True, data: DataBundle 
     base = Shared(cfg.model, data.input_shape, data.num_classes, cfg.train, cfg.eval, data.train, data.train,
                   data.train, Splits(data.train, data.train, data.test), data.val)
     results, plots, sizes = [], [], {}
+    ckpt = out / "checkpoints"
+    # Members are stored as they finish, keyed by the code too: an interrupted audit resumes,
+    # and results of other code are never reused.
+    data_key = config_hash([code_key(), data.name, _digest(data), cfg.data, cfg.model, cfg.train, cfg.eval, seed])
     with ray_session(audit.cluster):
         originals = run_members([Job(ORIGINAL, i, seed + i, evaluate=False) for i in range(n)], base, {},
-                                audit.cluster, progress, "originals")
+                                audit.cluster, progress, "originals", ckpt, data_key)
         import ray
 
         states = {m.index: ray.put(m.state) for m in originals}
@@ -74,7 +91,8 @@ def run_audit(cfg, out_dir: str | Path, progress: bool = True, data: DataBundle 
             jobs += [Job(name, i, seed + i, cfg.method_config(name)) for name in methods for i in range(n)]
             jobs += [Job(ORIGINAL, i, seed + i) for i in range(n)]
             log.info("audit %s: %d forget samples; %d models to train or unlearn", label, len(forget_idx), len(jobs))
-            members = run_members(jobs, shared, states, audit.cluster, progress, f"audit {label}")
+            members = run_members(jobs, shared, states, audit.cluster, progress, f"audit {label}", ckpt,
+                                  config_hash([data_key, forget_idx.tolist()]))
             train_s = {m.index: m.wall_s for m in originals}
             for m in members:
                 if m.role == ORIGINAL:
