@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from fedunlearn.audit.ensemble import ORIGINAL, RETRAIN_A, RETRAIN_B, Job, Shared, fresh_model, run_members
-from fedunlearn.audit.report import AUDIT_FIELDS, COLUMNS, audit_row, tradeoff_plot
+from fedunlearn.audit.report import AUDIT_FIELDS, COLUMNS, audit_row, noise_floor_spread, tradeoff_plot
 from fedunlearn import outdir
 from fedunlearn.cluster.ray_env import ray_session
 from fedunlearn.checkpoint import code_key
@@ -100,12 +100,13 @@ def run_audit(cfg, out_dir: str | Path, progress: bool = True, data: DataBundle 
             by_role: dict[str, list] = {}
             for m in members:
                 by_role.setdefault(m.role, []).append(m)
-            labels = {"forget": forget.y, "retain": eval_retain.y}
+            labels = {"forget": forget.y, "retain": eval_retain.y, "test": data.test.y}
             if data.val is not None:
                 labels["val"] = data.val.y
             ref = by_role[RETRAIN_A]
             rows = [audit_row(name, by_role[role], ref, labels, audit.klom_fit)
                     for name, role in [("original", ORIGINAL), *[(m, m) for m in methods], ("retrain", RETRAIN_B)]]
+            rows[-1].update(noise_floor_spread(ref, by_role[RETRAIN_B], labels, seed=seed))
             for r in rows:
                 r["forget"] = label
             results += rows
@@ -120,8 +121,9 @@ def run_audit(cfg, out_dir: str | Path, progress: bool = True, data: DataBundle 
              "second retrain ensemble (the noise floor); other metrics are mean (and _std) over the seeds",
              f"forget sets: {sizes}; validation split: {len(data.val) if data.val is not None else 0} samples; "
              f"test set: {len(data.test)}",
-             *[f"noise floor on {r['forget']}: U-LiRA AUC {r['ulira_auc']:.3f}, KLoM forget {r['klom_forget']:.3f}"
-               for r in floor],
+             *[f"noise floor on {r['forget']}: U-LiRA AUC {r['ulira_auc']:.3f} (over 20 random splits of the two "
+               f"retrain ensembles: {r['ulira_null_mean']:.3f} +- {r['ulira_null_sd']:.3f}), KLoM forget "
+               f"{r['klom_forget']:.3f}" for r in floor],
              f"whole audit: {seconds:.0f} s wall"]
     write_report(out, f"{cfg.experiment.name}: forgetting audit on {data.name}", to_dict(cfg), results,
                  extra={"forget_sizes": sizes, "audit_fields": AUDIT_FIELDS, "wall_s": seconds},
