@@ -44,6 +44,7 @@ class Shared:
     val: ArrayDataset | None = None
     retain_idx: np.ndarray | None = None
     forget_idx: np.ndarray | None = None
+    diagnose: bool = False              # methods' diagnose hooks (untimed comparisons with exact solutions)
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,7 @@ def _unlearn(job: Job, shared: Shared, original_state: dict, device):
                            train_cfg=shared.train_cfg, make_model=lambda: fresh_model(shared, job.seed),
                            num_classes=shared.num_classes, device=device, seed=job.seed,
                            retain_idx=shared.retain_idx, forget_idx=shared.forget_idx, workdir=workdir, val=shared.val)
-        model, row = run_method(METHODS.get(job.role), task, job.method_cfg)
+        model, row = run_method(METHODS.get(job.role), task, job.method_cfg, diagnose=shared.diagnose)
     stats = {k: v for k, v in row.items() if k != "wall_s" and isinstance(v, (int, float)) and not isinstance(v, bool)}
     return model, row["wall_s"], stats
 

@@ -86,13 +86,14 @@ def run_audit(cfg, out_dir: str | Path, progress: bool = True, data: DataBundle 
                 pick = np.random.default_rng(seed).choice(len(retain), cfg.eval.eval_retain_size, replace=False)
                 eval_retain = retain.subset(np.sort(pick))
             shared = Shared(cfg.model, data.input_shape, data.num_classes, cfg.train, cfg.eval, data.train, retain,
-                            forget, Splits(eval_retain, forget, data.test), data.val, retain_idx, forget_idx)
+                            forget, Splits(eval_retain, forget, data.test), data.val, retain_idx, forget_idx,
+                            audit.diagnose)
             jobs = [Job(RETRAIN_A, i, seed + n + i) for i in range(n)] + [Job(RETRAIN_B, i, seed + 2 * n + i) for i in range(n)]
             jobs += [Job(name, i, seed + i, cfg.method_config(name)) for name in methods for i in range(n)]
             jobs += [Job(ORIGINAL, i, seed + i) for i in range(n)]
             log.info("audit %s: %d forget samples; %d models to train or unlearn", label, len(forget_idx), len(jobs))
             members = run_members(jobs, shared, states, audit.cluster, progress, f"audit {label}", ckpt,
-                                  config_hash([data_key, forget_idx.tolist()]))
+                                  config_hash([data_key, forget_idx.tolist(), audit.diagnose]))
             train_s = {m.index: m.wall_s for m in originals}
             for m in members:
                 if m.role == ORIGINAL:
