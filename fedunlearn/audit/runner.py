@@ -18,6 +18,7 @@ import numpy as np
 from fedunlearn.audit.ensemble import ORIGINAL, RETRAIN_A, RETRAIN_B, Job, Shared, fresh_model, run_members
 from fedunlearn.audit.report import AUDIT_FIELDS, COLUMNS, audit_row, noise_floor_spread, tradeoff_plot
 from fedunlearn import outdir
+from fedunlearn.cluster import task_cpu_seconds
 from fedunlearn.cluster.ray_env import ray_session
 from fedunlearn.checkpoint import code_key
 from fedunlearn.config import config_hash, to_dict
@@ -57,7 +58,7 @@ def run_audit(cfg, out_dir: str | Path, progress: bool = True, data: DataBundle 
     data = data if data is not None else load_dataset(cfg.data, seed)
     methods = [m for m in (audit.methods or cfg.experiment.methods) if m != "retrain"]
     forgets = audit.forget or (cfg.forget,)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), task_cpu_seconds()
     base = Shared(cfg.model, data.input_shape, data.num_classes, cfg.train, cfg.eval, data.train, data.train,
                   data.train, Splits(data.train, data.train, data.test), data.val)
     results, plots, sizes = [], [], {}
@@ -114,7 +115,7 @@ def run_audit(cfg, out_dir: str | Path, progress: bool = True, data: DataBundle 
             sizes[label] = len(forget_idx)
             slug = label.replace(" ", "_").replace("[", "").replace("]", "").replace(",", "").replace("(", "").replace(")", "")
             plots.append(str(tradeoff_plot(rows, label, out / f"audit_{slug}.png")))
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, task_cpu_seconds() - cpu_start
     floor = [r for r in results if r["method"] == "retrain"]
     notes = [f"{n} models per ensemble: originals seeds {seed}..{seed + n - 1}, reference retrains "
              f"{seed + n}..{seed + 2 * n - 1}, noise-floor retrains {seed + 2 * n}..{seed + 3 * n - 1}",
@@ -125,8 +126,9 @@ def run_audit(cfg, out_dir: str | Path, progress: bool = True, data: DataBundle 
              *[f"noise floor on {r['forget']}: U-LiRA AUC {r['ulira_auc']:.3f} (over 20 random splits of the two "
                f"retrain ensembles: {r['ulira_null_mean']:.3f} +- {r['ulira_null_sd']:.3f}), KLoM forget "
                f"{r['klom_forget']:.3f}" for r in floor],
-             f"whole audit: {seconds:.0f} s wall"]
+             f"whole audit: {seconds:.0f} s wall; its Ray tasks used {cpu:.0f} s of CPU (on a shared machine, "
+             f"wall time measures the neighbours too)"]
     write_report(out, f"{cfg.experiment.name}: forgetting audit on {data.name}", to_dict(cfg), results,
-                 extra={"forget_sizes": sizes, "audit_fields": AUDIT_FIELDS, "wall_s": seconds},
+                 extra={"forget_sizes": sizes, "audit_fields": AUDIT_FIELDS, "wall_s": seconds, "task_cpu_s": cpu},
                  notes=notes, columns=COLUMNS, plots=plots)
     return {"results": results, "config": to_dict(cfg), "columns": COLUMNS}
