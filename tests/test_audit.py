@@ -48,6 +48,9 @@ def test_audit_on_digits_tells_original_from_retrain(local_ray, tmp_path):
         assert row["models"] == 4
     # The audit can tell a model that did not forget: the original is far above the noise floor.
     assert rows["original"]["ulira_auc"] > rows["retrain"]["ulira_auc"] + 0.2
+    floor = rows["retrain"]
+    assert 0.35 < floor["ulira_null_mean"] < 0.65 and floor["ulira_null_sd"] > 0
+    assert rows["original"]["ulira_auc"] > floor["ulira_null_mean"] + 2 * floor["ulira_null_sd"]
     assert rows["original"]["klom_forget"] > 5 * rows["retrain"]["klom_forget"]
     assert rows["original"]["forget_acc"] > 0.9 and rows["retrain"]["forget_acc"] == 0.0
     assert (tmp_path / "audit_class_3.png").is_file()

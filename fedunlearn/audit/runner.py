@@ -3,7 +3,9 @@
 For each forget set: N originals (seeds s..s+N-1, shared by all forget sets), a first retrain
 ensemble (s+N..s+2N-1: the reference) and a second (s+2N..s+3N-1: the noise floor), and each
 listed method once on each original. Rows: `original` (what not forgetting looks like), each
-method, and `retrain` (the second ensemble against the first).
+method, and `retrain` (the second ensemble against the first, with the spread of U-LiRA's AUC
+over random splits of both retrain ensembles). Every member is stored under OUT/checkpoints as
+it finishes, so a rerun of an interrupted audit trains only what is missing.
 """
 
 from __future__ import annotations
