@@ -48,7 +48,32 @@ def test_audit_on_digits_tells_original_from_retrain(local_ray, tmp_path):
         assert row["models"] == 4
     # The audit can tell a model that did not forget: the original is far above the noise floor.
     assert rows["original"]["ulira_auc"] > rows["retrain"]["ulira_auc"] + 0.2
+    floor = rows["retrain"]
+    assert 0.35 < floor["ulira_null_mean"] < 0.65 and floor["ulira_null_sd"] > 0
+    assert rows["original"]["ulira_auc"] > floor["ulira_null_mean"] + 2 * floor["ulira_null_sd"]
     assert rows["original"]["klom_forget"] > 5 * rows["retrain"]["klom_forget"]
     assert rows["original"]["forget_acc"] > 0.9 and rows["retrain"]["forget_acc"] == 0.0
     assert (tmp_path / "audit_class_3.png").is_file()
     assert "noise floor" in (tmp_path / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_interrupted_audit_resumes_from_member_checkpoints(local_ray, tmp_path):
+    small = json.loads(json.dumps(CONFIG))
+    small["experiment"]["methods"] = ["finetune"]
+    small["train"]["epochs"] = 4
+    small["audit"]["models"] = 3
+    cfg = build(centralized.Config, small)
+    first = centralized.run(cfg, tmp_path, progress=False)
+    stored = {p: p.stat().st_mtime_ns for p in (tmp_path / "checkpoints").glob("audit-*.pt")}
+    # 3 originals trained, then per forget set 3 + 3 retrains, 3 finetunes, 3 original probes
+    assert len(stored) == 3 + 12
+    (tmp_path / "report.json").unlink()
+    second = centralized.run(cfg, tmp_path, progress=False)
+    # Nothing was trained or unlearned again: no checkpoint was written, and the rows are the same.
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "checkpoints").glob("audit-*.pt")} == stored
+    assert json.dumps(second["results"], sort_keys=True) == json.dumps(first["results"], sort_keys=True)
+    # Another method setting is another member: only its three runs are new.
+    cfg = build(centralized.Config, apply_overrides(small, ["methods.finetune.epochs=2"]))
+    centralized.run(cfg, tmp_path, progress=False)
+    assert len(list((tmp_path / "checkpoints").glob("audit-*.pt"))) == len(stored) + 3

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from fedunlearn.metrics.klom import binned_kl, gaussian_kl, klom, margins
-from fedunlearn.metrics.ulira import scaled_confidence, tpr_at_fpr, ulira
+from fedunlearn.metrics.ulira import null_aucs, reference_offsets, scaled_confidence, tpr_at_fpr, ulira
 
 
 def test_margins_and_scaled_confidence_by_hand():
@@ -78,3 +78,38 @@ def test_tpr_at_fpr_reads_the_step_curve():
     tpr = np.array([0.1, 0.3, 0.6, 1.0])
     assert tpr_at_fpr(fpr, tpr, 0.01) == 0.3
     assert tpr_at_fpr(fpr, tpr, 0.001) == 0.1
+
+
+def test_ulira_offsets_from_held_out_samples_keep_a_shared_forget_set_signal():
+    rng = np.random.default_rng(4)
+    centre, ref_centre, labels, ref_labels = rng.normal(0, 3, 80), rng.normal(0, 3, 200), np.zeros(80), np.zeros(200)
+
+    def ensemble(shift=0.0):
+        # Per model: an offset on everything (the seed), seen on held-out samples as well.
+        offset = rng.normal(0, 1.5, (8, 1))
+        forget = centre + shift + offset + 0.5 * rng.normal(0, 1, (8, 80))
+        held_out = ref_centre + offset + 0.5 * rng.normal(0, 1, (8, 200))
+        return forget, reference_offsets(held_out, ref_labels, labels)
+
+    floors, raw = [], []
+    for _ in range(12):  # two ensembles of the same law: chance, and steadier than without offsets
+        (a, off_a), (b, off_b) = ensemble(), ensemble()
+        floors.append(ulira(a, b, offsets=(off_a, off_b)).auc)
+        raw.append(ulira(a, b, calibrate=False).auc)
+    assert abs(np.mean(floors) - 0.5) < 0.05
+    assert np.std(floors) < np.std(raw) / 2
+    # A forget set remembered as a whole (every sample more confident, held-out samples not):
+    # offsets from the forget set itself erase it, offsets from held-out samples keep it.
+    (m, off_m), (r, off_r) = ensemble(shift=1.5), ensemble()
+    assert ulira(m, r).auc < 0.65
+    assert ulira(m, r, offsets=(off_m, off_r)).auc > 0.9
+
+
+def test_reference_offsets_are_per_class_means_and_null_aucs_centre_on_chance():
+    ref = np.array([[1.0, 3.0, 10.0], [0.0, 2.0, 4.0]])
+    off = reference_offsets(ref, [0, 0, 1], [1, 0, 7])  # class 7 is not among the reference samples
+    assert off.tolist() == [[10.0, 2.0, 14 / 3], [4.0, 1.0, 2.0]]
+    rng = np.random.default_rng(5)
+    centre = rng.normal(0, 3, 300)
+    aucs = null_aucs(centre + rng.normal(0, 1, (8, 300)), centre + rng.normal(0, 1, (8, 300)), draws=10)
+    assert len(aucs) == 10 and abs(aucs.mean() - 0.5) < 0.05

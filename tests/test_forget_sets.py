@@ -73,3 +73,25 @@ def test_model_based_kinds_need_a_model_and_valid_settings(digits):
     called = []
     select_forget_for(data.train, ForgetConfig(kind="random"), 0, lambda: called.append(1) or [], "cpu")
     assert not called
+
+
+def test_subpopulation_size_is_the_samples_nearest_the_cluster_centre(digits):
+    data, models = digits
+    labels = data.train.y.numpy()
+    cluster = select_forget_for(data.train, ForgetConfig(kind="subpopulation", classes=(4,), clusters=4, cluster=1),
+                                0, lambda: models, "cpu")
+    size = len(cluster) + 20
+    idx = select_forget_for(data.train, ForgetConfig(kind="subpopulation", classes=(4,), clusters=4, cluster=1, size=size),
+                            0, lambda: models, "cpu")
+    assert len(idx) == size and set(labels[idx]) == {4}
+    # A ball around the same centre: it holds most of the cluster, and nothing of the class is
+    # nearer the centre than its farthest member.
+    assert len(np.intersect1d(idx, cluster)) > 0.8 * len(cluster)
+    feats = penultimate_features(models[0], data.train.x, "cpu")
+    centre = feats[cluster].mean(0)  # k-means' centre of that cluster
+    dist = np.linalg.norm(feats - centre, axis=1)
+    rest = np.setdiff1d(np.flatnonzero(labels == 4), idx)
+    assert dist[idx].max() <= dist[rest].min() + 1e-6
+    with pytest.raises(DataError, match="forget.size"):
+        select_forget_for(data.train, ForgetConfig(kind="subpopulation", classes=(4,), size=int((labels == 4).sum())),
+                          0, lambda: models, "cpu")

@@ -17,6 +17,9 @@ class AuditConfig:
     methods: tuple[str, ...] = ()         # empty = experiment.methods; `retrain` is always the reference
     klom_fit: Literal["gaussian", "bins"] = "gaussian"  # bins need far more models than a few
     cluster: ClusterConfig = ClusterConfig()  # [audit.cluster]: where the ensembles' Ray tasks run
+    # Methods' diagnose hooks compare a result with its exact solution (untimed; newton_source_free's
+    # costs more than the method). The audit judges against retraining, so they are off by default.
+    diagnose: bool = False
 
     def __post_init__(self):
         check_range("audit.models", self.models, 0)

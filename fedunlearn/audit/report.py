@@ -17,13 +17,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from fedunlearn.audit.ensemble import Member  # noqa: E402
+from fedunlearn.audit.ensemble import Member, outputs_of  # noqa: E402
 from fedunlearn.metrics.evaluate import Outputs  # noqa: E402
 from fedunlearn.metrics.evaluate import compare_to_reference  # noqa: E402
 from fedunlearn.metrics.klom import klom, margins  # noqa: E402
-from fedunlearn.metrics.ulira import scaled_confidence, ulira  # noqa: E402
+from fedunlearn.metrics.ulira import null_aucs, reference_offsets, scaled_confidence, ulira  # noqa: E402
 
-AUDIT_FIELDS = ["ulira_auc", "ulira_tpr_at_1pct_fpr", "ulira_tpr_at_01pct_fpr", "klom_forget", "klom_retain", "klom_val"]
+AUDIT_FIELDS = ["ulira_auc", "ulira_tpr_at_1pct_fpr", "ulira_tpr_at_01pct_fpr", "klom_forget", "klom_retain", "klom_val",
+                "ulira_retain_auc"]
 COLUMNS = ["method", "forget", *AUDIT_FIELDS, "test_acc", "forget_acc", "mia_efficacy", "js_to_retrain",
            "avg_gap", "speedup", "wall_s", "skipped"]
 
@@ -33,8 +34,26 @@ def _stack(members: list[Member], part: str) -> torch.Tensor:
 
 
 def _outputs(m: Member) -> Outputs:
-    soft = lambda part: torch.softmax(m.logits[part].double(), 1).float()  # noqa: E731
-    return Outputs(soft("retain"), soft("forget"), soft("test"), {})
+    return outputs_of(m.logits)
+
+
+def _offsets(members: list[Member], labels: dict[str, torch.Tensor], part: str) -> np.ndarray | None:
+    """U-LiRA's per-model offsets for `part`, from the held-out split no model trained on (the
+    validation split, else the test set); None = from the audited samples themselves."""
+    for ref in ("val", "test"):
+        if ref in labels and all(ref in m.logits for m in members):
+            return reference_offsets(scaled_confidence(_stack(members, ref), labels[ref]), labels[ref], labels[part])
+    return None
+
+
+def noise_floor_spread(first: list[Member], second: list[Member], labels: dict[str, torch.Tensor], draws: int = 20,
+                       seed: int = 0) -> dict:
+    """Mean and standard deviation of the U-LiRA AUC over random equal splits of the two retrain
+    ensembles pooled: the range an ensemble as good as retraining falls in by chance."""
+    stats = [scaled_confidence(_stack(m, "forget"), labels["forget"]) for m in (first, second)]
+    offsets = [_offsets(m, labels, "forget") for m in (first, second)]
+    aucs = null_aucs(*stats, draws=draws, seed=seed, offsets=None if offsets[0] is None else tuple(offsets))
+    return {"ulira_null_mean": float(np.mean(aucs)), "ulira_null_sd": float(np.std(aucs))}
 
 
 def audit_row(name: str, members: list[Member], reference: list[Member], labels: dict[str, torch.Tensor],
@@ -44,13 +63,24 @@ def audit_row(name: str, members: list[Member], reference: list[Member], labels:
     if any(m.skipped for m in members):
         why = next(m.skipped for m in members if m.skipped)
         return {"method": name, "models": 0, **{k: float("nan") for k in AUDIT_FIELDS}, "skipped": why}
+    offsets = (_offsets(members, labels, "forget"), _offsets(reference, labels, "forget"))
+    offsets = None if offsets[0] is None else offsets
     attack = ulira(scaled_confidence(_stack(members, "forget"), labels["forget"]),
-                   scaled_confidence(_stack(reference, "forget"), labels["forget"]))
+                   scaled_confidence(_stack(reference, "forget"), labels["forget"]), offsets=offsets)
     raw = ulira(scaled_confidence(_stack(members, "forget"), labels["forget"]),
                 scaled_confidence(_stack(reference, "forget"), labels["forget"]), calibrate=False)
     row = {"method": name, "models": len(members), "ulira_auc": attack.auc,
            "ulira_tpr_at_1pct_fpr": attack.tpr_at_1pct_fpr, "ulira_tpr_at_01pct_fpr": attack.tpr_at_01pct_fpr,
            "ulira_auc_uncalibrated": raw.auc}
+    # The same attack on retain samples (which every model trained on): a method that damaged
+    # or shifted what it should keep is told from retraining there too; 0.5 = untouched.
+    if "retain" in labels:
+        retain_offsets = (_offsets(members, labels, "retain"), _offsets(reference, labels, "retain"))
+        row["ulira_retain_auc"] = ulira(scaled_confidence(_stack(members, "retain"), labels["retain"]),
+                                        scaled_confidence(_stack(reference, "retain"), labels["retain"]),
+                                        offsets=None if retain_offsets[0] is None else retain_offsets).auc
+    else:
+        row["ulira_retain_auc"] = float("nan")
     for part in ("forget", "retain", "val"):
         if part in labels:
             row[f"klom_{part}"] = klom(margins(_stack(members, part), labels[part]),
@@ -87,6 +117,10 @@ def tradeoff_plot(rows: list[dict], forget_label: str, path: str | Path) -> Path
             if name in lines and math.isfinite(lines[name].get(key, float("nan"))):
                 what = "retrain noise floor" if name == "retrain" else "original (no unlearning)"
                 ax.axhline(lines[name][key], color="grey", linestyle=style, label=what)
+        floor = lines.get("retrain", {})
+        if key == "ulira_auc" and math.isfinite(floor.get("ulira_null_sd", float("nan"))):
+            mean, sd = floor["ulira_null_mean"], floor["ulira_null_sd"]
+            ax.axhspan(mean - 2 * sd, mean + 2 * sd, color="grey", alpha=0.15, label="retraining's range (mean +- 2 sd)")
         ax.set_xscale("log")
         if key.startswith("klom"):
             ax.set_yscale("symlog", linthresh=1.0)  # KLoM spans 0 (retrain) to thousands (no unlearning)

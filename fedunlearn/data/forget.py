@@ -23,11 +23,14 @@ class ForgetConfig:
     indices: tuple[int, ...] = ()  # kind = "indices": explicit training-set positions
     clusters: int = 5              # kind = "subpopulation": k-means clusters of the class's features
     cluster: int = -1              # kind = "subpopulation": which cluster (by label); -1 = a seeded pick
+    size: int = 0                  # kind = "subpopulation": forget the `size` samples of the class nearest the
+                                   # chosen cluster's centre (a ball in feature space); 0 = the cluster itself
 
     def __post_init__(self):
         check_range("forget.fraction", self.fraction, 0.0, 1.0)
         check_range("forget.clusters", self.clusters, 2)
         check_range("forget.cluster", self.cluster, -1, self.clusters - 1)
+        check_range("forget.size", self.size, 0)
 
 
 def select_forget(labels: np.ndarray, cfg: ForgetConfig, seed: int) -> np.ndarray:

@@ -58,10 +58,18 @@ def subpopulation(train: ArrayDataset, model: nn.Module, cfg: ForgetConfig, seed
     if len(members) < cfg.clusters:
         raise DataError(f"forget.classes[0] = {target} has {len(members)} training samples, fewer than "
                         f"forget.clusters = {cfg.clusters}")
+    if cfg.size >= len(members):
+        raise DataError(f"forget.size = {cfg.size} would forget all {len(members)} training samples of class {target} "
+                        "(that is class forgetting); choose a smaller size")
     feats = penultimate_features(model, train.x[members], device)
-    assign = KMeans(n_clusters=cfg.clusters, random_state=seed, n_init=10).fit_predict(feats)
+    kmeans = KMeans(n_clusters=cfg.clusters, random_state=seed, n_init=10).fit(feats)
     chosen = cfg.cluster if cfg.cluster >= 0 else int(rng.integers(cfg.clusters))
-    return np.sort(members[assign == chosen])
+    if cfg.size:
+        # k-means cluster sizes are whatever the data gives (a handful of samples, sometimes); a
+        # fixed number nearest the cluster's centre is the same kind of group at a chosen size.
+        dist = np.linalg.norm(feats - kmeans.cluster_centers_[chosen], axis=1)
+        return np.sort(members[np.argsort(dist, kind="stable")[:cfg.size]])
+    return np.sort(members[kmeans.labels_ == chosen])
 
 
 def atypical(train: ArrayDataset, models: Sequence[nn.Module], cfg: ForgetConfig, device) -> np.ndarray:

@@ -102,12 +102,14 @@ def make_task(train, forget_idx: np.ndarray, original, *, gone: np.ndarray | Non
 
 
 def run_method(method: ModuleType, task, cfg, path: Path | None = None, *, prepare: bool = True,
-               cpu: bool = False, measure: Callable[[Any], dict] | None = None) -> tuple[Any, dict]:
+               cpu: bool = False, measure: Callable[[Any], dict] | None = None,
+               diagnose: bool = True) -> tuple[Any, dict]:
     """One method on one task of any kind; returns (model, or FedResult for a federated method; row).
 
     The row is {"wall_s", "cpu_s" (when `cpu`), prepare's stats and "prepare_s", `measure(result)`,
     the method's stats, diagnose's stats}. With `path`, a finished run is reused from its
-    checkpoint. `prepare = False` when the kind ran the prepare hook itself (once per seed).
+    checkpoint. `prepare = False` when the kind ran the prepare hook itself (once per seed);
+    `diagnose = False` skips the diagnose hook (an audit judges against retraining instead).
     """
     if path is not None:
         hit = load_cached(path)
@@ -129,10 +131,10 @@ def run_method(method: ModuleType, task, cfg, path: Path | None = None, *, prepa
     model = result.model if isinstance(result, MethodResult) else result
     row = {"wall_s": wall_s, **({"cpu_s": cpu_s} if cpu else {}), **stats, **(measure(result) if measure else {}),
            **result.stats}
-    diagnose = hook(method, "diagnose")
-    if diagnose is not None:
+    check = hook(method, "diagnose") if diagnose else None
+    if check is not None:
         # Numbers that need data the method must not use (e.g. the exact update): untimed.
-        row.update(diagnose(task, cfg, model))
+        row.update(check(task, cfg, model))
     if path is not None:
         store(path, (model, row))
     return model, row

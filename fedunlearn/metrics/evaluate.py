@@ -53,6 +53,11 @@ def _acc(probs: torch.Tensor, data: ArrayDataset) -> float:
 def evaluate(model: nn.Module, splits: Splits, device, cfg: EvalConfig = EvalConfig(), seed: int = 0) -> tuple[dict, Outputs]:
     """Accuracies (fractions) and MIA of one model; `extra` sets give `<name>_acc`."""
     out = model_outputs(model, splits, device)
+    return score_outputs(out, splits, cfg, seed), out
+
+
+def score_outputs(out: Outputs, splits: Splits, cfg: EvalConfig = EvalConfig(), seed: int = 0) -> dict:
+    """evaluate()'s row from outputs already computed (e.g. the softmax of logits kept anyway)."""
     row = {"test_acc": _acc(out.test, splits.test), "retain_acc": _acc(out.retain, splits.retain),
            "forget_acc": _acc(out.forget, splits.forget)}
     for name, probs in out.extra.items():
@@ -61,7 +66,7 @@ def evaluate(model: nn.Module, splits: Splits, device, cfg: EvalConfig = EvalCon
     mia = svc_mia(feat(out.retain, splits.retain), feat(out.test, splits.test), feat(out.forget, splits.forget),
                   seed=seed, max_per_class=cfg.mia_max_samples)
     row["mia_efficacy"], row["mia_auc"] = mia.efficacy, mia.auc
-    return row, out
+    return row
 
 
 def compare_to_reference(row: dict, out: Outputs, model: nn.Module, ref_row: dict, ref_out: Outputs,

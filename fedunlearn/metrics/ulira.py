@@ -37,16 +37,29 @@ def scaled_confidence(logits: torch.Tensor | np.ndarray, labels: torch.Tensor | 
     return (correct - others).numpy()
 
 
-def calibrated(stats: np.ndarray) -> np.ndarray:
-    """Each model's statistics minus that model's mean over the samples.
+def calibrated(stats: np.ndarray, offsets: np.ndarray | None = None) -> np.ndarray:
+    """Each model's statistics minus that model's offset: `offsets` (models, samples or 1), by
+    default the model's mean over these same samples.
 
-    A model's outputs move together on every sample (one seed is a little more confident
-    everywhere on a class it never saw); with a few models, that model-wide offset decides
-    a pair's ROC on its own, and the noise floor swings by +-0.2. Removing it leaves the
-    per-example pattern, which is what membership means; a model-wide offset is what KLoM
-    (on raw margins) still sees."""
+    A model's outputs move together (one seed is a little more confident everywhere, or on a
+    class it never saw); with a few models, that model-wide offset decides a pair's ROC on its
+    own and the noise floor swings. Removing it leaves the per-example pattern. Estimated on the
+    audited samples themselves, the offset also removes any signal the forget set shares as a
+    whole (a subpopulation the model memorised together): `reference_offsets` estimates it on
+    samples no model trained on instead."""
     stats = np.asarray(stats, float)
-    return stats - stats.mean(1, keepdims=True)
+    return stats - (stats.mean(1, keepdims=True) if offsets is None else np.asarray(offsets, float))
+
+
+def reference_offsets(reference: np.ndarray, reference_labels, labels) -> np.ndarray:
+    """Per model and audited sample: the model's mean statistic over reference samples (held
+    out from every model's training, e.g. the validation split) of that sample's class; over
+    all reference samples for a class the reference lacks. `reference` is (models, m)."""
+    reference = np.asarray(reference, float)
+    ref_y, y = np.asarray(reference_labels), np.asarray(labels)
+    overall = reference.mean(1)
+    per_class = {c: reference[:, ref_y == c].mean(1) if (ref_y == c).any() else overall for c in np.unique(y)}
+    return np.stack([per_class[c] for c in y], 1) if len(y) else np.empty((len(reference), 0))
 
 
 def _log_normal(x: np.ndarray, mu: np.ndarray, std: np.ndarray) -> np.ndarray:
@@ -98,7 +111,7 @@ def _fit(rest: np.ndarray, variance: str, min_std: float) -> tuple[np.ndarray, n
 
 
 def ulira(unlearned: np.ndarray, retrained: np.ndarray, min_std: float = 1e-2, variance: str = "global",
-          calibrate: bool = True) -> UliraResult:
+          calibrate: bool = True, offsets: tuple[np.ndarray, np.ndarray] | None = None) -> UliraResult:
     """AUC and TPR at 1% and 0.1% FPR, each the mean over held-out pairs; nan when any statistic
     is not finite.
 
@@ -106,14 +119,34 @@ def ulira(unlearned: np.ndarray, retrained: np.ndarray, min_std: float = 1e-2, v
     under "indistinguishable" their scores are exchangeable and the AUC is 0.5 in expectation. Pooling
     scores across pairs is not: a model's outputs shift together on every sample, and a model
     left out of its own side's fit drags that fit away from itself, which pooled over a few
-    models reads as a systematic (below-chance) signal."""
+    models reads as a systematic (below-chance) signal. With `calibrate`, each side's model
+    offsets are removed first: `offsets` = (unlearned's, retrained's), e.g. from
+    reference_offsets; None = each model's mean over the audited samples."""
     if not (np.isfinite(unlearned).all() and np.isfinite(retrained).all()) or np.asarray(unlearned).shape[-1] == 0:
         return UliraResult(float("nan"), float("nan"), float("nan"))
     if calibrate:
-        unlearned, retrained = calibrated(unlearned), calibrated(retrained)
+        off_u, off_r = offsets if offsets is not None else (None, None)
+        unlearned, retrained = calibrated(unlearned, off_u), calibrated(retrained, off_r)
     per_pair = []
     for scores, truth in ulira_scores(unlearned, retrained, min_std, variance):
         fpr, tpr, _ = roc_curve(truth, scores)
         per_pair.append((auc(fpr, tpr), tpr_at_fpr(fpr, tpr, 0.01), tpr_at_fpr(fpr, tpr, 0.001)))
     mean = np.mean(per_pair, axis=0)
     return UliraResult(float(mean[0]), float(mean[1]), float(mean[2]))
+
+
+def null_aucs(first: np.ndarray, second: np.ndarray, draws: int = 20, seed: int = 0,
+              offsets: tuple[np.ndarray, np.ndarray] | None = None, **kw) -> np.ndarray:
+    """U-LiRA AUCs of random equal splits of two ensembles drawn from the same law (two retrain
+    ensembles): what the AUC of an ensemble as good as retraining scatters over, with these
+    models and samples. One split is one noise-floor value; their spread says how far from
+    0.5 a method's AUC may lie by chance."""
+    stats = np.concatenate([np.asarray(first, float), np.asarray(second, float)])
+    offs = np.concatenate([np.asarray(o, float) for o in offsets]) if offsets is not None else None
+    half, rng, out = len(first), np.random.default_rng(seed), []
+    for _ in range(draws):
+        p = rng.permutation(len(stats))
+        a, b = p[:half], p[half:]
+        pair = (offs[a], offs[b]) if offs is not None else None
+        out.append(ulira(stats[a], stats[b], offsets=pair, **kw).auc)
+    return np.asarray(out)
