@@ -104,6 +104,10 @@ class Config:
         if "labels" in self.experiment.parts and self.experiment.forget_class >= min(self.labels.counts):
             raise ConfigError(f"experiment.forget_class = {self.experiment.forget_class} is not among the first "
                               f"{min(self.labels.counts)} classes the label-count study keeps")
+        if self.audit.models:
+            from fedunlearn.audit.kinds import survey_audit_configs
+
+            survey_audit_configs(self)  # an audit that cannot run fails now, not after Ray starts
 
     def surveyed(self) -> list[str]:
         """Whatever the registry holds at run time, minus the exclusions; retrain first."""
