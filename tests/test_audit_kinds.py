@@ -8,7 +8,7 @@ from fedunlearn.audit.report import AUDIT_FIELDS
 from fedunlearn.cli import load_experiment
 from fedunlearn.config import build
 from fedunlearn.errors import ConfigError, WithdrawalError
-from fedunlearn.experiments import cluster, federated, survey
+from fedunlearn.experiments import cluster, federated, federated_matrix, survey
 from tiny_federation import tiny_federation
 
 COMMON = {"data": {"name": "digits", "val_size": 150}, "model": {"name": "mlp", "hidden": 32},
@@ -55,6 +55,8 @@ def test_audit_sections_are_checked_before_work():
         build(federated.Config, fed_audit(methods=["finetune"]))  # a centralized method, not a federated one
     with pytest.raises(ConfigError, match="at least 3"):
         build(federated.Config, fed_audit(models=2))
+    with pytest.raises(ConfigError, match="does not run"):
+        build(federated_matrix.Config, {"kind": "federated_matrix", "base": fed_audit(), "scenarios": {"a": {}}})
     spec = {"name": "x3", "kind": "random", "fraction": 0.05, "requests": 3}
     with pytest.raises(ConfigError, match="one request"):
         build(cluster.Config, {**copy(CLUSTER), "experiment": {**CLUSTER["experiment"], "forget": [spec]}})
