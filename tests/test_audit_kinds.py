@@ -89,6 +89,10 @@ def test_federated_audit_with_three_models(local_ray, tmp_path):
     assert all(r["forget"].startswith("client 0 withdraws") for r in rows.values())
     md = (tmp_path / "report.md").read_text()
     assert "noise floor" in md and (tmp_path / "audit_withdrawal.png").is_file()
+    # a second run with the same --out reuses every task's checkpoint and reports the same numbers
+    again = federated.run(build(federated.Config, fed_audit()), tmp_path, progress=False)
+    assert [r["ulira_auc"] for r in again["results"]] == [r["ulira_auc"] for r in report["results"]]
+    assert "9 of 9 tasks reused" in (tmp_path / "report.md").read_text()
 
 
 @pytest.mark.slow

@@ -21,10 +21,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedunlearn import checkpoint
 from fedunlearn.audit.ensemble import ORIGINAL, RETRAIN_A, RETRAIN_B, Member, logits_on
 from fedunlearn.audit.report import AUDIT_FIELDS, audit_row, tradeoff_plot
-from fedunlearn.config import to_dict
+from fedunlearn.config import config_hash, to_dict
 from fedunlearn.errors import WithdrawalError
+from fedunlearn.experiments.pipeline import load_cached, store
 from fedunlearn.federated.client import answer_query, departing_client, federation_data, local_data, local_train
 from fedunlearn.federated.transport import LocalTransport
 
@@ -179,12 +181,29 @@ def run_federated_audit(cfg, out_dir: str | Path, progress: bool = True) -> dict
     out.mkdir(parents=True, exist_ok=True)
     jobs = ([FedJob(ORIGINAL, i, seed + i) for i in range(n)] + [FedJob(RETRAIN_A, i, seed + n + i) for i in range(n)]
             + [FedJob(RETRAIN_B, i, seed + 2 * n + i) for i in range(n)])
+    # Every task is checkpointed as it finishes, keyed by what produced it: a stopped audit resumes.
+    ckpt = out / "checkpoints"
+    exp = cfg.experiment
+    key = config_hash([cfg.data, cfg.model, cfg.federation, cfg.withdrawal, cfg.backdoor, cfg.eval, exp.seed,
+                       exp.timing_repeats, exp.repeat_below_s, exp.device, methods,
+                       [cfg.method_config(name) for name in ["retrain", *methods]], checkpoint.code_key()])
+    paths = [ckpt / f"audit-{job.role}-{job.index}-{config_hash([key, job])}" for job in jobs]
+    done = [load_cached(path) for path in paths]
+    todo = [i for i, hit in enumerate(done) if hit is None]
     start = time.perf_counter()
-    with ray_session(audit.cluster):
-        mapping = ray.put(to_dict(cfg))
-        log.info("federated audit: %d federations with %s, %d retrains", n, ", ".join(methods) or "no method", 2 * n)
-        done = fan_out(fed_member, [(job, mapping, methods) for job in jobs], audit.cluster,
-                       resources=current_resources(audit.cluster), desc="federated audit", progress=progress)
+    if todo:
+        with ray_session(audit.cluster):
+            mapping = ray.put(to_dict(cfg))
+            log.info("federated audit: %d federations with %s, %d retrains (%d tasks to run)", n,
+                     ", ".join(methods) or "no method", 2 * n, len(todo))
+
+            def keep(i, members):
+                done[todo[i]] = members
+                store(paths[todo[i]], members)
+
+            fan_out(fed_member, [(jobs[i], mapping, methods) for i in todo], audit.cluster,
+                    resources=current_resources(audit.cluster), desc="federated audit", progress=progress,
+                    on_result=keep)
     seconds = time.perf_counter() - start
     by_role: dict[str, list[Member]] = {}
     for m in (m for members in done for m in members):
@@ -217,7 +236,8 @@ def run_federated_audit(cfg, out_dir: str | Path, progress: bool = True) -> dict
              f"original: U-LiRA AUC {rows[0]['ulira_auc']:.3f}, KLoM forget {rows[0]['klom_forget']:.3f}",
              "each federation (with its methods) and each retrain is one Ray task with in-process clients; speedup "
              "compares wall times measured in different tasks on a shared machine",
-             f"whole audit: {seconds:.0f} s wall"]
+             f"whole audit: {seconds:.0f} s wall"
+             + (f" ({len(jobs) - len(todo)} of {len(jobs)} tasks reused from checkpoints)" if len(todo) < len(jobs) else "")]
     from fedunlearn.metrics import write_report
 
     write_report(out, f"{cfg.experiment.name}: forgetting audit of a federated withdrawal on {data.name}",
