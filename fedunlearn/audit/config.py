@@ -26,7 +26,29 @@ class AuditConfig:
         if 0 < self.models < 3:
             raise ValueError(f"'audit.models' must be 0 (off) or at least 3 (U-LiRA fits each side on all but one "
                              f"model), got {self.models}")
+        for name in self.methods:
+            self.method_registry().check(name)
+
+    @staticmethod
+    def method_registry():
         from fedunlearn.unlearn import METHODS
 
-        for name in self.methods:
-            METHODS.check(name)
+        return METHODS
+
+
+@dataclass(frozen=True)
+class FedAuditConfig(AuditConfig):
+    """The federated kind's `[audit]`: the forget set is the departing client's training data,
+    and `methods` are federated methods."""
+
+    def __post_init__(self):
+        if self.forget:
+            raise ValueError("a federated audit forgets the departing client's data (set [withdrawal] client); "
+                             "remove the [[audit.forget]] tables")
+        super().__post_init__()
+
+    @staticmethod
+    def method_registry():
+        from fedunlearn.federated.methods import FED_METHODS
+
+        return FED_METHODS

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedunlearn.audit.config import AuditConfig
 from fedunlearn.cluster import ClusterConfig, current_resources, fan_out, ray_session, warm_up, worker_device
 from fedunlearn.config import check_range, config_hash
 from fedunlearn.data import DataConfig, ForgetConfig, complement, load_dataset, select_forget
@@ -88,8 +89,16 @@ class Config(MethodsSection):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     methods: dict = field(default_factory=dict)  # [methods.<name>] sections: that method's Config
+    audit: AuditConfig = AuditConfig()  # [audit] models = N > 0: the centralized audit of these methods
 
     registry = METHODS  # MethodsSection.__post_init__ checks every listed method and section
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.audit.models:
+            from fedunlearn.audit.kinds import cluster_audit_config
+
+            cluster_audit_config(self)  # an audit that cannot run fails now, not after Ray starts
 
 
 @dataclass
@@ -162,6 +171,10 @@ def _task(cfg: Config, s: Seeded, requests: list[np.ndarray], device, workdir: P
 
 
 def run(cfg: Config, out_dir: str | Path, progress: bool = True) -> dict:
+    if cfg.audit.models > 0:
+        from fedunlearn.audit.kinds import audit_cluster
+
+        return audit_cluster(cfg, out_dir, progress)
     out = Path(out_dir)
     ckpt = out / "checkpoints"
     device = get_device(cfg.experiment.device)

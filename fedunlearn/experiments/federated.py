@@ -36,6 +36,10 @@ def run(cfg: Config, out_dir: str | Path, progress: bool = True) -> dict:
     from fedunlearn.federated.resources import client_resources
     from fedunlearn.metrics.report import load_report
 
+    if cfg.audit.models > 0:
+        from fedunlearn.audit.federated import run_federated_audit
+
+        return run_federated_audit(cfg, out_dir, progress)
     check_cooperation(cfg)  # before Ray starts: a bad request should cost nothing
     federation_data(cfg)  # likewise a partition that leaves a client without data (a too small alpha)
     out = Path(out_dir)

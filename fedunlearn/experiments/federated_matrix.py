@@ -76,9 +76,13 @@ class Config:
         mapping.setdefault("experiment", {})
         mapping["experiment"] = {**mapping["experiment"], "seed": seed, "name": f"{scenario}-seed{seed}"}
         try:
-            return build(FedConfig, mapping)
+            cfg = build(FedConfig, mapping)
         except ConfigError as err:
             raise ConfigError(f"scenario '{scenario}': {err}") from None
+        if cfg.audit.models:
+            raise ConfigError(f"scenario '{scenario}': the matrix does not run [audit]; audit one federated config "
+                              "with `fedunlearn run CONFIG --set audit.models=N`")
+        return cfg
 
 
 def merge(base: dict, over: dict) -> dict:

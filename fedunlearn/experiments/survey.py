@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import spearmanr
 
+from fedunlearn.audit.config import AuditConfig
 from fedunlearn.config import check_range, to_dict
 from fedunlearn.contract import class_forgetting_only
 from fedunlearn.data import DataBundle, DataConfig, ForgetConfig, load_dataset
@@ -93,6 +94,7 @@ class Config:
     convex: ConvexSection = ConvexSection()
     labels: LabelSection = LabelSection()
     methods: dict = field(default_factory=dict)  # [methods.<name>]: that method's Config, in every part
+    audit: AuditConfig = AuditConfig()  # [audit] models = N > 0: the parts as ensemble audits (audit/kinds.py)
 
     def __post_init__(self):
         for name in [*self.experiment.exclude, *self.convex.methods, *self.labels.methods]:
@@ -102,6 +104,10 @@ class Config:
         if "labels" in self.experiment.parts and self.experiment.forget_class >= min(self.labels.counts):
             raise ConfigError(f"experiment.forget_class = {self.experiment.forget_class} is not among the first "
                               f"{min(self.labels.counts)} classes the label-count study keeps")
+        if self.audit.models:
+            from fedunlearn.audit.kinds import survey_audit_configs
+
+            survey_audit_configs(self)  # an audit that cannot run fails now, not after Ray starts
 
     def surveyed(self) -> list[str]:
         """Whatever the registry holds at run time, minus the exclusions; retrain first."""
@@ -152,6 +158,10 @@ def judge(rows: list[dict], tolerance: float, forget_size: int) -> list[str]:
 
 
 def run(cfg: Config, out_dir: str | Path, progress: bool = True) -> dict:
+    if cfg.audit.models > 0:
+        from fedunlearn.audit.kinds import audit_survey
+
+        return audit_survey(cfg, out_dir, progress)
     out, exp = Path(out_dir), cfg.experiment
     surveyed, results, sections, plots = cfg.surveyed(), [], [], []
 

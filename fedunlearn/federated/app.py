@@ -34,7 +34,8 @@ def _build(mapping: dict, client: bool):
     if client:
         # A client needs its data, model and recipe, not the server's choice of methods: a method
         # registered only in the server's process (or not importable on the clients) must not stop it.
-        mapping = {**mapping, "methods": {}, "experiment": {**mapping.get("experiment", {}), "methods": ["retrain"]}}
+        mapping = {**mapping, "methods": {}, "experiment": {**mapping.get("experiment", {}), "methods": ["retrain"]},
+                   "audit": {}}
     return build(Config, mapping)
 
 
@@ -106,6 +107,11 @@ def make_server_app(mapping: dict | None = None, out_dir: str | None = None, pro
         transport = None
         try:
             cfg = _config(context, mapping)
+            if cfg.audit.models:
+                from fedunlearn.errors import ConfigError
+
+                raise ConfigError("[audit] runs its federations as Ray tasks with in-process clients: run it with "
+                                  "`fedunlearn run`, not on a Flower deployment")
             out = out_dir or str(context.run_config.get("out-dir", "") or f"results/{cfg.experiment.name}")
             transport = FlowerTransport(grid, cfg.federation.num_clients)
             serve(cfg, transport, out, progress=progress)

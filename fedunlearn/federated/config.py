@@ -7,6 +7,7 @@
     [withdrawal]  which client leaves, after which round, and whether it is still reachable
     [backdoor]    the departing client's trigger (fraction 0 = none)
     [methods.<name>]                  that method's Config
+    [audit]       models = N > 0: an ensemble audit of the withdrawal (fedunlearn/audit/federated.py)
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from fedunlearn.audit.config import FedAuditConfig
 from fedunlearn.config import check_range
 from fedunlearn.data import BackdoorConfig, DataConfig
 from fedunlearn.experiments.pipeline import MethodsSection
@@ -103,6 +105,7 @@ class Config(MethodsSection):
     backdoor: BackdoorConfig = BackdoorConfig(fraction=0.2)
     eval: EvalConfig = EvalConfig()
     methods: dict = field(default_factory=dict)  # [methods.<name>] sections: that method's Config
+    audit: FedAuditConfig = FedAuditConfig()  # [audit] models = N > 0 makes the run an ensemble audit
 
     registry = FED_METHODS
 
