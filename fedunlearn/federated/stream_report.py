@@ -59,7 +59,7 @@ class StreamReport:
 
     def add_request(self, k: int, cfg_k, trained: dict, results: dict, withdrawn: list[int]) -> list[dict]:
         """Judge every method of request k; returns its rows (original first, then retrain)."""
-        client, rnd, _ = self.requests[k - 1]
+        client, rnd, attacker = self.requests[k - 1]
         splits = self.splits(client, withdrawn)
         entries = [("retrain", results["retrain"]), ("original", {"state": trained["global_state"], "row": {
             "wall_s": trained["wall_s"], "rounds": rnd}})]
@@ -73,7 +73,7 @@ class StreamReport:
         rows = [{"request": k, "round": rnd, "client": client, **r} for r in judged]
         self.rows += rows
         self.notes.append(f"Request {k} (after round {rnd}): "
-                          + forgotten(judged, client, len(splits.forget), self.backdoor is not None))
+                          + forgotten(judged, client, len(splits.forget), attacker and self.backdoor is not None))
         point = lambda state: quick_point(self.model_of(state), self.curve_test, self.curve_backdoor,  # noqa: E731
                                           self.device)
         start = self.requests[k - 2][1] if k > 1 else 0
