@@ -22,8 +22,8 @@ METHODS = ["retrain", "subtract", "continue"]
 
 
 def stream(*requests: dict, **sections) -> Config:
-    mapping = tiny_federation("stream", METHODS, {"continue": {"rounds": 1}},
-                              federation={"num_clients": 4, "rounds": 3}, **sections)
+    sections["federation"] = {"num_clients": 4, "rounds": 3, **sections.get("federation", {})}
+    mapping = tiny_federation("stream", METHODS, {"continue": {"rounds": 1}}, **sections)
     mapping["model"] = {"name": "mlp", "hidden": 16}
     mapping["withdrawal"] = {"requests": list(requests)}
     return build(Config, mapping)
@@ -80,8 +80,10 @@ def test_a_rule_that_repeats_an_id_fails_before_training():
 
 
 @pytest.mark.slow
-def test_every_method_handles_each_request_while_training_goes_on(tmp_path):
-    cfg = stream({"client": 0, "round": 1, "backdoor": True}, {"client": "median", "round": 3})
+@pytest.mark.parametrize("history", ["memory", "disk"])
+def test_every_method_handles_each_request_while_training_goes_on(tmp_path, history):
+    cfg = stream({"client": 0, "round": 1, "backdoor": True}, {"client": "median", "round": 3},
+                 federation={"history": history})
     (c1, r1, _), (c2, r2, _) = stream_requests(cfg)
     transport = LoggedTransport(cfg)
     with ServerWorker(0.0, cpus=0.0) as server:
@@ -107,6 +109,7 @@ def test_every_method_handles_each_request_while_training_goes_on(tmp_path):
     assert [e["client"] for e in entries] == [c1, c2] and record.verify(log)[0]
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["requests"][0]["backdoor"] and not saved["requests"][1]["backdoor"]
+    assert saved["columns"][:4] == ["request", "round", "client", "method"]
     md = (tmp_path / "report.md").read_text()
     assert "Request 1 (after round" in md and "Request 2 (after round" in md and (tmp_path / "curves.png").exists()
     # a rerun resumes: no training at all, the same rows
@@ -115,3 +118,12 @@ def test_every_method_handles_each_request_while_training_goes_on(tmp_path):
         second = serve(cfg, again, tmp_path, progress=False, server=server)
     assert again.calls == []
     assert [r["test_acc"] for r in second["results"]] == [r["test_acc"] for r in rows]
+
+
+def test_the_shipped_stream_config_builds_and_names_three_clients():
+    from fedunlearn.cli import load_experiment
+
+    _, cfg = load_experiment("simulations/withdrawal_stream.toml", [])
+    requests = stream_requests(cfg)
+    assert len({c for c, _, _ in requests}) == 3 and [b for _, _, b in requests] == [True, False, False]
+    assert attackers(cfg) == {requests[0][0]}

@@ -109,10 +109,11 @@ class StreamReport:
                               for k, (c, r, b) in enumerate(self.requests, 1)],
                  "purge": self.purges, "round_log": self.round_log, "history_bytes": self.history_bytes,
                  "client_samples": {str(c): len(p) for c, p in enumerate(federation_data(cfg)[1])},
-                 "device": str(self.device), "num_classes": self.num_classes}
+                 "device": str(self.device), "num_classes": self.num_classes,
+                 "columns": STREAM_COLUMNS}  # `fedunlearn report` prints request, round and client too
         write_report(self.out, f"{cfg.experiment.name}: a stream of federated client withdrawals", to_dict(cfg),
                      self.rows, extra=extra, notes=notes, columns=STREAM_COLUMNS, plots=[str(plot)])
-        return {"results": self.rows, "config": to_dict(cfg), "columns": STREAM_COLUMNS, **extra}
+        return {"results": self.rows, "config": to_dict(cfg), **extra}
 
     def plot(self) -> Path:
         series: dict[str, dict] = {"test_acc": {}, "backdoor_asr": {}}
