@@ -5,9 +5,9 @@ the federation's global model G_k is what training without every client withdraw
 made of it by round r_k; every listed method removes c_k from that same G_k, and retrain
 (FedAvg from round 0 without c_1..c_k) is the reference. The federation then continues from the
 reference: G_{k+1} is FedAvg from round 0 over the clients still in, carried on to round r_{k+1},
-which is retrain's model trained on. The driver trains G_{k+1} with its own stored history, so the
-next request's methods hold the updates they need (retraining's own rounds are not recorded by
-the retrain method). Each row of the report is one (request, method) pair judged against that
+the federation retraining gives, trained on. The driver recomputes it (same clients, same seeded
+sampling as the retrain row; the clients' local shuffles differ) with its own stored history, so
+the next request's methods hold the updates they need (the retrain method records none). Each row of the report is one (request, method) pair judged against that
 request's retrain, so methods are compared on the same model; a method's error is not carried
 into the next request. A withdrawn client is in no later round and cannot be asked anything.
 

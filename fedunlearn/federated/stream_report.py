@@ -3,8 +3,8 @@
 Each request is judged by the oracle of report.py (outside the federation) on its own splits:
 forget accuracy and MIA on that request's client's data, retain accuracy on the data of the
 clients still in after it, backdoor success on triggered test inputs; every row is compared
-with that request's retrain. The plot follows the federation (which continues from retrain's
-model after each request) round by round, and each method's model at each request.
+with that request's retrain. The plot follows the federation (which continues as retraining leaves
+it after each request) round by round, and each method's model at each request.
 """
 
 from __future__ import annotations
@@ -95,8 +95,8 @@ class StreamReport:
             f"{', ' + str(fed.clients_per_round) + ' per round' if fed.clients_per_round else ''}): {stream}",
             "at each request every method removes that client from the same global model: the federation as "
             "training without the clients withdrawn so far has made it (after each request the federation continues "
-            "from retrain's model, so a method's error is not carried into the next request); each request's "
-            "rows are compared with that request's retrain",
+            "as retraining leaves it: FedAvg from round 0 over the clients still in, so a method's error is not "
+            "carried into the next request); each request's rows are compared with that request's retrain",
             "evaluation is an oracle outside the federation: forget_acc and MIA on the request's client's data, "
             "retain_acc on the clients still in, backdoor_asr on triggered test inputs",
             *self.notes,
@@ -123,7 +123,7 @@ class StreamReport:
             series["test_acc"][label] = (xs, [p[0] for _, p in pairs])
             series["backdoor_asr"][label] = (xs, [p[1] for _, p in pairs])
 
-        add("federation (continues from retrain)", self.federation)
+        add("federation (continues as retraining leaves it)", self.federation)
         for name, pairs in self.points.items():
             add(f"{name} at each request", pairs)
         self.out.mkdir(parents=True, exist_ok=True)
