@@ -127,3 +127,19 @@ def test_the_shipped_stream_config_builds_and_names_three_clients():
     requests = stream_requests(cfg)
     assert len({c for c, _, _ in requests}) == 3 and [b for _, _, b in requests] == [True, False, False]
     assert attackers(cfg) == {requests[0][0]}
+
+
+@pytest.mark.slow
+def test_a_stream_on_flowers_simulation_engine(local_ray, tmp_path):
+    """The same stream through `fedunlearn run`'s path: ClientApps on Flower's Ray simulation engine
+    rebuild their data (and the attacker) from the config's requests."""
+    from fedunlearn.experiments import federated as experiment
+
+    cfg = stream({"client": 0, "round": 1, "backdoor": True}, {"client": 2, "round": 2})
+    report = experiment.run(cfg, tmp_path, progress=False)
+    assert report["columns"][:3] == ["request", "round", "client"]
+    rows = [(r["request"], r["client"], r["method"]) for r in report["results"]]
+    assert rows == [(k, c, m) for k, c in ((1, 0), (2, 2)) for m in ["original", *METHODS]]
+    first = {r["method"]: r for r in report["results"] if r["request"] == 1}
+    assert first["retrain"]["messages_to_remaining"] == 3 * 1  # 3 clients remain, 1 round
+    assert len((tmp_path / "deletions.jsonl").read_text().splitlines()) == 2
