@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from fedunlearn.config import check_range
+from fedunlearn.errors import WithdrawalError
 from fedunlearn.data import BackdoorConfig, DataConfig
 from fedunlearn.experiments.pipeline import MethodsSection
 from fedunlearn.federated.methods import FED_METHODS
@@ -140,7 +141,6 @@ class Config(MethodsSection):
         return self.withdrawal.after_round or self.federation.rounds
 
 
-
 def check_stream(cfg: "Config") -> None:
     """The stream's requests, before any work: in round order, within training, no client twice,
     and (with a longer-training attacker) only the first request an attacker."""
@@ -159,7 +159,7 @@ def check_stream(cfg: "Config") -> None:
             continue  # a rule picks among the clients still in (client.stream_requests), never a withdrawn one
         try:
             check_withdrawal(req.client, cfg.federation.num_clients, seen)
-        except Exception as err:
+        except WithdrawalError as err:
             raise ValueError(f"withdrawal request {i}: {err}") from None
         seen.add(req.client)
     if cfg.backdoor.local_epochs and any(r.backdoor for r in requests[1:]):
