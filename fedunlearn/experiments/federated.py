@@ -42,6 +42,10 @@ def run(cfg: Config, out_dir: str | Path, progress: bool = True) -> dict:
         return run_federated_audit(cfg, out_dir, progress)
     check_cooperation(cfg)  # before Ray starts: a bad request should cost nothing
     federation_data(cfg)  # likewise a partition that leaves a client without data (a too small alpha)
+    if cfg.withdrawal.requests:
+        from fedunlearn.federated.client import stream_requests
+
+        stream_requests(cfg)  # and a stream that names a client twice
     out = Path(out_dir)
     mapping = to_dict(cfg)
     resources = client_resources(cfg.federation)
@@ -65,7 +69,8 @@ def run(cfg: Config, out_dir: str | Path, progress: bool = True) -> dict:
         if started_ray and ray.is_initialized():
             ray.shutdown()
     report = load_report(out)
-    return {"results": report["results"], "config": report["config"], "columns": COLUMNS}
+    columns = ["request", "round", "client", *COLUMNS] if cfg.withdrawal.requests else COLUMNS
+    return {"results": report["results"], "config": report["config"], "columns": columns}
 
 
 def _end_hung_clients(server_done: threading.Event, engine_done: threading.Event, unanswered: list[int]) -> None:

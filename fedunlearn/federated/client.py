@@ -66,11 +66,39 @@ def departing_client(cfg) -> int:
     return pick_client(cfg.withdrawal.client, [len(p) for p in federation_data(cfg)[1]])
 
 
+def stream_requests(cfg) -> list[tuple[int, int, bool]]:
+    """[[withdrawal.requests]] as (client id, round, carries the backdoor), in order. A rule picks
+    among the clients still in at that request, so "median" twice names two clients; a client
+    named twice is a WithdrawalError."""
+    from fedunlearn.federated.withdrawal import Membership, pick_client
+
+    sizes = [len(p) for p in federation_data(cfg)[1]]
+    members, out = Membership(len(sizes)), []
+    for req in cfg.withdrawal.requests:
+        client = req.client
+        if isinstance(client, str):
+            active = members.active
+            client = active[pick_client(client, [sizes[c] for c in active])]
+        members.withdraw(int(client))
+        out.append((int(client), req.round, req.backdoor))
+    return out
+
+
+def attackers(cfg) -> set[int]:
+    """The clients whose data carry the backdoor: the departing client, or in a stream the
+    requests marked `backdoor`."""
+    if cfg.backdoor.fraction <= 0:
+        return set()
+    if cfg.withdrawal.requests:
+        return {client for client, _, backdoor in stream_requests(cfg) if backdoor}
+    return {departing_client(cfg)}
+
+
 def local_data(cfg, client_id: int) -> LocalData:
     data, parts = federation_data(cfg)
     own = data.train.subset(parts[client_id])
     poisoned = np.zeros(0, dtype=np.int64)
-    if client_id == departing_client(cfg) and cfg.backdoor.fraction > 0:
+    if client_id in attackers(cfg):
         x, y, poisoned = poison(own.x, own.y, cfg.backdoor, seed=cfg.experiment.seed + 7919)
         own = ArrayDataset(x, y)
     return LocalData(client_id, own, poisoned, data.num_classes, data.input_shape, cfg.federation.local,

@@ -4,7 +4,8 @@
     [experiment]  name, seed, device, methods (the rows of the report; retrain always runs)
     [data] [model] [eval]              as in the centralized experiment
     [federation]  clients, partition, FedAvg rounds, stored history, local recipe, resources
-    [withdrawal]  which client leaves, after which round, and whether it is still reachable
+    [withdrawal]  which client leaves, after which round, and whether it is still reachable;
+                  [[withdrawal.requests]] makes it a stream: several clients leave at given rounds
     [backdoor]    the departing client's trigger (fraction 0 = none)
     [methods.<name>]                  that method's Config
     [audit]       models = N > 0: an ensemble audit of the withdrawal (fedunlearn/audit/federated.py)
@@ -17,6 +18,7 @@ from typing import Literal
 
 from fedunlearn.audit.config import FedAuditConfig
 from fedunlearn.config import check_range
+from fedunlearn.errors import WithdrawalError
 from fedunlearn.data import BackdoorConfig, DataConfig
 from fedunlearn.experiments.pipeline import MethodsSection
 from fedunlearn.federated.methods import FED_METHODS
@@ -82,14 +84,34 @@ class FederationConfig:
 
 
 @dataclass(frozen=True)
+class WithdrawalRequest:
+    """One request of a stream ([[withdrawal.requests]]): `client` leaves after round `round`."""
+
+    client: int | str = 0          # partition id, or "largest" / "median" among the clients still in
+    round: int = 1                 # the request arrives after this training round
+    backdoor: bool = False         # this client carries the backdoor trigger (an attacker)
+
+    def __post_init__(self):
+        check_range("withdrawal.requests.round", self.round, 1)
+        if isinstance(self.client, str) and self.client not in CLIENT_RULES:
+            raise ValueError(f"'withdrawal.requests.client' = {self.client!r}: give a client id or one of "
+                             f"{', '.join(CLIENT_RULES)}")
+
+
+@dataclass(frozen=True)
 class WithdrawalConfig:
     client: int | str = 0          # partition id of the departing client, or "largest" / "median" (by sample count)
     after_round: int = 0           # the request arrives after this round (0 = after the last); training stops there
     departing_online: bool = True  # false: the client is gone, cooperative methods cannot ask it anything
     purge: bool = True             # delete the client's stored updates once every method has run
+    requests: tuple[WithdrawalRequest, ...] = ()  # a stream of requests (federated/requests.py); replaces
+                                   # client / after_round, and the backdoor goes to requests marked `backdoor`
 
     def __post_init__(self):
         check_range("withdrawal.after_round", self.after_round, 0)
+        if self.requests and self.after_round:
+            raise ValueError("give either withdrawal.after_round (one request) or [[withdrawal.requests]] (a stream), "
+                             "not both")
         if isinstance(self.client, str) and self.client not in CLIENT_RULES:
             raise ValueError(f"'withdrawal.client' = {self.client!r}: give a client id or one of {', '.join(CLIENT_RULES)}")
 
@@ -112,6 +134,7 @@ class Config(MethodsSection):
     def __post_init__(self):
         if not isinstance(self.withdrawal.client, str):
             check_withdrawal(self.withdrawal.client, self.federation.num_clients)
+        check_stream(self)
         if self.withdrawal.after_round > self.federation.rounds:
             raise ValueError(f"'withdrawal.after_round' = {self.withdrawal.after_round} is after the last round "
                              f"(federation.rounds = {self.federation.rounds})")
@@ -119,5 +142,34 @@ class Config(MethodsSection):
 
     @property
     def train_rounds(self) -> int:
+        """Rounds of training before the (first) request."""
+        if self.withdrawal.requests:
+            return self.withdrawal.requests[0].round
         return self.withdrawal.after_round or self.federation.rounds
 
+
+def check_stream(cfg: "Config") -> None:
+    """The stream's requests, before any work: in round order, within training, no client twice,
+    and (with a longer-training attacker) only the first request an attacker."""
+    requests = cfg.withdrawal.requests
+    rounds = [r.round for r in requests]
+    if rounds != sorted(rounds):
+        raise ValueError(f"withdrawal.requests must be in round order; got rounds {rounds}")
+    if rounds and rounds[-1] > cfg.federation.rounds:
+        raise ValueError(f"a withdrawal request arrives after round {rounds[-1]}, after the last training round "
+                         f"(federation.rounds = {cfg.federation.rounds})")
+    if len(requests) >= cfg.federation.num_clients:
+        raise ValueError(f"{len(requests)} withdrawal requests would leave no client of {cfg.federation.num_clients}")
+    seen: set[int] = set()
+    for i, req in enumerate(requests, 1):
+        if isinstance(req.client, str):
+            continue  # a rule picks among the clients still in (client.stream_requests), never a withdrawn one
+        try:
+            check_withdrawal(req.client, cfg.federation.num_clients, seen)
+        except WithdrawalError as err:
+            raise ValueError(f"withdrawal request {i}: {err}") from None
+        seen.add(req.client)
+    if cfg.backdoor.local_epochs and any(r.backdoor for r in requests[1:]):
+        # retraining for an earlier request runs in unlearning rounds, where an attacker trains with the
+        # plain recipe: a later attacker would not be the same client there as in training
+        raise ValueError("with backdoor.local_epochs > 0 only the first withdrawal request may carry the backdoor")

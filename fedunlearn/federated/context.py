@@ -79,10 +79,12 @@ class FedContext:
 
     @classmethod
     def create(cls, cfg: Config, transport: Transport, trained: dict, make_model: Callable[[], nn.Module],
-               server: ServerWorker | None = None, departing_online: bool | None = None) -> "FedContext":
+               server: ServerWorker | None = None, departing_online: bool | None = None,
+               withdrawn=()) -> "FedContext":
         """The context one method gets: the experiment `cfg`, the transport (its handshake gives
         the task's shape and the clients' sample counts) and the trained federation `trained`
-        ({"global_state", "initial_state", "history"}, as driver.train_federation returns it)."""
+        ({"global_state", "initial_state", "history"}, as driver.train_federation returns it).
+        `withdrawn`: clients gone at earlier requests, neither remaining nor reachable."""
         from fedunlearn.training import get_device
 
         info = transport.info
@@ -91,7 +93,8 @@ class FedContext:
         online = cfg.withdrawal.departing_online if departing_online is None else departing_online
         return cls(global_state=copy_state(trained["global_state"]), initial_state=copy_state(trained["initial_state"]),
                    history=trained["history"], departing=departing,
-                   remaining=[c for c in range(fed.num_clients) if c != departing], num_clients=fed.num_clients,
+                   remaining=[c for c in range(fed.num_clients) if c != departing and c not in set(withdrawn)],
+                   num_clients=fed.num_clients,
                    num_classes=int(first["num_classes"]), input_shape=tuple(int(d) for d in first["input_shape"]),
                    make_model=make_model, fed_cfg=fed, device=get_device(cfg.experiment.device), transport=transport,
                    departing_online=online, train_rounds=cfg.train_rounds,

@@ -37,6 +37,10 @@ log = logging.getLogger("fedunlearn")
 
 def serve(cfg, transport, out_dir: str | Path, progress: bool = True, server=None) -> dict:
     """`server`: where the server-side work runs (default: a ServerWorker, the server's Ray actor)."""
+    if cfg.withdrawal.requests:  # a stream of requests while training goes on
+        from fedunlearn.federated.requests import serve_stream
+
+        return serve_stream(cfg, transport, out_dir, progress, server)
     out = Path(out_dir)
     ckpt = out / "checkpoints"
     transport = MonitoredTransport(transport, cfg.federation.round_timeout_s)
@@ -99,13 +103,14 @@ def serve(cfg, transport, out_dir: str | Path, progress: bool = True, server=Non
     return {**report, "purge": purge}
 
 
-def _timed_method(cfg, method, method_cfg, name, transport, trained, make_model, server) -> dict:
+def _timed_method(cfg, method, method_cfg, name, transport, trained, make_model, server, withdrawn=()) -> dict:
     """One method on a fresh context; a method faster than experiment.repeat_below_s runs again
     (up to experiment.timing_repeats times, each on a fresh context) and reports the median wall
-    time with its spread: a single short timing on a shared machine is mostly noise."""
+    time with its spread: a single short timing on a shared machine is mostly noise. `withdrawn`:
+    clients that left at earlier requests (a stream), not part of the federation any more."""
 
     def once():
-        ctx = FedContext.create(cfg, transport, trained, make_model, server=server)
+        ctx = FedContext.create(cfg, transport, trained, make_model, server=server, withdrawn=withdrawn)
         return run_method(method, ctx, method_cfg, measure=lambda res: {"rounds": res.rounds, **vars(ctx.traffic)})
 
     result, row = once()
@@ -128,10 +133,15 @@ def purge_client(cfg, trained: dict, checkpoint_path: Path) -> dict:
     return purge
 
 
-def train_federation(cfg, transport, make_model, history_root: Path) -> dict:
-    """FedAvg over every client; keeps the history, each round's global model and any failures
-    (with their causes and how many clients each round used, when the transport is monitored)."""
+def train_federation(cfg, transport, make_model, history_root: Path, clients: list[int] | None = None,
+                     rounds: int | None = None) -> dict:
+    """FedAvg over `clients` (default: every client) for `rounds` (default: cfg.train_rounds);
+    keeps the history, each round's global model and any failures (with their causes and how
+    many clients each round used, when the transport is monitored)."""
     fed = cfg.federation
+    clients = list(range(fed.num_clients)) if clients is None else list(clients)
+    rounds = cfg.train_rounds if rounds is None else rounds
+    logged = len(getattr(transport, "rounds", []))
     initial = fedavg.copy_state(make_model().state_dict())
     history = make_history(fed.history, history_root, fed.store_every, fed.history_dtype, fed.history_topk)
     if isinstance(history, DiskHistory):
@@ -141,14 +151,14 @@ def train_federation(cfg, transport, make_model, history_root: Path) -> dict:
         return fedavg.aggregate_replies(state, transport.train(ids, state, {**config, "phase": "train"}))
 
     start = time.perf_counter()
-    state, history, curve, failures = run_fedavg(fit, list(range(fed.num_clients)), initial, cfg.train_rounds,
+    state, history, curve, failures = run_fedavg(fit, clients, initial, rounds,
                                                  fed.store_every, desc="training", history=history,
                                                  per_round=fed.clients_per_round, seed=cfg.experiment.seed)
     if isinstance(history, DiskHistory):
         history.set_model("final", state)
     return {"global_state": state, "initial_state": initial, "history": history, "curve": curve,
             "failures": failures, "wall_s": time.perf_counter() - start,
-            "round_log": list(getattr(transport, "rounds", [])),
+            "round_log": list(getattr(transport, "rounds", []))[logged:],
             "model_bytes": fedavg.state_nbytes(state), "config": to_dict(fed)}
 
 
