@@ -18,6 +18,7 @@ Paper: Ahmed et al., Towards Source-Free Machine Unlearning, CVPR 2025.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
+from typing import Literal
 
 import numpy as np
 import torch
@@ -25,6 +26,8 @@ import torch
 from fedunlearn.federated.context import FedContext, FedResult
 from fedunlearn.federated.fedavg import State
 from fedunlearn.federated.methods import subtract
+from fedunlearn.federated.methods.subtract import keep_valid_batchnorm
+from fedunlearn.federated.removal import surviving_removal
 from fedunlearn.training import get_device
 from fedunlearn.unlearn.source_free.pipeline import RepairConfig, repair
 from fedunlearn.unlearn.source_free.support import class_support, local_models
@@ -34,11 +37,18 @@ COOPERATIVE = False
 
 @dataclass(frozen=True)
 class Config(RepairConfig):
-    """[methods.source_free_absent]: generator.*, consolidate.*, skip_agreement, check_samples."""
+    """[methods.source_free_absent]: generator.*, consolidate.*, trigger.*, skip_agreement, check_samples, reference."""
+
+    reference: Literal["subtract", "surviving"] = "subtract"  # the repair's start: every stored step of the
+                                 # client removed, or only what later rounds left of each (federated/removal.py)
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_reference(self.reference)
 
 
 def unlearn(ctx: FedContext, cfg: Config) -> FedResult:
-    reference = reference_state(ctx)
+    reference = reference_state(ctx, cfg.reference)
     state, _, stats = ctx.run_task(server_repair, ctx.make_model, ctx.global_state, reference, ctx.num_classes,
                                    ctx.input_shape, cfg, ctx.seed, remaining_locals(ctx, cfg))
     return FedResult(state, 0, [], stats)
@@ -62,14 +72,25 @@ def warm_up(server, make_model, global_state: State, num_classes: int, input_sha
     a fresh process pay torch's one-time set-up, which a long-running server has long since paid."""
     cfg = cfg or RepairConfig()
     tiny = replace(cfg, generator=replace(cfg.generator, steps=2), consolidate=replace(cfg.consolidate, steps=2),
+                   trigger=replace(cfg.trigger, steps=2),
                    skip_agreement=2.0, check_samples=min(cfg.check_samples, 64), teacher="original")
     server.run(server_repair, make_model, global_state, global_state, num_classes, input_shape,
                RepairConfig(**{f.name: getattr(tiny, f.name) for f in fields(RepairConfig)}), seed)
 
 
-def reference_state(ctx: FedContext) -> State:
-    """The `subtract` model (with valid BatchNorm statistics, see subtract.py)."""
+def reference_state(ctx: FedContext, kind: str = "subtract") -> State:
+    """The `subtract` model, or the surviving-step removal (removal.py); valid BatchNorm statistics
+    either way (see subtract.py)."""
+    if kind == "surviving":
+        state, _ = surviving_removal(ctx.history, ctx.departing, ctx.global_state)
+        keep_valid_batchnorm(state, ctx.global_state)
+        return state
     return subtract.unlearn(ctx, subtract.Config(rescale=True)).state
+
+
+def check_reference(kind: str) -> None:
+    if kind not in ("subtract", "surviving"):
+        raise ValueError(f"reference must be 'subtract' or 'surviving', got {kind!r}")
 
 
 def to_state(model: torch.nn.Module) -> State:

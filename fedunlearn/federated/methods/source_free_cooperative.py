@@ -16,12 +16,14 @@ re-teaching the backdoor. The remaining clients get no message.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Literal
 
 from fedunlearn.config import check_range
 from fedunlearn.federated.context import FedContext, FedResult
 from fedunlearn.federated.fedavg import State
 from fedunlearn.federated.methods import source_free_absent
-from fedunlearn.federated.methods.source_free_absent import remaining_locals, reference_state, server_repair, to_state
+from fedunlearn.federated.methods.source_free_absent import (check_reference, remaining_locals, reference_state,
+                                                            server_repair, to_state)
 from fedunlearn.training import get_device
 from fedunlearn.unlearn.source_free.consolidate import ConsolidateConfig
 from fedunlearn.unlearn.source_free.forget import flag_unknown, local_fisher
@@ -43,9 +45,11 @@ class Config(RepairConfig):
     forget_weight: float = 30.0  # lambda of that forget term
     max_confidence: float = 0.1  # the client flags a sample when the model gives its label less than this
     max_flagged: int = 128       # the client computes the Fisher on at most this many flagged samples
+    reference: Literal["subtract", "surviving"] = "subtract"  # as source_free_absent's
 
     def __post_init__(self):
         super().__post_init__()
+        check_reference(self.reference)
         check_range("max_confidence", self.max_confidence, 0.0, 1.0)
         check_range("max_flagged", self.max_flagged, 1)
         check_range("refine_steps", self.refine_steps, 0)
@@ -53,7 +57,7 @@ class Config(RepairConfig):
 
 
 def unlearn(ctx: FedContext, cfg: Config) -> FedResult:
-    reference = reference_state(ctx)
+    reference = reference_state(ctx, cfg.reference)
     state, generator, stats = ctx.run_task(server_repair, ctx.make_model, ctx.global_state, reference,
                                            ctx.num_classes, ctx.input_shape, cfg, ctx.seed, remaining_locals(ctx, cfg))
     stats["client_asked"] = bool(stats["consolidated"])
@@ -62,7 +66,7 @@ def unlearn(ctx: FedContext, cfg: Config) -> FedResult:
                                     {"max_confidence": cfg.max_confidence, "max_flagged": cfg.max_flagged})
         state, more = ctx.run_task(server_refine, ctx.make_model, ctx.global_state, state, generator, fisher,
                                    replace(cfg.consolidate, steps=cfg.refine_steps, forget_weight=cfg.forget_weight),
-                                   ctx.seed, reference, remaining_locals(ctx, cfg), cfg.check_samples)
+                                   ctx.seed, reference, remaining_locals(ctx, cfg), cfg.check_samples, cfg.trigger.weight)
         stats.update(more)
         stats.update({f"client_{k}": v for k, v in metrics.items()})
     return FedResult(state, 0, [], stats)
@@ -70,7 +74,7 @@ def unlearn(ctx: FedContext, cfg: Config) -> FedResult:
 
 def server_refine(make_model, global_state: State, student_state: State, generator, fisher: dict,
                   cfg: ConsolidateConfig, seed: int, reference_state: State | None = None, locals_=None,
-                  check_samples: int = 1000):
+                  check_samples: int = 1000, trigger_weight: float = 0.0):
     """The second server task: `refine` with the client's Fisher statistics; returns (state, stats).
     With the remaining clients' local models, the teacher is the same per-class blend as the repair's."""
     device = get_device("auto")
@@ -84,7 +88,8 @@ def server_refine(make_model, global_state: State, student_state: State, generat
         x, _ = sample(generator, range(generator.num_classes), check_samples, device, seed=seed + 1)
         support = class_support(make_model, locals_, x, predicted(original, x, device), generator.num_classes, device)
         teacher = blended_teacher(original.to(device), reference.to(device), support, cfg.temperature)
-    refined, stats = refine(student, original, generator.to(device), fisher, cfg, device, seed=seed, teacher=teacher)
+    refined, stats = refine(student, original, generator.to(device), fisher, cfg, device, seed=seed, teacher=teacher,
+                            trigger_weight=trigger_weight)
     return to_state(refined), stats
 
 

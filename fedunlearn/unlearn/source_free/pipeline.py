@@ -42,6 +42,7 @@ from fedunlearn.unlearn.source_free.consolidate import (ConsolidateConfig, conso
 from fedunlearn.unlearn.source_free.forget import fisher_penalty
 from fedunlearn.unlearn.source_free.generator import Generator, GeneratorConfig, sample, train_generator
 from fedunlearn.unlearn.source_free.support import blended_teacher
+from fedunlearn.unlearn.source_free.trigger import TriggerConfig, invariance_term, reverse_triggers
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class RepairConfig:
     teacher: Literal["remaining", "original"] = "remaining"  # remaining: per-class blend by the remaining
                                  # clients' support (support.py); original: the global model as it is
     support_clients: int = 20    # the support is estimated from at most this many remaining clients (seeded sample)
+    trigger: TriggerConfig = TriggerConfig()  # reverse-engineered triggers held in distillation (trigger.py)
 
     def __post_init__(self):
         check_range("skip_agreement", self.skip_agreement, 0.0)
@@ -88,7 +90,17 @@ def repair(original: nn.Module, reference: nn.Module, num_classes: int, input_sh
     stats["reference_worst_class_agreement"] = worst_class_agreement(ref_said, taught, num_classes)
     stats["consolidated"] = stats["reference_worst_class_agreement"] < cfg.skip_agreement
     if stats["consolidated"]:
-        student, more = consolidate(reference, teacher, generator, classes, cfg.consolidate, device, seed=seed + 2)
+        # --- trigger block (trigger.py): what only the departing client taught, held invariant ---
+        term, generator.stamps = None, []
+        if cfg.trigger.weight > 0:
+            generator.stamps, found = reverse_triggers(original, reference, generator, classes, cfg.trigger, device,
+                                                       seed=seed + 5)
+            stats.update(found)
+            term = weighted(invariance_term(generator.stamps, teacher, generator, classes,
+                                            cfg.consolidate.batch_size, device), cfg.trigger.weight)
+        # --- end trigger block ---
+        student, more = consolidate(reference, teacher, generator, classes, cfg.consolidate, device,
+                                    forget_term=term, seed=seed + 2)
         stats.update(more)
         stats["student_agreement"] = float((predicted(student, x, device) == said).float().mean())
     else:
@@ -97,12 +109,22 @@ def repair(original: nn.Module, reference: nn.Module, num_classes: int, input_sh
     return student, generator, stats
 
 
+def weighted(term, weight: float):
+    return lambda student: weight * term(student)
+
+
 def refine(student: nn.Module, original: nn.Module, generator: Generator, fisher: dict, cfg: ConsolidateConfig,
-           device, classes=None, seed: int = 0, teacher=None) -> tuple[nn.Module, dict]:
+           device, classes=None, seed: int = 0, teacher=None, trigger_weight: float = 0.0) -> tuple[nn.Module, dict]:
     """Distil further from the original, holding the student near its current weights where the
-    Fisher statistics `fisher` (from the departing client's flagged samples) say it matters."""
+    Fisher statistics `fisher` (from the departing client's flagged samples) say it matters, and,
+    with trigger_weight > 0, invariant to the stamps the repair found (generator.stamps)."""
     classes = list(range(generator.num_classes)) if classes is None else list(classes)
     term = fisher_penalty(student.to(device), fisher)
     teacher = teacher or model_teacher(original, cfg.temperature)
+    stamps = getattr(generator, "stamps", [])
+    if trigger_weight > 0 and stamps:
+        # --- trigger block: the repair's stamps, held invariant during refinement too ---
+        fisher_term, held = term, invariance_term(stamps, teacher, generator, classes, cfg.batch_size, device)
+        term = lambda s: fisher_term(s) + (trigger_weight / max(cfg.forget_weight, 1e-12)) * held(s)  # noqa: E731
     refined, stats = consolidate(student, teacher, generator, classes, cfg, device, forget_term=term, seed=seed + 3)
     return refined, {f"refine_{k.removeprefix('consolidate_')}": v for k, v in stats.items()}

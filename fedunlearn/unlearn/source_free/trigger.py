@@ -1,0 +1,148 @@
+"""Name what only the departing client taught, on the server, and hold the student against it.
+
+Distilling a repaired model from the global model on synthetic samples re-teaches a backdoor:
+the teacher still maps the trigger to its target, and whatever of the trigger the samples carry
+(or whatever the student shares with the teacher's weights) comes back. The server cannot see
+the trigger, but it holds two models that differ by exactly the departing client: the original
+(global) model and the reference (the client's stored updates removed). What only the client
+taught is where they disagree. Neural Cleanse (Wang et al., IEEE S&P 2019) reverse-engineers a
+trigger per assumed target class from one model; here the search needs no target class: it
+maximises the divergence between the two models' predictions on stamped synthetic inputs,
+
+    max_{m, p}  mean_x KL(p_original(x') || p_reference(x')) - lambda * mean(m),
+    x' = (1 - m) * x + m * p,
+
+for a free mask m (a patch anywhere: corner, centre, any pattern) and for a full-image blend
+(m = alpha everywhere, alpha <= blend_max: blended triggers, Chen et al. 2017). The inputs x are
+generator samples (the generator of pipeline.repair), so no data is used.
+
+`invariance_term` is then a forget term for `consolidate`: on fresh synthetic samples x, the
+student's prediction on each stamped x' is held to the teacher's prediction on the clean x
+(KL), the classic "unlearn the reversed trigger" mitigation (Neural Cleanse section VI): the
+stamp must not change the class. A stamp that found real knowledge instead of a trigger (a
+stroke of a class only the client held) only teaches that a small stamp does not change the
+class, which retraining without the client would not contradict.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedunlearn.config import check_range
+from fedunlearn.training import seed_everything
+from fedunlearn.unlearn.source_free.generator import Generator, draw_labels
+
+
+@dataclass(frozen=True)
+class TriggerConfig:
+    weight: float = 0.0        # weight of the invariance term in distillation; 0 = no search, no term
+    steps: int = 60            # Adam steps of each search (patch, blend)
+    lr: float = 0.1
+    batch_size: int = 64       # synthetic inputs per search step
+    mask_weight: float = 1.0   # lambda on the mask's mean: a patch, not a whole new image
+    blend_max: float = 0.3     # the full-image search's largest mixing weight
+    blend: bool = True         # also search a full-image blend
+
+    def __post_init__(self):
+        check_range("trigger.weight", self.weight, 0.0)
+        check_range("trigger.steps", self.steps, 0)
+        check_range("trigger.lr", self.lr, 0.0)
+        check_range("trigger.batch_size", self.batch_size, 1)
+        check_range("trigger.mask_weight", self.mask_weight, 0.0)
+        check_range("trigger.blend_max", self.blend_max, 0.0, 1.0)
+
+
+@dataclass
+class Stamp:
+    """x' = (1 - mask) * x + mask * pattern; mask broadcast over channels."""
+
+    mask: torch.Tensor     # (1, 1, H, W) in [0, 1]
+    pattern: torch.Tensor  # (1, C, H, W) in [0, 1]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        m, p = self.mask.to(x.device), self.pattern.to(x.device)
+        return (1.0 - m) * x + m * p
+
+
+def divergence(original: nn.Module, reference: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """mean KL(p_original(x) || p_reference(x)) (differentiable in x)."""
+    log_o = F.log_softmax(original(x), dim=1)
+    log_r = F.log_softmax(reference(x), dim=1)
+    return (log_o.exp() * (log_o - log_r)).sum(1).mean()
+
+
+def _search(original, reference, generator, classes, cfg: TriggerConfig, device, blend: bool) -> tuple[Stamp, float]:
+    channels, height, width = generator.input_shape
+    pattern_logit = torch.zeros(1, channels, height, width, device=device, requires_grad=True)
+    # blend: one mixing weight for the whole image; patch: one per pixel, started small
+    mask_logit = torch.full((1, 1, 1, 1) if blend else (1, 1, height, width), -2.0, device=device, requires_grad=True)
+    opt = torch.optim.Adam([pattern_logit, mask_logit], lr=cfg.lr)
+    scale = cfg.blend_max if blend else 1.0
+    div = torch.zeros(())
+    for _ in range(cfg.steps):
+        with torch.no_grad():
+            y = draw_labels(classes, cfg.batch_size).to(device)
+            x = generator(torch.randn(cfg.batch_size, generator.noise_dim, device=device), y)
+        mask = scale * torch.sigmoid(mask_logit)
+        stamped = (1.0 - mask) * x + mask * torch.sigmoid(pattern_logit)
+        div = divergence(original, reference, stamped)
+        loss = -div + (0.0 if blend else cfg.mask_weight * mask.mean())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    mask = (scale * torch.sigmoid(mask_logit)).detach().expand(1, 1, height, width).clone()
+    return Stamp(mask.cpu(), torch.sigmoid(pattern_logit).detach().cpu()), float(div.detach())
+
+
+def reverse_triggers(original: nn.Module, reference: nn.Module, generator: Generator, classes, cfg: TriggerConfig,
+                     device, seed: int = 0) -> tuple[list[Stamp], dict]:
+    """The stamps (a free patch, and a full-image blend when cfg.blend) on which the original
+    departs most from the reference; models are frozen and left unchanged."""
+    seed_everything(seed)
+    classes = torch.as_tensor(list(classes), dtype=torch.long)
+    models = [original.to(device).eval(), reference.to(device).eval()]
+    flags = [[p.requires_grad for p in m.parameters()] for m in models]
+    for m in models:
+        m.requires_grad_(False)
+    generator = generator.to(device).eval()
+    stamps, stats = [], {}
+    try:
+        with torch.no_grad():
+            y = draw_labels(classes, cfg.batch_size).to(device)
+            clean = divergence(original, reference, generator(torch.randn(cfg.batch_size, generator.noise_dim,
+                                                                           device=device), y))
+        stats["trigger_clean_divergence"] = float(clean)
+        for blend in ([False, True] if cfg.blend else [False]):
+            stamp, div = _search(original, reference, generator, classes, cfg, device, blend)
+            stamps.append(stamp)
+            name = "blend" if blend else "patch"
+            stats[f"trigger_{name}_divergence"] = div
+            stats[f"trigger_{name}_mask_mean"] = float(stamp.mask.mean())
+    finally:
+        for m, flag in zip(models, flags):
+            for p, f in zip(m.parameters(), flag):
+                p.requires_grad_(f)
+    return stamps, stats
+
+
+def invariance_term(stamps: list[Stamp], teacher, generator: Generator, classes, batch_size: int, device):
+    """A forget term for `consolidate`: mean over stamps of KL(teacher(x) || student(stamp(x))) on
+    fresh synthetic samples x; teacher is a probabilities function (consolidate.model_teacher)."""
+    classes = torch.as_tensor(list(classes), dtype=torch.long)
+
+    def term(student: nn.Module) -> torch.Tensor:
+        with torch.no_grad():
+            y = draw_labels(classes, batch_size).to(device)
+            x = generator(torch.randn(batch_size, generator.noise_dim, device=device), y)
+            target = teacher(x)
+        total = 0.0
+        for stamp in stamps:
+            log_s = F.log_softmax(student(stamp(x)), dim=1)
+            total = total + F.kl_div(log_s, target, reduction="batchmean")
+        return total / max(1, len(stamps))
+
+    return term
