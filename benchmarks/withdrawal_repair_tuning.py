@@ -144,9 +144,9 @@ def run_cell(name: str, cfg: FedConfig, variants, cache: Path, tol=(0.02, 0.03, 
               f"backdoor {bd:.3f} ({bd - ref[2]:+.3f}) {'OK ' if ok else 'no '} {wall:5.1f}s", flush=True)
         return row
 
-    print(f"{name:36s} {'original':60s} test {judge(trained['global_state'])[0]:.3f} backdoor "
-          f"{judge(trained['global_state'])[2]:.3f} | retrain test {ref[0]:.3f} forget {ref[1]:.3f} "
-          f"backdoor {ref[2]:.3f} {ret['wall_s']:.1f}s", flush=True)
+    orig = judge(trained["global_state"])
+    print(f"{name:36s} {'original':60s} test {orig[0]:.3f} forget {orig[1]:.3f} backdoor {orig[2]:.3f} | retrain test "
+          f"{ref[0]:.3f} forget {ref[1]:.3f} backdoor {ref[2]:.3f} {ret['wall_s']:.1f}s", flush=True)
     for label, method, mcfg in variants:
         ctx = FedContext.create(cfg, transport, trained, make_model, server=InlineServer())
         start = time.perf_counter()

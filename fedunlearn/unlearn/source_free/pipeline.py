@@ -56,11 +56,14 @@ class RepairConfig:
                                  # clients' support (support.py); original: the global model as it is
     support_clients: int = 20    # the support is estimated from at most this many remaining clients (seeded sample)
     trigger: TriggerConfig = TriggerConfig()  # reverse-engineered triggers held in distillation (trigger.py)
+    start: Literal["reference", "original"] = "reference"  # the student's initial weights
 
     def __post_init__(self):
         check_range("skip_agreement", self.skip_agreement, 0.0)
         check_range("check_samples", self.check_samples, 1)
         check_range("support_clients", self.support_clients, 1)
+        if self.start not in ("reference", "original"):
+            raise ValueError(f"start must be 'reference' or 'original', got {self.start!r}")
 
 
 def repair(original: nn.Module, reference: nn.Module, num_classes: int, input_shape, cfg: RepairConfig, device,
@@ -99,7 +102,8 @@ def repair(original: nn.Module, reference: nn.Module, num_classes: int, input_sh
             term = weighted(invariance_term(generator.stamps, teacher, generator, classes,
                                             cfg.consolidate.batch_size, device), cfg.trigger.weight)
         # --- end trigger block ---
-        student, more = consolidate(reference, teacher, generator, classes, cfg.consolidate, device,
+        student, more = consolidate(original if cfg.start == "original" else reference, teacher, generator, classes,
+                                    cfg.consolidate, device,
                                     forget_term=term, seed=seed + 2)
         stats.update(more)
         stats["student_agreement"] = float((predicted(student, x, device) == said).float().mean())

@@ -27,6 +27,7 @@ class, which retraining without the client would not contradict.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +44,10 @@ class TriggerConfig:
     steps: int = 60            # Adam steps of each search (patch, blend)
     lr: float = 0.1
     batch_size: int = 64       # synthetic inputs per search step
-    mask_weight: float = 1.0   # lambda on the mask's mean: a patch, not a whole new image
+    mask_budget: float = 0.08  # the patch may cover this share of the pixels; more is penalised hard
+    objective: Literal["shift", "divergence"] = "divergence"  # shift: the stamp moves the original's prediction
+                               # away from its own clean one more than the reference's (robust to a reference
+                               # that is far off on clean inputs); divergence: KL(original || reference) on x'
     blend_max: float = 0.3     # the full-image search's largest mixing weight
     blend: bool = True         # also search a full-image blend
 
@@ -52,7 +56,9 @@ class TriggerConfig:
         check_range("trigger.steps", self.steps, 0)
         check_range("trigger.lr", self.lr, 0.0)
         check_range("trigger.batch_size", self.batch_size, 1)
-        check_range("trigger.mask_weight", self.mask_weight, 0.0)
+        check_range("trigger.mask_budget", self.mask_budget, 0.0, 1.0)
+        if self.objective not in ("shift", "divergence"):
+            raise ValueError(f"trigger.objective must be 'shift' or 'divergence', got {self.objective!r}")
         check_range("trigger.blend_max", self.blend_max, 0.0, 1.0)
 
 
@@ -75,26 +81,49 @@ def divergence(original: nn.Module, reference: nn.Module, x: torch.Tensor) -> to
     return (log_o.exp() * (log_o - log_r)).sum(1).mean()
 
 
+def kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """mean over the batch of KL(p || q) from log-probabilities."""
+    return (log_p.exp() * (log_p - log_q)).sum(1).mean()
+
+
+def objective(original, reference, x, stamped, kind: str) -> torch.Tensor:
+    """How much the stamp shows what only the original knows (to maximise)."""
+    if kind == "divergence":
+        return divergence(original, reference, stamped)
+    with torch.no_grad():
+        clean_o, clean_r = F.log_softmax(original(x), dim=1), F.log_softmax(reference(x), dim=1)
+    return (kl(F.log_softmax(original(stamped), dim=1), clean_o)
+            - kl(F.log_softmax(reference(stamped), dim=1), clean_r))
+
+
 def _search(original, reference, generator, classes, cfg: TriggerConfig, device, blend: bool) -> tuple[Stamp, float]:
     channels, height, width = generator.input_shape
     pattern_logit = torch.zeros(1, channels, height, width, device=device, requires_grad=True)
-    # blend: one mixing weight for the whole image; patch: one per pixel, started small
-    mask_logit = torch.full((1, 1, 1, 1) if blend else (1, 1, height, width), -2.0, device=device, requires_grad=True)
+    # blend: one mixing weight for the whole image. patch: a fixed area (mask_budget of the pixels)
+    # spread over the pixels by a softmax, each pixel capped at 1: the search moves the area to
+    # where it shows most, instead of trading area against the objective (a penalty on the area
+    # shrank every pixel alike and found nothing, measured on the tuning cells)
+    mask_logit = torch.zeros((1, 1, 1, 1) if blend else (1, 1, height, width), device=device, requires_grad=True)
     opt = torch.optim.Adam([pattern_logit, mask_logit], lr=cfg.lr)
-    scale = cfg.blend_max if blend else 1.0
+    area = cfg.mask_budget * height * width
+
+    def mask_of(logit):
+        if blend:
+            return cfg.blend_max * torch.sigmoid(logit)
+        return (area * torch.softmax(logit.flatten(), 0)).clamp(max=1.0).view_as(logit)
+
     div = torch.zeros(())
     for _ in range(cfg.steps):
         with torch.no_grad():
             y = draw_labels(classes, cfg.batch_size).to(device)
             x = generator(torch.randn(cfg.batch_size, generator.noise_dim, device=device), y)
-        mask = scale * torch.sigmoid(mask_logit)
+        mask = mask_of(mask_logit)
         stamped = (1.0 - mask) * x + mask * torch.sigmoid(pattern_logit)
-        div = divergence(original, reference, stamped)
-        loss = -div + (0.0 if blend else cfg.mask_weight * mask.mean())
+        div = objective(original, reference, x, stamped, cfg.objective)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (-div).backward()
         opt.step()
-    mask = (scale * torch.sigmoid(mask_logit)).detach().expand(1, 1, height, width).clone()
+    mask = mask_of(mask_logit).detach().expand(1, 1, height, width).clone()
     return Stamp(mask.cpu(), torch.sigmoid(pattern_logit).detach().cpu()), float(div.detach())
 
 
@@ -122,6 +151,11 @@ def reverse_triggers(original: nn.Module, reference: nn.Module, generator: Gener
             name = "blend" if blend else "patch"
             stats[f"trigger_{name}_divergence"] = div
             stats[f"trigger_{name}_mask_mean"] = float(stamp.mask.mean())
+            if not blend:  # where the patch sits: its mask-weighted centre, rows and columns in [0, 1]
+                m = stamp.mask[0, 0]
+                rows, cols = torch.linspace(0, 1, m.shape[0]), torch.linspace(0, 1, m.shape[1])
+                stats["trigger_patch_row"] = float((m.sum(1) * rows).sum() / m.sum().clamp(min=1e-12))
+                stats["trigger_patch_col"] = float((m.sum(0) * cols).sum() / m.sum().clamp(min=1e-12))
     finally:
         for m, flag in zip(models, flags):
             for p, f in zip(m.parameters(), flag):
