@@ -50,6 +50,11 @@ class TriggerConfig:
                                # that is far off on clean inputs); divergence: KL(original || reference) on x'
     blend_max: float = 0.3     # the full-image search's largest mixing weight
     blend: bool = True         # also search a full-image blend
+    anchor: float = 0.0        # lambda * |theta - theta_start|^2 in distillation: synthetic samples leave most
+                               # directions of weight space unconstrained, and the model drifts there
+    prune: bool = False        # also zero the penultimate units the stamps excite (`prune_units`)
+    max_prune: float = 0.25    # at most this share of those units
+    flip_tolerance: float = 0.02  # prune until stamps flip at most the reference's share of predictions + this
 
     def __post_init__(self):
         check_range("trigger.weight", self.weight, 0.0)
@@ -60,6 +65,9 @@ class TriggerConfig:
         if self.objective not in ("shift", "divergence"):
             raise ValueError(f"trigger.objective must be 'shift' or 'divergence', got {self.objective!r}")
         check_range("trigger.blend_max", self.blend_max, 0.0, 1.0)
+        check_range("trigger.anchor", self.anchor, 0.0)
+        check_range("trigger.max_prune", self.max_prune, 0.0, 1.0)
+        check_range("trigger.flip_tolerance", self.flip_tolerance, 0.0, 1.0)
 
 
 @dataclass
@@ -178,5 +186,66 @@ def invariance_term(stamps: list[Stamp], teacher, generator: Generator, classes,
             log_s = F.log_softmax(student(stamp(x)), dim=1)
             total = total + F.kl_div(log_s, target, reduction="batchmean")
         return total / max(1, len(stamps))
+
+    return term
+
+
+def last_linear(model: nn.Module) -> nn.Linear:
+    layers = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not layers:
+        raise ValueError("pruning needs a model whose output layer is nn.Linear")
+    return layers[-1]
+
+
+@torch.no_grad()
+def flip_rate(model: nn.Module, stamps: list[Stamp], x: torch.Tensor) -> float:
+    """Share of inputs whose predicted class a stamp changes (mean over stamps)."""
+    clean = model(x).argmax(1)
+    return float(sum(float((model(s(x)).argmax(1) != clean).float().mean()) for s in stamps) / max(1, len(stamps)))
+
+
+@torch.no_grad()
+def prune_units(model: nn.Module, reference: nn.Module, stamps: list[Stamp], x: torch.Tensor,
+                cfg: TriggerConfig) -> tuple[nn.Module, dict]:
+    """Neural Cleanse's pruning mitigation, target-free: rank the inputs of the output layer (the
+    penultimate units) by how much the stamps raise their mean activation on the synthetic inputs
+    `x`, and zero the output layer's weights from the top-ranked units one at a time until the
+    stamps flip no more of `model`'s predictions than of the reference's (+ flip_tolerance), or
+    max_prune of the units are gone. `model` is changed in place."""
+    model.eval()
+    reference.eval()
+    layer = last_linear(model)
+    seen = []
+    handle = layer.register_forward_pre_hook(lambda _m, inputs: seen.append(inputs[0].detach()))
+    try:
+        model(x)
+        clean = seen.pop()
+        rises = []
+        for stamp in stamps:
+            model(stamp(x))
+            rises.append((seen.pop() - clean).mean(0))
+        rise = torch.stack(rises).amax(0)
+    finally:
+        handle.remove()
+    goal = flip_rate(reference, stamps, x) + cfg.flip_tolerance
+    pruned, limit = 0, int(cfg.max_prune * layer.in_features)
+    flips = flip_rate(model, stamps, x)
+    start_flips = flips
+    for unit in torch.argsort(rise, descending=True).tolist():
+        if flips <= goal or pruned >= limit or rise[unit] <= 0:
+            break
+        layer.weight[:, unit] = 0.0
+        pruned += 1
+        flips = flip_rate(model, stamps, x)
+    return model, {"pruned_units": pruned, "stamp_flips_before": start_flips, "stamp_flips_after": flips,
+                   "stamp_flips_reference": goal - cfg.flip_tolerance}
+
+
+def anchor_term(start: nn.Module, weight: float):
+    """weight * sum (theta - theta_start)^2 over the parameters (a forget term for `consolidate`)."""
+    anchors = [p.detach().clone() for p in start.parameters()]
+
+    def term(student: nn.Module) -> torch.Tensor:
+        return weight * sum(((p - a.to(p.device)) ** 2).sum() for p, a in zip(student.parameters(), anchors))
 
     return term
