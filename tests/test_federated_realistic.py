@@ -178,3 +178,29 @@ def test_the_report_says_what_was_forgotten():
     text = forgotten(rows, 3, 120, backdoor=True)
     assert "client 3 (120 samples)" in text and "90.0% -> 1.0%" in text
     assert "retrain: good." in text and "retrain + 3%): continue." in text and "lost test accuracy: subtract." in text
+
+
+def test_the_attackers_boost_scales_what_it_sends_in_training_rounds_only():
+    plain_cfg = tiny(backdoor={"local_epochs": 2})
+    boosted_cfg = tiny(backdoor={"local_epochs": 2, "boost": 3.0})
+    replacing_cfg = tiny(backdoor={"local_epochs": 2, "boost_by": "participants"})  # gamma = 2 clients per round
+    attacker = local_data(plain_cfg, departing_client(plain_cfg))
+    state = build_model(plain_cfg.model, attacker.input_shape, attacker.num_classes).state_dict()
+    sent = {name: fedavg.delta(local_train(c, attacker, state, {"phase": "train", "round": 1})[0], state)
+            for name, c in (("plain", plain_cfg), ("boosted", boosted_cfg), ("replacing", replacing_cfg))}
+    plain = fedavg.norm(sent["plain"])
+    assert fedavg.norm(sent["boosted"]) == pytest.approx(3.0 * plain, rel=1e-5)
+    assert fedavg.norm(sent["replacing"]) == pytest.approx(2.0 * plain, rel=1e-5)
+    # an honest client and the attacker's unlearning rounds are untouched
+    unlearn = [local_train(c, attacker, state, {"phase": "unlearn", "round": 1})[0] for c in (plain_cfg, boosted_cfg)]
+    assert all(torch.equal(unlearn[0][k], unlearn[1][k]) for k in state)
+    honest = local_data(boosted_cfg, next(c for c in range(5) if c != departing_client(boosted_cfg)))
+    same = [local_train(c, honest, state, {"phase": "train", "round": 1})[0] for c in (plain_cfg, boosted_cfg)]
+    assert all(torch.equal(same[0][k], same[1][k]) for k in state)
+
+
+def test_boost_is_range_checked():
+    with pytest.raises(ConfigError, match="backdoor.boost"):
+        tiny(backdoor={"boost": 0.0})
+    with pytest.raises(ConfigError, match="boost_by"):
+        tiny(backdoor={"boost_by": "everyone"})

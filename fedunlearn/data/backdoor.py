@@ -33,12 +33,30 @@ class BackdoorConfig:
     pattern: Literal["square", "checkerboard", "blended"] = "square"
     blend: float = 0.2      # weight of the full-image pattern (pattern = "blended")
     local_epochs: int = 0   # the attacker's local epochs per training round (0 = the federation's recipe)
+    # Model replacement (Bagdasaryan et al., "How to backdoor federated learning", AISTATS 2020):
+    # in a training round the attacker sends global + gamma * (its local model - global), so its
+    # update survives being averaged with the honest ones. gamma = boost, times the clients per
+    # round when boost_by = "participants" (the paper's gamma = n / eta, FedAvg's eta = 1: the same
+    # rule sizes the boost for any federation). boost = 1 with boost_by = "none" is a plain client.
+    boost: float = 1.0
+    boost_by: Literal["none", "participants"] = "none"
 
     def __post_init__(self):
         check_range("backdoor.fraction", self.fraction, 0.0, 1.0)
         check_range("backdoor.size", self.size, 1)
         check_range("backdoor.blend", self.blend, 0.0, 1.0)
         check_range("backdoor.local_epochs", self.local_epochs, 0)
+        check_range("backdoor.boost", self.boost, 0.01, 1000.0)
+        if self.boost_by not in ("none", "participants"):
+            raise ValueError(f"'backdoor.boost_by' = {self.boost_by!r}: give \"none\" or \"participants\"")
+
+    @property
+    def boosted(self) -> bool:
+        return self.boost != 1.0 or self.boost_by != "none"
+
+    def gamma(self, participants: int) -> float:
+        """The attacker's update scale in a round with `participants` clients (see `boost`)."""
+        return self.boost * (participants if self.boost_by == "participants" else 1)
 
 
 def _window(height: int, width: int, s: int, position: str) -> tuple[slice, slice]:
