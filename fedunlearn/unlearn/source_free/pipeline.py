@@ -58,6 +58,9 @@ class RepairConfig:
     support_clients: int = 20    # the support is estimated from at most this many remaining clients (seeded sample)
     trigger: TriggerConfig = TriggerConfig()  # reverse-engineered triggers held in distillation (trigger.py)
     start: Literal["reference", "original"] = "reference"  # the student's initial weights
+    support_relative: bool = False  # support_c / median support (capped at 1): local models recall synthetic samples
+                                 # worse than the global model on every class, so raw support blends the
+                                 # reference into classes the remaining clients do hold
 
     def __post_init__(self):
         check_range("skip_agreement", self.skip_agreement, 0.0)
@@ -86,6 +89,8 @@ def repair(original: nn.Module, reference: nn.Module, num_classes: int, input_sh
     stats["reference_agreement"] = float((ref_said == said).float().mean())
     if remaining:
         support = support_fn(x, said)
+        if cfg.support_relative:  # a class is missing when it is supported much less than the others
+            support = (support / support.median().clamp(min=1e-6)).clamp(max=1.0)
         teacher = blended_teacher(original.to(device), reference.to(device), support, cfg.consolidate.temperature)
         stats["support_min"], stats["support_mean"] = float(support.min()), float(support.mean())
         taught = torch.cat([teacher(x[i:i + 512].to(device)).argmax(1).cpu() for i in range(0, len(x), 512)])

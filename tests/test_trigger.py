@@ -1,0 +1,64 @@
+"""Server-side trigger reverse-engineering (fedunlearn/unlearn/source_free/trigger.py) on digits: the
+search is told neither the target class nor where the trigger sits, only the two models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fedunlearn.config import build
+from fedunlearn.data import ArrayDataset, BackdoorConfig, poison, triggered_test
+from fedunlearn.errors import ConfigError
+from fedunlearn.models import ModelConfig, build_model
+from fedunlearn.training import TrainConfig, seed_everything, train
+from fedunlearn.unlearn.source_free import GeneratorConfig, train_generator
+from fedunlearn.unlearn.source_free.pipeline import RepairConfig
+from fedunlearn.unlearn.source_free.trigger import TriggerConfig, flip_rate, reverse_triggers
+
+CPU = torch.device("cpu")
+RECIPE = TrainConfig(epochs=8, batch_size=32, lr=0.05, schedule="constant")
+
+
+def fit(data: ArrayDataset, seed: int = 0):
+    seed_everything(seed)
+    model = build_model(ModelConfig("cnn", hidden=32), (1, 8, 8), 10)
+    return train(model, data, RECIPE, CPU, seed=seed, progress=False)
+
+
+@pytest.fixture(scope="module")
+def planted(digits):
+    torch.set_num_threads(1)
+    backdoor = BackdoorConfig(fraction=0.5, target=3, size=2, position="top-left")
+    x, y, _ = poison(digits.train.x[:300], digits.train.y[:300], backdoor, seed=0)
+    rest = digits.train.subset(np.arange(300, len(digits.train)))
+    return {"original": fit(ArrayDataset.concat(rest, ArrayDataset(x, y))), "reference": fit(rest),
+            "backdoor": backdoor, "data": digits}
+
+
+@pytest.mark.slow
+def test_the_search_finds_a_planted_trigger_without_knowing_target_or_position(planted):
+    original, reference, backdoor = planted["original"], planted["reference"], planted["backdoor"]
+    test = planted["data"].test
+    keep = test.y != backdoor.target
+    real, _ = triggered_test(test.x, test.y, backdoor)
+    with torch.no_grad():
+        real_asr = float((original(real).argmax(1) == backdoor.target).float().mean())
+    assert real_asr > 0.5  # the planted backdoor took
+    generator, _ = train_generator(original, (1, 8, 8), 10, GeneratorConfig(), CPU, judge=reference)
+    stamps, stats = reverse_triggers(original, reference, generator, range(10), TriggerConfig(weight=1.0), CPU)
+    patch = stamps[0]
+    with torch.no_grad():
+        found = float((original(patch(test.x[keep])).argmax(1) == backdoor.target).float().mean())
+        by_reference = float((reference(patch(test.x[keep])).argmax(1) == backdoor.target).float().mean())
+    # the stamp sends real test images to the hidden target as the real trigger does, and only in the original
+    assert found > 0.5 * real_asr and by_reference < 0.2
+    assert stats["trigger_patch_row"] < 0.5 and stats["trigger_patch_col"] < 0.5  # top-left
+    assert flip_rate(original, [patch], test.x[keep]) > flip_rate(reference, [patch], test.x[keep]) + 0.3
+
+
+def test_bad_trigger_settings_are_a_clear_error():
+    with pytest.raises(ConfigError, match="trigger.mask_budget"):
+        build(RepairConfig, {"trigger": {"mask_budget": 2.0}})
+    with pytest.raises(ConfigError, match="trigger.objective"):
+        build(RepairConfig, {"trigger": {"objective": "nonsense"}})
