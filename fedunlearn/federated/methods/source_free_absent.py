@@ -39,7 +39,7 @@ COOPERATIVE = False
 class Config(RepairConfig):
     """[methods.source_free_absent]: generator.*, consolidate.*, trigger.*, skip_agreement, check_samples, reference."""
 
-    reference: Literal["subtract", "surviving"] = "subtract"  # the repair's start: every stored step of the
+    reference: Literal["subtract", "surviving"] = "surviving"  # the repair's start: every stored step of the
                                  # client removed, or only what later rounds left of each (federated/removal.py)
 
     def __post_init__(self):

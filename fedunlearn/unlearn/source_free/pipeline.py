@@ -49,7 +49,9 @@ from fedunlearn.unlearn.source_free.trigger import (TriggerConfig, anchor_term, 
 @dataclass(frozen=True)
 class RepairConfig:
     generator: GeneratorConfig = GeneratorConfig()
-    consolidate: ConsolidateConfig = ConsolidateConfig()
+    # lr 3e-4 rather than consolidate's 1e-3: the student starts at the original, and a smaller step
+    # leaves less drift where synthetic samples say nothing (tuning cells, benchmarks/withdrawal_repair_tuning.py)
+    consolidate: ConsolidateConfig = ConsolidateConfig(lr=3e-4)
     skip_agreement: float = 0.5  # keep the reference when, in every class, it agrees with the teacher on
                                  # at least this share of the synthetic samples; > 1: always distil
     check_samples: int = 1000    # synthetic samples for that check (about 100 per class)
@@ -57,8 +59,11 @@ class RepairConfig:
                                  # clients' support (support.py); original: the global model as it is
     support_clients: int = 20    # the support is estimated from at most this many remaining clients (seeded sample)
     trigger: TriggerConfig = TriggerConfig()  # reverse-engineered triggers held in distillation (trigger.py)
-    start: Literal["reference", "original"] = "reference"  # the student's initial weights
-    support_relative: bool = False  # support_c / median support (capped at 1): local models recall synthetic samples
+    start: Literal["reference", "original"] = "original"  # the student's initial weights when the reference is
+                                 # not kept: a reference too damaged to keep was a poor start on the tuning
+                                 # cells (benchmarks/withdrawal_repair_tuning.py); the trigger block then
+                                 # takes out of the original what only the departing client taught
+    support_relative: bool = True   # support_c / median support (capped at 1): local models recall synthetic samples
                                  # worse than the global model on every class, so raw support blends the
                                  # reference into classes the remaining clients do hold
 
