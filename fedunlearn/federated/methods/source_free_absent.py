@@ -1,17 +1,21 @@
 """source_free_absent: source-free unlearning of a client that is gone.
 
 The server uses only what it holds: the global model, the round-0 weights, the stored client
-updates and sample counts. It subtracts the departing client's updates (the `subtract` method:
-the reference), then repairs the reference without any data (fedunlearn.unlearn.source_free):
-a generator trained against the frozen global model and the reference synthesizes stand-in
-samples both recognise; the teacher is the global model blended per class with the reference
-by how well the remaining clients' own local models (global model plus their stored update,
-from the last round they took part in) recognise that class, so that what only the departing
-client taught is not given back. If the reference already agrees with that teacher on most
-synthetic samples of every class it is kept; otherwise a student starting at the reference is
-distilled from the teacher. The remaining clients get no message and the departing client is
-not asked anything. Generator and distillation run on the server's Ray worker (a GPU fraction
-when the cluster has one).
+updates and sample counts. Its reference removes the departing client's stored steps: by
+default only what later rounds left of each (`reference = "surviving"`, federated/removal.py),
+or all of them (`"subtract"`, the subtract method). It then repairs without any data
+(fedunlearn.unlearn.source_free.pipeline): a generator trained against the frozen global model
+and the reference synthesizes stand-in samples; the teacher is the global model blended per
+class with the reference by how well the remaining clients' own local models (global model
+plus their stored update, from the last round they took part in) recognise that class. If the
+reference already agrees with that teacher on most synthetic samples of every class it is
+kept; otherwise a student starting at the global model is distilled from the teacher while
+stamps reverse-engineered from the difference between the global model and the reference
+(trigger.py: a patch anywhere, or a full-image blend; no target class assumed) are held unable
+to change its class. The remaining clients get no message and the departing client is not
+asked anything. Generator and distillation run on the server's Ray worker (a GPU fraction when
+the cluster has one). What it reaches on the scenario matrix and where it falls short is in
+docs/findings.md.
 Paper: Ahmed et al., Towards Source-Free Machine Unlearning, CVPR 2025.
 """
 

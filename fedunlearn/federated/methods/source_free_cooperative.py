@@ -1,7 +1,8 @@
 """source_free_cooperative: source-free unlearning with the departing client's help, once.
 
-As `source_free_absent` (subtract the client's stored updates, then repair the result with a
-generator and distillation from the global model, no data), then, when a repair was needed,
+As `source_free_absent` (remove the client's stored steps, then repair without data: a
+generator, distillation from the per-class blend of the global model and the reference, and
+reverse-engineered trigger stamps held invariant), then, when a repair was needed,
 one exchange with the departing client: the server sends it the repaired model; the client
 flags its samples to which that model gives their label a low probability (what only this
 client taught, such as backdoored samples: its ordinary samples, which a model trained
@@ -9,8 +10,9 @@ without it still classifies, are not flagged) and replies with the diagonal Fish
 information of the model's predictions on them: a statistic the size of the model, no
 sample. The server then distils further from the global model while the penalty
 0.5 * sum F (theta - theta_repaired)^2 holds the student where the client's data says it
-must stay (fedunlearn.unlearn.source_free.forget): the extra steps win back accuracy without
-re-teaching the backdoor. The remaining clients get no message.
+must stay (fedunlearn.unlearn.source_free.forget), and the repair's stamps stay held invariant:
+the extra steps win back accuracy without re-teaching the backdoor. The remaining clients get
+no message.
 """
 
 from __future__ import annotations

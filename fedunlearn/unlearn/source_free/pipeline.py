@@ -1,27 +1,31 @@
 """Source-free repair of a model from which some data's influence was roughly removed.
 
 The federated methods start from a *reference*: the global model with the departing client's
-stored updates subtracted. With IID clients it is close to retraining; with label skew it can
-lose whole classes that the departing client held most of (docs/findings.md). The repair
-gives that back without any training data:
+stored updates removed (all of them, subtract.py, or what later rounds left of each,
+federated/removal.py). With IID clients it can be close to retraining; with label skew, or an
+attacker whose steps were large, it loses far more than retraining would (docs/findings.md).
+The repair works without any training data:
 
 1. `repair`: a label-conditioned generator is trained against the frozen original model
    (which holds everyone's knowledge) and, with teacher = "remaining", against the reference
-   too, so that its samples show what the federation without the client still recognises
-   (a trigger that only the original knows no longer earns a sample its label). The teacher
-   is then the per-class blend of support.py: on a sample the original puts in class c,
-   support_c * p_original + (1 - support_c) * p_reference, where support_c is how well the
-   remaining clients' own local models (from their stored updates) recognise c. Classes the
-   remaining clients hold are restored from the original; a class only the departing client
-   held stays as the reference has it, as retraining would leave it. If, in every class, the
-   reference already agrees with that teacher on at least `skip_agreement` of the synthetic
-   samples, the reference is kept; otherwise a student initialised at the reference is
-   distilled from the teacher for a short, fixed budget (long distillation from a teacher that
-   still carries a backdoor slowly re-teaches it). teacher = "original" is the plain variant:
-   the original as the teacher and the generator's only judge.
+   too, so that its samples show what the federation without the client still recognises.
+   The teacher is then the per-class blend of support.py: on a sample the original puts in
+   class c, support_c * p_original + (1 - support_c) * p_reference, where support_c is how well
+   the remaining clients' own local models (from their stored updates) recognise c, relative
+   to the median class (`support_relative`: local models recall synthetic samples of every
+   class worse than the global model does). If, in every class, the reference already agrees
+   with that teacher on at least `skip_agreement` of the synthetic samples, the reference is
+   kept. Otherwise a student starting at `start` (default: the original) is distilled from the
+   teacher for a short, fixed budget, and the trigger block (trigger.py) holds it against what
+   only the departing client taught: stamps reverse-engineered where the original departs from
+   the reference must not change the student's class. teacher = "original" is the plain
+   variant: the original as the teacher and the generator's only judge.
+   Measured on tuning cells outside the reported matrix (benchmarks/withdrawal_repair_tuning.py):
+   the stamps recover strong patch triggers exactly; a weak trigger (under ~30% success) is not
+   found, and then starting at the original keeps that much of it.
 2. `refine` (when the departing client cooperates): more distillation steps, with a forget
    term from the client's statistics (`forget.fisher_penalty`) holding the student where the
-   client's own data says it must stay, so the extra steps restore accuracy without the backdoor.
+   client's own data says it must stay, and the same stamps held invariant.
 Paper: Ahmed et al., Towards Source-Free Machine Unlearning, CVPR 2025.
 """
 
