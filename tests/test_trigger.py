@@ -60,5 +60,5 @@ def test_the_search_finds_a_planted_trigger_without_knowing_target_or_position(p
 def test_bad_trigger_settings_are_a_clear_error():
     with pytest.raises(ConfigError, match="trigger.mask_budget"):
         build(RepairConfig, {"trigger": {"mask_budget": 2.0}})
-    with pytest.raises(ConfigError, match="trigger.objective"):
-        build(RepairConfig, {"trigger": {"objective": "nonsense"}})
+    with pytest.raises(ConfigError, match="trigger.steps"):
+        build(RepairConfig, {"trigger": {"steps": -1}})

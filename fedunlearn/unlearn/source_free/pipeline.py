@@ -46,8 +46,7 @@ from fedunlearn.unlearn.source_free.consolidate import (ConsolidateConfig, conso
 from fedunlearn.unlearn.source_free.forget import fisher_penalty
 from fedunlearn.unlearn.source_free.generator import Generator, GeneratorConfig, sample, train_generator
 from fedunlearn.unlearn.source_free.support import blended_teacher
-from fedunlearn.unlearn.source_free.trigger import (TriggerConfig, anchor_term, invariance_term, prune_units,
-                                                   reverse_triggers)
+from fedunlearn.unlearn.source_free.trigger import TriggerConfig, invariance_term, reverse_triggers
 
 
 @dataclass(frozen=True)
@@ -117,12 +116,6 @@ def repair(original: nn.Module, reference: nn.Module, num_classes: int, input_sh
             term = weighted(invariance_term(generator.stamps, teacher, generator, classes,
                                             cfg.consolidate.batch_size, device), cfg.trigger.weight)
         start_model = clone(original if cfg.start == "original" else reference).to(device)
-        if cfg.trigger.weight > 0 and cfg.trigger.prune:
-            start_model, pruned = prune_units(start_model, reference, generator.stamps, x.to(device), cfg.trigger)
-            stats.update(pruned)
-        if term is not None and cfg.trigger.anchor > 0:
-            held, pull = term, anchor_term(start_model, cfg.trigger.anchor)
-            term = lambda s: held(s) + pull(s)  # noqa: E731
         # --- end trigger block ---
         student, more = consolidate(start_model, teacher, generator, classes, cfg.consolidate, device,
                                     forget_term=term, seed=seed + 2)

@@ -9,10 +9,10 @@ taught is where they disagree. Neural Cleanse (Wang et al., IEEE S&P 2019) rever
 trigger per assumed target class from one model; here the search needs no target class: it
 maximises the divergence between the two models' predictions on stamped synthetic inputs,
 
-    max_{m, p}  mean_x KL(p_original(x') || p_reference(x')) - lambda * mean(m),
-    x' = (1 - m) * x + m * p,
+    max_{m, p}  mean_x KL(p_original(x') || p_reference(x')),   x' = (1 - m) * x + m * p,
 
-for a free mask m (a patch anywhere: corner, centre, any pattern) and for a full-image blend
+for a mask m of fixed area (mask_budget of the pixels, placed anywhere: corner, centre, any
+pattern) and for a full-image blend
 (m = alpha everywhere, alpha <= blend_max: blended triggers, Chen et al. 2017). The inputs x are
 generator samples (the generator of pipeline.repair), so no data is used.
 
@@ -27,7 +27,6 @@ class, which retraining without the client would not contradict.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -46,16 +45,8 @@ class TriggerConfig:
     lr: float = 0.1
     batch_size: int = 64       # synthetic inputs per search step
     mask_budget: float = 0.08  # the patch may cover this share of the pixels; more is penalised hard
-    objective: Literal["shift", "divergence"] = "divergence"  # shift: the stamp moves the original's prediction
-                               # away from its own clean one more than the reference's (robust to a reference
-                               # that is far off on clean inputs); divergence: KL(original || reference) on x'
     blend_max: float = 0.3     # the full-image search's largest mixing weight
     blend: bool = True         # also search a full-image blend
-    anchor: float = 0.0        # lambda * |theta - theta_start|^2 in distillation: synthetic samples leave most
-                               # directions of weight space unconstrained, and the model drifts there
-    prune: bool = False        # also zero the penultimate units the stamps excite (`prune_units`)
-    max_prune: float = 0.25    # at most this share of those units
-    flip_tolerance: float = 0.02  # prune until stamps flip at most the reference's share of predictions + this
 
     def __post_init__(self):
         check_range("trigger.weight", self.weight, 0.0)
@@ -63,12 +54,7 @@ class TriggerConfig:
         check_range("trigger.lr", self.lr, 0.0)
         check_range("trigger.batch_size", self.batch_size, 1)
         check_range("trigger.mask_budget", self.mask_budget, 0.0, 1.0)
-        if self.objective not in ("shift", "divergence"):
-            raise ValueError(f"trigger.objective must be 'shift' or 'divergence', got {self.objective!r}")
         check_range("trigger.blend_max", self.blend_max, 0.0, 1.0)
-        check_range("trigger.anchor", self.anchor, 0.0)
-        check_range("trigger.max_prune", self.max_prune, 0.0, 1.0)
-        check_range("trigger.flip_tolerance", self.flip_tolerance, 0.0, 1.0)
 
 
 @dataclass
@@ -88,21 +74,6 @@ def divergence(original: nn.Module, reference: nn.Module, x: torch.Tensor) -> to
     log_o = F.log_softmax(original(x), dim=1)
     log_r = F.log_softmax(reference(x), dim=1)
     return (log_o.exp() * (log_o - log_r)).sum(1).mean()
-
-
-def kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-    """mean over the batch of KL(p || q) from log-probabilities."""
-    return (log_p.exp() * (log_p - log_q)).sum(1).mean()
-
-
-def objective(original, reference, x, stamped, kind: str) -> torch.Tensor:
-    """How much the stamp shows what only the original knows (to maximise)."""
-    if kind == "divergence":
-        return divergence(original, reference, stamped)
-    with torch.no_grad():
-        clean_o, clean_r = F.log_softmax(original(x), dim=1), F.log_softmax(reference(x), dim=1)
-    return (kl(F.log_softmax(original(stamped), dim=1), clean_o)
-            - kl(F.log_softmax(reference(stamped), dim=1), clean_r))
 
 
 def _search(original, reference, generator, classes, cfg: TriggerConfig, device, blend: bool) -> tuple[Stamp, float]:
@@ -128,7 +99,7 @@ def _search(original, reference, generator, classes, cfg: TriggerConfig, device,
             x = generator(torch.randn(cfg.batch_size, generator.noise_dim, device=device), y)
         mask = mask_of(mask_logit)
         stamped = (1.0 - mask) * x + mask * torch.sigmoid(pattern_logit)
-        div = objective(original, reference, x, stamped, cfg.objective)
+        div = divergence(original, reference, stamped)
         opt.zero_grad(set_to_none=True)
         (-div).backward()
         opt.step()
@@ -191,62 +162,9 @@ def invariance_term(stamps: list[Stamp], teacher, generator: Generator, classes,
     return term
 
 
-def last_linear(model: nn.Module) -> nn.Linear:
-    layers = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if not layers:
-        raise ValueError("pruning needs a model whose output layer is nn.Linear")
-    return layers[-1]
-
 
 @torch.no_grad()
 def flip_rate(model: nn.Module, stamps: list[Stamp], x: torch.Tensor) -> float:
     """Share of inputs whose predicted class a stamp changes (mean over stamps)."""
     clean = model(x).argmax(1)
     return float(sum(float((model(s(x)).argmax(1) != clean).float().mean()) for s in stamps) / max(1, len(stamps)))
-
-
-@torch.no_grad()
-def prune_units(model: nn.Module, reference: nn.Module, stamps: list[Stamp], x: torch.Tensor,
-                cfg: TriggerConfig) -> tuple[nn.Module, dict]:
-    """Neural Cleanse's pruning mitigation, target-free: rank the inputs of the output layer (the
-    penultimate units) by how much the stamps raise their mean activation on the synthetic inputs
-    `x`, and zero the output layer's weights from the top-ranked units one at a time until the
-    stamps flip no more of `model`'s predictions than of the reference's (+ flip_tolerance), or
-    max_prune of the units are gone. `model` is changed in place."""
-    model.eval()
-    reference.eval()
-    layer = last_linear(model)
-    seen = []
-    handle = layer.register_forward_pre_hook(lambda _m, inputs: seen.append(inputs[0].detach()))
-    try:
-        model(x)
-        clean = seen.pop()
-        rises = []
-        for stamp in stamps:
-            model(stamp(x))
-            rises.append((seen.pop() - clean).mean(0))
-        rise = torch.stack(rises).amax(0)
-    finally:
-        handle.remove()
-    goal = flip_rate(reference, stamps, x) + cfg.flip_tolerance
-    pruned, limit = 0, int(cfg.max_prune * layer.in_features)
-    flips = flip_rate(model, stamps, x)
-    start_flips = flips
-    for unit in torch.argsort(rise, descending=True).tolist():
-        if flips <= goal or pruned >= limit or rise[unit] <= 0:
-            break
-        layer.weight[:, unit] = 0.0
-        pruned += 1
-        flips = flip_rate(model, stamps, x)
-    return model, {"pruned_units": pruned, "stamp_flips_before": start_flips, "stamp_flips_after": flips,
-                   "stamp_flips_reference": goal - cfg.flip_tolerance}
-
-
-def anchor_term(start: nn.Module, weight: float):
-    """weight * sum (theta - theta_start)^2 over the parameters (a forget term for `consolidate`)."""
-    anchors = [p.detach().clone() for p in start.parameters()]
-
-    def term(student: nn.Module) -> torch.Tensor:
-        return weight * sum(((p - a.to(p.device)) ** 2).sum() for p, a in zip(student.parameters(), anchors))
-
-    return term
