@@ -17,7 +17,7 @@ relative to ||u|| says the single step is far from naive retraining.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +30,9 @@ from fedunlearn.unlearn.base import Stats, UnlearnTask
 
 @dataclass(frozen=True)
 class Config:
-    scale: float = 1.0         # multiplies the paper's step (1 = as derived)
+    # Multiplies the paper's step (1 = as derived). `fedunlearn tune` searches it below 1: the
+    # first-order step is an extrapolation, and larger ones only leave its range further.
+    scale: float = field(default=1.0, metadata={"search": ("loguniform", 1e-3, 1.0)})
     batch_size: int = 256      # for the forget-gradient pass only (a sum: the result does not depend on it)
     hvp_samples: int = 512     # retain samples for the verification-error estimate; 0 = skip it
 
