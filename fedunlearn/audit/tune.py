@@ -1,9 +1,11 @@
 """`fedunlearn tune CONFIG --method A --method B`: methods' settings searched with Ray Tune, scored against retraining.
 
-Originals and a retrain ensemble are trained once (Ray tasks, as in the audit) and shared by
-every method searched: they are the expensive part. Each trial runs one method with its
-settings on every original and scores it by how far the result is from retraining: KLoM on
-the forget set plus KLoM on the validation split (data.val_size). The test set never takes
+Originals and a retrain ensemble per forget set are trained once (Ray tasks, as in the audit)
+and shared by every method searched: they are the expensive part. The forget sets are the
+config's `[[audit.forget]]` tables, else its `[forget]`. Each trial runs one method with its
+settings on every original for every forget set and scores it by how far the result is from
+retraining: KLoM on the forget set plus KLoM on the validation split (data.val_size), summed
+over the forget sets. The test set never takes
 part. The method's current settings (the config's `[methods.NAME]` or its defaults) are the
 first trial, so a search can only report something at least as close to retraining. The best
 settings are written as OUT/tuned_<method>.toml, and all of them together as OUT/tuned.toml.
@@ -116,8 +118,13 @@ def require_tune():
                           "pip install 'ray[tune]==2.55.1'") from None
 
 
-def _objective(params, **kw):
-    return trial(params, **kw)
+def _objective(params, cells: list[tuple[Shared, list[dict], dict]], **kw) -> dict[str, float]:
+    """One trial over every forget set: KLoMs summed (each set counts), validation accuracy averaged."""
+    results = [trial(params, shared=shared, retrain_logits=retrain_logits, labels=labels, **kw)
+               for shared, retrain_logits, labels in cells]
+    total = {key: sum(r[key] for r in results) for key in ("score", "klom_forget", "klom_val")}
+    total["val_acc"] = sum(r["val_acc"] for r in results) / len(results)
+    return total
 
 
 def tune_method(cfg, method: str, out_dir: str | Path, samples: int = 8, models: int = 3, command: str = "") -> Path:
@@ -166,26 +173,29 @@ def tune_methods(cfg, methods: list[str], out_dir: str | Path, samples: int = 8,
             model = fresh_model(base, seeds[m.index])
             model.load_state_dict(m.state)
             models_.append(model)
-        forget_idx = select_forget_for(data.train, cfg.forget, seed, lambda: models_, "cpu")
-        retain_idx = complement(len(data.train), forget_idx)
-        retain, forget = data.train.subset(retain_idx), data.train.subset(forget_idx)
-        shared = Shared(cfg.model, data.input_shape, data.num_classes, cfg.train, cfg.eval, data.train, retain, forget,
-                        Splits(retain, forget, data.val), data.val, retain_idx, forget_idx)
-        retrains = run_members([Job(RETRAIN_A, i, seed + models + i) for i in range(models)], shared, {},
-                               cfg.audit.cluster, desc="retrains")
-        labels = {"forget": forget.y, "val": data.val.y}
-        where = f"{cfg.forget.kind} forget set of {len(forget_idx)} samples, seed {seed}"
+        cells, where = [], []
+        for spec in cfg.audit.forget or (cfg.forget,):  # the audit's forget sets, else [forget]
+            forget_idx = select_forget_for(data.train, spec, seed, lambda: models_, "cpu")
+            retain_idx = complement(len(data.train), forget_idx)
+            retain, forget = data.train.subset(retain_idx), data.train.subset(forget_idx)
+            shared = Shared(cfg.model, data.input_shape, data.num_classes, cfg.train, cfg.eval, data.train, retain,
+                            forget, Splits(retain, forget, data.val), data.val, retain_idx, forget_idx)
+            retrains = run_members([Job(RETRAIN_A, i, seed + models + i) for i in range(models)], shared, {},
+                                   cfg.audit.cluster, desc="retrains")
+            cells.append((shared, [m.logits for m in retrains], {"forget": forget.y, "val": data.val.y}))
+            label = spec.kind + (f" of class {', '.join(map(str, spec.classes))}" if spec.classes else "")
+            where.append(f"{label} ({len(forget_idx)} samples)")
+        where = f"forget sets: {', '.join(where)}; originals from seed {seed}"
         for method in methods:
             base_cfg, space = spaces[method]
             current = {k: getattr(base_cfg, k) for k in space}  # the config's own values are trial 1
-            objective = tune.with_parameters(
-                _objective, method=method, base_cfg=base_cfg, shared=shared, originals=[m.state for m in originals],
-                retrain_logits=[m.logits for m in retrains], labels=labels, seeds=seeds)
+            objective = tune.with_parameters(_objective, method=method, base_cfg=base_cfg, cells=cells,
+                                             originals=[m.state for m in originals], seeds=seeds)
+            search = BasicVariantGenerator(points_to_evaluate=[current], random_state=seed)  # seeded draws
             tuner = tune.Tuner(objective, param_space=_tune_space(space),
                                tune_config=tune.TuneConfig(metric="score", mode="min", num_samples=samples,
-                                                           search_alg=BasicVariantGenerator(points_to_evaluate=[current])),
-                               run_config=tune.RunConfig(name=f"tune-{method}",
-                                                         storage_path=str(out.resolve() / "tune")))
+                                                           search_alg=search),
+                               run_config=tune.RunConfig(name=f"tune-{method}", storage_path=str(out.resolve() / "tune")))
             results = tuner.fit()
             best = results.get_best_result()
             start = next((r.metrics for r in (results[i] for i in range(len(results)))
