@@ -44,7 +44,8 @@ class BackdoorConfig:
     #                   samples, so this is the paper's rule for weighted averaging (boost = 1
     #                   replaces the global model; the attacker knows the federation's size and
     #                   mean client size, the paper's white-box threat model).
-    # A rule sizes the boost for any federation. boost = 1 with boost_by = "none" is a plain client.
+    # A rule sizes the boost for any federation, never below 1. boost = 1 with boost_by = "none" is a
+    # plain client.
     boost: float = 1.0
     boost_by: Literal["none", "participants", "share"] = "none"
 
@@ -63,10 +64,12 @@ class BackdoorConfig:
 
     def gamma(self, participants: int, own_size: int = 1, mean_size: float = 1.0) -> float:
         """The attacker's update scale in a round of `participants` clients (see `boost`)."""
+        # a rule never scales an update down: a client that already holds much of a round's weight
+        # (the largest of a skewed federation) sends at least its plain update
         if self.boost_by == "participants":
-            return self.boost * participants
+            return max(1.0, self.boost * participants)
         if self.boost_by == "share":
-            return self.boost * participants * mean_size / max(own_size, 1)
+            return max(1.0, self.boost * participants * mean_size / max(own_size, 1))
         return self.boost
 
 
