@@ -47,6 +47,7 @@ def test_matrix_runs_each_federation_as_a_ray_task(local_ray, tmp_path):
     assert 0.0 <= summary["subtract"]["within_target"] <= 1.0 and summary["subtract"]["cells"] == 2
     assert (tmp_path / "pareto.png").stat().st_size > 0 and (tmp_path / "iid" / "seed0" / "report.json").exists()
     assert report["results"] == data["summary"]
+    assert set(data["original_asr"]["per_cell"]) == {"iid/seed0", "skew/seed0"} and "backdoor_asr_min" in summary["original"]
 
 
 @pytest.mark.slow
@@ -71,3 +72,29 @@ def test_short_methods_are_timed_over_repeats_on_a_server_that_reserves_its_cpu(
     assert checkpoint.code_key().startswith(fedunlearn.__version__ + "-")
     names = [p.name for p in (tmp_path / "checkpoints").glob("federation-*.pt")]
     assert len(names) == 1
+
+
+def test_summary_gives_mean_spread_shares_and_the_forgetting_signal():
+    cfg = build(Config, matrix())
+    rows = []
+    for scenario, (retrain, subtract, original_asr) in {"iid": (0.90, 0.89, 0.95), "skew": (0.80, 0.70, 0.60)}.items():
+        rows += [{"scenario": scenario, "seed": 0, "method": "original", "test_acc": 0.9, "forget_acc": 0.9,
+                  "backdoor_asr": original_asr},
+                 {"scenario": scenario, "seed": 0, "method": "retrain", "test_acc": retrain, "forget_acc": 0.5,
+                  "backdoor_asr": 0.01},
+                 {"scenario": scenario, "seed": 0, "method": "subtract", "test_acc": subtract, "forget_acc": 0.5,
+                  "backdoor_asr": 0.02, "speedup": 10.0, "messages_to_remaining": 0}]
+    from fedunlearn.experiments.federated_matrix import cell_rows, original_asr, signal_note, summarize
+
+    results = {(r["scenario"], r["seed"]): {"results": []} for r in rows}
+    for r in rows:
+        results[(r["scenario"], r["seed"])]["results"].append({k: v for k, v in r.items() if k not in ("scenario", "seed")})
+    summary = {r["method"]: r for r in summarize(cfg, cell_rows(cfg, cfg.cells(), results))}
+    sub = summary["subtract"]
+    assert sub["test_acc"] == pytest.approx(0.795) and sub["test_acc_std"] == pytest.approx(0.095)
+    assert sub["test_gap"] == pytest.approx(0.055) and sub["test_gap_std"] == pytest.approx(0.045)
+    assert sub["within_target"] == 0.5 and sub["within_target_where_subtract_misses"] == 0.0
+    assert summary["original"]["backdoor_asr_min"] == 0.60
+    signal = original_asr(cell_rows(cfg, cfg.cells(), results), cfg.matrix)
+    assert signal["min"] == 0.60 and signal["cells_below_bar"] == ["skew/seed0"]
+    assert "skew/seed0" in signal_note(cell_rows(cfg, cfg.cells(), results), cfg.matrix)

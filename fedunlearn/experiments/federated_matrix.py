@@ -10,8 +10,9 @@ and every method run inside it, one after another (the in-process transport, loc
 wall times and speedups within a cell are measured on the same core. The report has one row
 per (scenario, seed, method); a summary per method (mean and spread over the cells, the
 share of cells within the targets against retrain of the same cell, and that share among the
-cells where `subtract` misses the test-accuracy target); and a Pareto plot of speedup
-against the gap to retrain in test accuracy, forget accuracy and backdoor success.
+cells where `subtract` misses the test-accuracy target); the forgetting signal (the original's
+backdoor success per cell, its minimum against matrix.original_asr_bar); and a Pareto plot of
+speedup against the gap to retrain in test accuracy, forget accuracy and backdoor success.
 """
 
 from __future__ import annotations
@@ -33,8 +34,12 @@ log = logging.getLogger("fedunlearn")
 
 ROW_COLUMNS = ["scenario", "seed", "method", "test_acc", "forget_acc", "backdoor_asr", "mia_efficacy", "wall_s",
                "speedup", "messages_to_remaining", "within_target"]
-SUMMARY_COLUMNS = ["method", "cells", "test_acc", "test_acc_std", "test_gap", "forget_gap", "backdoor_gap",
-                   "backdoor_asr", "speedup", "within_target", "within_target_where_subtract_misses"]
+SUMMARY_COLUMNS = ["method", "cells", "test_acc", "test_acc_std", "forget_acc", "backdoor_asr", "backdoor_asr_std",
+                   "backdoor_asr_min", "test_gap", "test_gap_std", "forget_gap", "forget_gap_std", "backdoor_gap",
+                   "backdoor_gap_std", "speedup", "within_target", "within_target_where_subtract_misses"]
+# summarized as mean and `_std` (spread over the cells); speedup as the median, with its `_std`
+SUMMARY_FIELDS = ["test_acc", "forget_acc", "backdoor_asr", "mia_efficacy", "wall_s", "test_gap", "forget_gap",
+                  "backdoor_gap"]
 
 
 @dataclass(frozen=True)
@@ -45,11 +50,13 @@ class MatrixSection:
     test_tolerance: float = 0.02   # target: |test_acc - retrain's| <= this
     forget_margin: float = 0.03    # target: forget_acc <= retrain's + this
     backdoor_margin: float = 0.03  # target: backdoor_asr <= retrain's + this
+    original_asr_bar: float = 0.8  # the forgetting signal: the original's backdoor success in every cell, at least this
 
     def __post_init__(self):
         if not self.seeds:
             raise ValueError("'matrix.seeds' must list at least one seed")
         check_range("matrix.parallel", self.parallel, 0)
+        check_range("matrix.original_asr_bar", self.original_asr_bar, 0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -127,7 +134,10 @@ def run_cell(mapping: dict, out_dir: str) -> dict:
 
     torch.set_num_threads(1)
     cfg = build(FedConfig, mapping)
-    return serve(cfg, LocalTransport(cfg), out_dir, progress=False, server=InlineServer())
+    cpu, wall = time.process_time(), time.perf_counter()
+    report = serve(cfg, LocalTransport(cfg), out_dir, progress=False, server=InlineServer())
+    # CPU seconds as well as wall: on a shared machine the wall time says more about the neighbours
+    return {**report, "cell_cpu_s": time.process_time() - cpu, "cell_wall_s": time.perf_counter() - wall}
 
 
 def run(cfg: Config, out_dir: str | Path, progress: bool = True) -> dict:
@@ -160,19 +170,27 @@ def run(cfg: Config, out_dir: str | Path, progress: bool = True) -> dict:
             ray.shutdown()
     rows = cell_rows(cfg, cells, results)
     summary = summarize(cfg, rows)
+    cpu_s = sum(r.get("cell_cpu_s", 0.0) for r in results.values())
+    cell_wall = sum(r.get("cell_wall_s", 0.0) for r in results.values())
     plot = pareto_plot(summary, out / "pareto.png")
     m = cfg.matrix
     notes = [
         f"{len(cells)} federations ({len(cfg.scenarios)} scenarios x {len(m.seeds)} seeds), each a Ray task on one CPU; "
-        f"wall time of the whole matrix {time.perf_counter() - start:.0f} s",
+        f"wall time of the whole matrix {time.perf_counter() - start:.0f} s; the cells used {cpu_s:.0f} CPU seconds "
+        f"(their wall times add up to {cell_wall:.0f} s), so on {limit} free cores the cells need about "
+        f"{cpu_s / limit:.0f} s",
         f"within_target: |test_acc - retrain| <= {m.test_tolerance}, forget_acc <= retrain + {m.forget_margin}, "
         f"backdoor_asr <= retrain + {m.backdoor_margin}, and no message to the remaining clients",
         "within_target_where_subtract_misses: the same share over the cells where subtract misses the test-accuracy target",
-        "gaps are method - retrain of the same cell (signed for forget and backdoor, absolute for test), then averaged",
+        "gaps are method - retrain of the same cell (signed for forget and backdoor, absolute for test), then averaged; "
+        "`_std` is the spread over the cells",
+        signal_note(rows, m),
     ]
     md_summary = markdown_table(summary, SUMMARY_COLUMNS)
     write_report(out, f"{m.name}: federated withdrawal matrix", to_dict(cfg), rows,
-                 extra={"summary": summary, "matrix_wall_s": time.perf_counter() - start},
+                 extra={"summary": summary, "matrix_wall_s": time.perf_counter() - start, "cells_cpu_s": cpu_s,
+                        "cells_wall_s": cell_wall, "parallel": limit,
+                        "original_asr": original_asr(rows, m)},
                  notes=notes + ["summary per method (below, and in report.json's `summary`):", "", md_summary],
                  columns=ROW_COLUMNS, plots=[str(plot)])
     return {"results": summary, "rows": rows, "columns": SUMMARY_COLUMNS}
@@ -207,19 +225,45 @@ def summarize(cfg: Config, rows: list[dict]) -> list[dict]:
     out = []
     for method in dict.fromkeys(r["method"] for r in rows):
         mine = [r for r in rows if r["method"] == method]
-        mean = lambda key: float(np.mean([r[key] for r in mine])) if key in mine[0] else float("nan")  # noqa: E731
-        row = {"method": method, "cells": len(mine), "test_acc": mean("test_acc"),
-               "test_acc_std": float(np.std([r["test_acc"] for r in mine])),
-               "backdoor_asr": mean("backdoor_asr")}
+        row = {"method": method, "cells": len(mine)}
+        for key in SUMMARY_FIELDS:
+            values = [r[key] for r in mine if key in r]
+            if values:
+                row[key], row[f"{key}_std"] = float(np.mean(values)), float(np.std(values))
+        if "backdoor_asr" in mine[0]:
+            row["backdoor_asr_min"] = float(min(r["backdoor_asr"] for r in mine))
         if "within_target" in mine[0]:
             hard = [r for r in mine if (r["scenario"], r["seed"]) in subtract_misses]
-            row.update(test_gap=mean("test_gap"), forget_gap=mean("forget_gap"), backdoor_gap=mean("backdoor_gap"),
-                       speedup=float(np.median([r["speedup"] for r in mine])),
+            speedups = [r["speedup"] for r in mine]
+            row.update(speedup=float(np.median(speedups)), speedup_std=float(np.std(speedups)),
                        within_target=float(np.mean([r["within_target"] for r in mine])),
                        within_target_where_subtract_misses=(float(np.mean([r["within_target"] for r in hard]))
-                                                            if hard else float("nan")))
+                                                            if hard else float("nan")),
+                       cells_where_subtract_misses=len(hard))
         out.append(row)
     return out
+
+
+def original_asr(rows: list[dict], m: MatrixSection) -> dict:
+    """The forgetting signal per cell: the original's backdoor success, its minimum and the cells
+    under matrix.original_asr_bar (a weak backdoor makes a method that forgot little look close)."""
+    cells = {f"{r['scenario']}/seed{r['seed']}": r.get("backdoor_asr", float("nan"))
+             for r in rows if r["method"] == "original"}
+    if not cells:
+        return {}
+    weakest = min(cells, key=cells.get)
+    return {"per_cell": cells, "min": cells[weakest], "min_cell": weakest, "bar": m.original_asr_bar,
+            "cells_below_bar": sorted(c for c, v in cells.items() if not v >= m.original_asr_bar)}
+
+
+def signal_note(rows: list[dict], m: MatrixSection) -> str:
+    sig = original_asr(rows, m)
+    if not sig:
+        return "no original row: the forgetting signal is not measured"
+    below = sig["cells_below_bar"]
+    return (f"forgetting signal: the original's backdoor success is at least {sig['min']:.3f} in every cell "
+            f"(lowest: {sig['min_cell']}); {len(sig['per_cell']) - len(below)}/{len(sig['per_cell'])} cells reach "
+            f"the bar {sig['bar']:.2f}" + (f"; below it: {', '.join(below)}" if below else ""))
 
 
 def pareto_plot(summary: list[dict], path: Path) -> Path:
@@ -233,13 +277,13 @@ def pareto_plot(summary: list[dict], path: Path) -> Path:
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     for ax, key, label in zip(axes, ("test_gap", "forget_gap", "backdoor_gap"),
                               ("|test acc - retrain|", "forget acc - retrain", "backdoor success - retrain")):
-        for r in methods:
-            ax.scatter(r["speedup"], r[key])
+        for r in methods:  # error bars: the spread over the cells
+            ax.errorbar(r["speedup"], r[key], yerr=r.get(f"{key}_std", 0.0), fmt="o", capsize=3)
             ax.annotate(r["method"], (r["speedup"], r[key]), fontsize=7)
         ax.axhline(0.0, color="grey", linewidth=0.8)
         ax.set_xscale("log")
         ax.set_xlabel("speedup over retrain (median over cells)")
-        ax.set_ylabel(f"{label} (mean over cells)")
+        ax.set_ylabel(f"{label} (mean, spread over cells)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -19,6 +19,7 @@ from torch import nn
 
 from fedunlearn.config import config_hash
 from fedunlearn.data import ArrayDataset, DataBundle, load_dataset, partition, poison
+from fedunlearn.federated import fedavg
 from fedunlearn.federated.fedavg import State
 from fedunlearn.federated.queries import get_query
 from fedunlearn.models import build_model
@@ -142,7 +143,25 @@ def local_train(cfg, local: LocalData, state: State, config: dict) -> tuple[Stat
     model.load_state_dict(state)
     seed_everything(seed)
     train(model, data, recipe, local.device, seed=seed, desc=f"client {local.client_id}", progress=False)
-    return {k: v.detach().cpu() for k, v in model.state_dict().items()}, len(data), {"num_examples": len(data)}
+    trained = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    if config.get("phase") == "train" and len(local.poisoned_idx):
+        trained = boost(cfg, state, trained, len(data))
+    return trained, len(data), {"num_examples": len(data)}
+
+
+def boost(cfg, state: State, trained: State, own_size: int) -> State:
+    """The attacker's model replacement (backdoor.boost): it sends state + gamma * (trained - state).
+    What it sends is what the server averages and stores, so subtraction removes the boosted update."""
+    if not cfg.backdoor.boosted:
+        return trained
+    fed = cfg.federation
+    sizes = [len(p) for p in federation_data(cfg)[1]]
+    gamma = cfg.backdoor.gamma(fed.clients_per_round or fed.num_clients, own_size=own_size,
+                               mean_size=float(np.mean(sizes)))
+    # weights only: normalisation statistics (running_mean / running_var) are measured, not learned,
+    # and a scaled running variance could turn negative
+    boosted = fedavg.add(state, fedavg.delta(trained, state), gamma)
+    return {k: trained[k] if k.rsplit(".", 1)[-1].startswith("running_") else boosted[k] for k in trained}
 
 
 def answer_query(local: LocalData, name: str, state: State, config: dict) -> tuple[State, dict]:

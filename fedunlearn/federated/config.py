@@ -169,7 +169,8 @@ def check_stream(cfg: "Config") -> None:
         except WithdrawalError as err:
             raise ValueError(f"withdrawal request {i}: {err}") from None
         seen.add(req.client)
-    if cfg.backdoor.local_epochs and any(r.backdoor for r in requests[1:]):
+    if (cfg.backdoor.local_epochs or cfg.backdoor.boosted) and any(r.backdoor for r in requests[1:]):
         # retraining for an earlier request runs in unlearning rounds, where an attacker trains with the
         # plain recipe: a later attacker would not be the same client there as in training
-        raise ValueError("with backdoor.local_epochs > 0 only the first withdrawal request may carry the backdoor")
+        raise ValueError("with backdoor.local_epochs > 0 or a backdoor.boost only the first withdrawal request may "
+                         "carry the backdoor")
