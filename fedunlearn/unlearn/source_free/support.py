@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedunlearn.unlearn.source_free.inference import as_input, channels_last
+from fedunlearn.unlearn.source_free.inference import BATCH, as_input, channels_last
 
 State = dict[str, torch.Tensor]
 
@@ -54,7 +54,7 @@ def local_models(history, clients, sample_counts: dict[int, int] | None = None) 
 
 
 def class_support(make_model: Callable[[], nn.Module], locals_: list[tuple[State, int]], x: torch.Tensor,
-                  labels: torch.Tensor, num_classes: int, device, batch_size: int = 1000) -> torch.Tensor:
+                  labels: torch.Tensor, num_classes: int, device, batch_size: int = BATCH) -> torch.Tensor:
     """Sample-weighted mean over the local models of their recall on the inputs of each label
     (a class with no input gets support 1: nothing says it is missing).
 
