@@ -32,8 +32,8 @@ from fedunlearn.federated.resources import ServerWorker
 from fedunlearn.federated.rounds import run_fedavg
 from fedunlearn.federated.store import DiskHistory, make_history
 from fedunlearn.federated.withdrawal import Membership
-from fedunlearn.models import build_model
-from fedunlearn.training import get_device, seed_everything
+from fedunlearn.models import fresh_model
+from fedunlearn.training import get_device
 
 log = logging.getLogger("fedunlearn")
 
@@ -112,12 +112,7 @@ def serve_setup(cfg, transport, out_dir: str | Path) -> ServeSetup:
     num_classes, input_shape = int(first["num_classes"]), tuple(int(d) for d in first["input_shape"])
     out = Path(out_dir)
     return ServeSetup(out, out / "checkpoints", transport, seed, get_device(cfg.experiment.device), num_classes,
-                      input_shape, functools.partial(_seeded_model, cfg.model, input_shape, num_classes, seed))
-
-
-def _seeded_model(model_cfg, input_shape, num_classes: int, seed: int) -> nn.Module:
-    seed_everything(seed)
-    return build_model(model_cfg, input_shape, num_classes)
+                      input_shape, functools.partial(fresh_model, cfg.model, input_shape, num_classes, seed))
 
 
 def warm_up_methods(cfg, server, run: ServeSetup, global_state, warmed: list) -> None:
