@@ -58,13 +58,16 @@ def remaining_locals(ctx: FedContext, cfg: RepairConfig):
 def warm_up(server, make_model, global_state: State, num_classes: int, input_shape, seed: int,
             cfg: RepairConfig | None = None) -> None:
     """Before any timing (driver.py): a two-step repair on the server's worker with the method's
-    own generator and distillation settings (width, batch) but two steps each. The first steps in
-    a fresh process pay torch's one-time set-up, which a long-running server has long since paid."""
+    own settings (generator width and batch, check samples, teacher: the judge and the support
+    check run too, on the global model as its own reference and only local model) but two steps
+    each. The first steps in a fresh process pay torch's one-time set-up (oneDNN kernels are
+    chosen per layer and batch shape), which a long-running server has long since paid."""
     cfg = cfg or RepairConfig()
     tiny = replace(cfg, generator=replace(cfg.generator, steps=2), consolidate=replace(cfg.consolidate, steps=2),
-                   skip_agreement=2.0, check_samples=min(cfg.check_samples, 64), teacher="original")
+                   skip_agreement=2.0)
+    locals_ = [(global_state, 1)] if cfg.teacher == "remaining" else None
     server.run(server_repair, make_model, global_state, global_state, num_classes, input_shape,
-               RepairConfig(**{f.name: getattr(tiny, f.name) for f in fields(RepairConfig)}), seed)
+               RepairConfig(**{f.name: getattr(tiny, f.name) for f in fields(RepairConfig)}), seed, locals_)
 
 
 def reference_state(ctx: FedContext) -> State:
@@ -73,7 +76,8 @@ def reference_state(ctx: FedContext) -> State:
 
 
 def to_state(model: torch.nn.Module) -> State:
-    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    """On the CPU, in the default memory layout (the repair may have made a model channels-last)."""
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
 
 
 def server_repair(make_model, global_state: State, reference_state: State, num_classes: int, input_shape,

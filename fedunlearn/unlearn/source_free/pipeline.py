@@ -31,8 +31,6 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
-
 from torch import nn
 
 from fedunlearn.config import check_range
@@ -41,7 +39,8 @@ from fedunlearn.unlearn.source_free.consolidate import (ConsolidateConfig, conso
                                                        worst_class_agreement)
 from fedunlearn.unlearn.source_free.forget import fisher_penalty
 from fedunlearn.unlearn.source_free.generator import Generator, GeneratorConfig, sample, train_generator
-from fedunlearn.unlearn.source_free.support import blended_teacher
+from fedunlearn.unlearn.source_free.inference import logits
+from fedunlearn.unlearn.source_free.support import blend, blended_teacher
 
 
 @dataclass(frozen=True)
@@ -75,14 +74,16 @@ def repair(original: nn.Module, reference: nn.Module, num_classes: int, input_sh
     generator, stats = train_generator(original, input_shape, num_classes, cfg.generator, device,
                                        classes=classes, seed=seed, judge=reference if remaining else None)
     x, y = sample(generator, classes, cfg.check_samples, device, seed=seed + 1)
-    said, ref_said = predicted(original, x, device), predicted(reference, x, device)
+    # each model's logits on the check samples, computed once (inference.py) and reused below
+    original_logits, reference_logits = logits(original, x, device), logits(reference, x, device)
+    said, ref_said = original_logits.argmax(1), reference_logits.argmax(1)
     stats["synthetic_label_agreement"] = float((said == y).float().mean())
     stats["reference_agreement"] = float((ref_said == said).float().mean())
     if remaining:
         support = support_fn(x, said)
         teacher = blended_teacher(original.to(device), reference.to(device), support, cfg.consolidate.temperature)
         stats["support_min"], stats["support_mean"] = float(support.min()), float(support.mean())
-        taught = torch.cat([teacher(x[i:i + 512].to(device)).argmax(1).cpu() for i in range(0, len(x), 512)])
+        taught = blend(original_logits, reference_logits, support, cfg.consolidate.temperature).argmax(1)
     else:
         teacher, taught = model_teacher(original, cfg.consolidate.temperature), said
     stats["reference_worst_class_agreement"] = worst_class_agreement(ref_said, taught, num_classes)
