@@ -44,16 +44,25 @@ def cmd_run(args) -> int:
 
 
 def cmd_tune(args) -> int:
-    from fedunlearn.audit.tune import require_tune, tune_method
+    import shlex
+
+    from fedunlearn.audit.tune import require_tune, tune_methods
 
     require_tune()  # before any training: a missing extra is a one-line error
+    methods = [name.strip() for given in args.method for name in given.split(",") if name.strip()]
     module, cfg = load_experiment(args.config, args.set)
     if getattr(module.Config, "__name__", "") != "Config" or not hasattr(cfg, "method_config"):
         raise FedUnlearnError("`fedunlearn tune` works on centralized configs")
-    cfg.method_config(args.method)
-    path = tune_method(cfg, args.method, args.out or Path("results") / f"tune-{args.method}", args.samples, args.models)
-    print(path.read_text())
-    print(f"wrote {path}")
+    for name in methods:
+        cfg.method_config(name)  # an unknown name fails before any training
+    command = shlex.join(["fedunlearn", "tune", args.config, "--method", ",".join(methods),
+                          *[a for s in args.set for a in ("--set", s)],
+                          "--samples", str(args.samples), "--models", str(args.models)])
+    out = args.out or Path("results") / f"tune-{'-'.join(methods) if len(methods) < 3 else 'methods'}"
+    paths = tune_methods(cfg, methods, out, args.samples, args.models, command=command)
+    for path in paths:
+        print(path.read_text())
+    print(f"wrote {', '.join(str(p) for p in paths)} and {Path(out) / 'tuned.toml'}")
     return 0
 
 
@@ -154,9 +163,11 @@ def main(argv: list[str] | None = None) -> int:
                      "(only a folder fedunlearn created, holding only what it wrote)")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     run.set_defaults(func=cmd_run)
-    tune = sub.add_parser("tune", help="search one method's settings with Ray Tune, scored against retraining")
+    tune = sub.add_parser("tune", help="search methods' settings with Ray Tune, scored against retraining")
     tune.add_argument("config")
-    tune.add_argument("--method", required=True)
+    tune.add_argument("--method", required=True, action="append",
+                      help="method to tune; repeat it or separate names by commas: every method is scored against "
+                      "the same originals and retrains, trained once")
     tune.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     tune.add_argument("--samples", type=int, default=8, help="trials")
     tune.add_argument("--models", type=int, default=3, help="originals and retrains the trials are scored on")

@@ -186,17 +186,30 @@ def test_the_attackers_boost_scales_what_it_sends_in_training_rounds_only():
     replacing_cfg = tiny(backdoor={"local_epochs": 2, "boost_by": "participants"})  # gamma = 2 clients per round
     attacker = local_data(plain_cfg, departing_client(plain_cfg))
     state = build_model(plain_cfg.model, attacker.input_shape, attacker.num_classes).state_dict()
+    by_share_cfg = tiny(backdoor={"local_epochs": 2, "boost": 0.5, "boost_by": "share"})
     sent = {name: fedavg.delta(local_train(c, attacker, state, {"phase": "train", "round": 1})[0], state)
-            for name, c in (("plain", plain_cfg), ("boosted", boosted_cfg), ("replacing", replacing_cfg))}
+            for name, c in (("plain", plain_cfg), ("boosted", boosted_cfg), ("replacing", replacing_cfg),
+                            ("by_share", by_share_cfg))}
     plain = fedavg.norm(sent["plain"])
     assert fedavg.norm(sent["boosted"]) == pytest.approx(3.0 * plain, rel=1e-5)
     assert fedavg.norm(sent["replacing"]) == pytest.approx(2.0 * plain, rel=1e-5)
+    sizes = [len(p) for p in federation_data(plain_cfg)[1]]  # share: 0.5 x 2 per round x mean size / own size
+    share_gamma = max(1.0, np.mean(sizes) / len(attacker.train))
+    assert fedavg.norm(sent["by_share"]) == pytest.approx(share_gamma * plain, rel=1e-5)
     # an honest client and the attacker's unlearning rounds are untouched
     unlearn = [local_train(c, attacker, state, {"phase": "unlearn", "round": 1})[0] for c in (plain_cfg, boosted_cfg)]
     assert all(torch.equal(unlearn[0][k], unlearn[1][k]) for k in state)
     honest = local_data(boosted_cfg, next(c for c in range(5) if c != departing_client(boosted_cfg)))
     same = [local_train(c, honest, state, {"phase": "train", "round": 1})[0] for c in (plain_cfg, boosted_cfg)]
     assert all(torch.equal(same[0][k], same[1][k]) for k in state)
+
+
+def test_boost_rules_size_gamma_and_never_scale_down():
+    share = BackdoorConfig(fraction=0.5, boost=0.5, boost_by="share")
+    assert share.gamma(4, own_size=50, mean_size=100) == 4.0   # a small client: 0.5 x 4 x 100 / 50
+    assert share.gamma(3, own_size=300, mean_size=100) == 1.0  # the largest client already weighs a lot
+    assert BackdoorConfig(boost=0.5, boost_by="participants").gamma(10) == 5.0
+    assert BackdoorConfig(boost=2.0).gamma(10) == 2.0 and not BackdoorConfig().boosted
 
 
 def test_boost_is_range_checked():

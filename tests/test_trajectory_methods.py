@@ -73,7 +73,7 @@ def test_unrolling_is_exact_for_one_plain_gradient_step():
     """One full-batch step of plain GD: adding back the forget gradients at w_0 removes them exactly."""
     recipe = TrainConfig(epochs=1, batch_size=2000, lr=0.5, momentum=0.0, weight_decay=0.0, schedule="constant")
     task = make_task(recipe, fraction=0.1)
-    model, stats = unrolling_sgd.unlearn(task, unrolling_sgd.Config())
+    model, stats = unrolling_sgd.unlearn(task, unrolling_sgd.Config(max_drop=1.0))  # the paper's step, unguarded
     init = task.make_model()
     init.zero_grad()
     n = len(task.retain) + len(task.forget)

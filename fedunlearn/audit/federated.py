@@ -110,7 +110,7 @@ def fed_member(job: FedJob, mapping: dict, methods: list[str]) -> list[Member]:
     from fedunlearn.contract import hook
     from fedunlearn.experiments.federated_matrix import InlineServer
     from fedunlearn.federated.config import Config
-    from fedunlearn.federated.driver import _timed_method, train_federation
+    from fedunlearn.federated.driver import timed_method, train_federation
     from fedunlearn.federated.fedavg import aggregate_replies, copy_state
     from fedunlearn.federated.rounds import run_fedavg
 
@@ -142,7 +142,7 @@ def fed_member(job: FedJob, mapping: dict, methods: list[str]) -> list[Member]:
                     warm_up(server, make_model, trained["global_state"], data.num_classes, data.input_shape,
                             job.seed, cfg=method_cfg)
                     warmed.append((warm_up, method_cfg))
-                res = _timed_method(run_cfg, run_cfg.method(name), method_cfg, name, transport, trained, make_model,
+                res = timed_method(run_cfg, run_cfg.method(name), method_cfg, name, transport, trained, make_model,
                                     server)
             except Exception as err:  # noqa: BLE001 -- one broken method must not cost every other row
                 members.append(Member(name, job.index, {}, float("nan"), skipped=f"failed: {type(err).__name__}: {err}"))

@@ -21,6 +21,7 @@ import torch
 from fedunlearn.config import check_range
 
 POSITIONS = ("bottom-right", "bottom-left", "top-right", "top-left", "centre")
+BOOST_RULES = ("none", "participants", "share")
 
 
 @dataclass(frozen=True)
@@ -35,11 +36,18 @@ class BackdoorConfig:
     local_epochs: int = 0   # the attacker's local epochs per training round (0 = the federation's recipe)
     # Model replacement (Bagdasaryan et al., "How to backdoor federated learning", AISTATS 2020):
     # in a training round the attacker sends global + gamma * (its local model - global), so its
-    # update survives being averaged with the honest ones. gamma = boost, times the clients per
-    # round when boost_by = "participants" (the paper's gamma = n / eta, FedAvg's eta = 1: the same
-    # rule sizes the boost for any federation). boost = 1 with boost_by = "none" is a plain client.
+    # update survives being averaged with the honest ones. gamma = boost times
+    #   "none"          1;
+    #   "participants"  the clients per round (the paper's gamma = n / eta, FedAvg's eta = 1);
+    #   "share"         the inverse of its expected share of the round's sample weight, i.e. the
+    #                   clients per round x the mean client size / its own size: FedAvg weights by
+    #                   samples, so this is the paper's rule for weighted averaging (boost = 1
+    #                   replaces the global model; the attacker knows the federation's size and
+    #                   mean client size, the paper's white-box threat model).
+    # A rule sizes the boost for any federation, never below 1. boost = 1 with boost_by = "none" is a
+    # plain client.
     boost: float = 1.0
-    boost_by: Literal["none", "participants"] = "none"
+    boost_by: Literal["none", "participants", "share"] = "none"
 
     def __post_init__(self):
         check_range("backdoor.fraction", self.fraction, 0.0, 1.0)
@@ -47,16 +55,22 @@ class BackdoorConfig:
         check_range("backdoor.blend", self.blend, 0.0, 1.0)
         check_range("backdoor.local_epochs", self.local_epochs, 0)
         check_range("backdoor.boost", self.boost, 0.01, 1000.0)
-        if self.boost_by not in ("none", "participants"):
-            raise ValueError(f"'backdoor.boost_by' = {self.boost_by!r}: give \"none\" or \"participants\"")
+        if self.boost_by not in BOOST_RULES:
+            raise ValueError(f"'backdoor.boost_by' = {self.boost_by!r}: give one of {', '.join(BOOST_RULES)}")
 
     @property
     def boosted(self) -> bool:
         return self.boost != 1.0 or self.boost_by != "none"
 
-    def gamma(self, participants: int) -> float:
-        """The attacker's update scale in a round with `participants` clients (see `boost`)."""
-        return self.boost * (participants if self.boost_by == "participants" else 1)
+    def gamma(self, participants: int, own_size: int = 1, mean_size: float = 1.0) -> float:
+        """The attacker's update scale in a round of `participants` clients (see `boost`)."""
+        # a rule never scales an update down: a client that already holds much of a round's weight
+        # (the largest of a skewed federation) sends at least its plain update
+        if self.boost_by == "participants":
+            return max(1.0, self.boost * participants)
+        if self.boost_by == "share":
+            return max(1.0, self.boost * participants * mean_size / max(own_size, 1))
+        return self.boost
 
 
 def _window(height: int, width: int, s: int, position: str) -> tuple[slice, slice]:

@@ -145,17 +145,19 @@ def local_train(cfg, local: LocalData, state: State, config: dict) -> tuple[Stat
     train(model, data, recipe, local.device, seed=seed, desc=f"client {local.client_id}", progress=False)
     trained = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     if config.get("phase") == "train" and len(local.poisoned_idx):
-        trained = boost(cfg, state, trained)
+        trained = boost(cfg, state, trained, len(data))
     return trained, len(data), {"num_examples": len(data)}
 
 
-def boost(cfg, state: State, trained: State) -> State:
+def boost(cfg, state: State, trained: State, own_size: int) -> State:
     """The attacker's model replacement (backdoor.boost): it sends state + gamma * (trained - state).
     What it sends is what the server averages and stores, so subtraction removes the boosted update."""
     if not cfg.backdoor.boosted:
         return trained
     fed = cfg.federation
-    gamma = cfg.backdoor.gamma(fed.clients_per_round or fed.num_clients)
+    sizes = [len(p) for p in federation_data(cfg)[1]]
+    gamma = cfg.backdoor.gamma(fed.clients_per_round or fed.num_clients, own_size=own_size,
+                               mean_size=float(np.mean(sizes)))
     # weights only: normalisation statistics (running_mean / running_var) are measured, not learned,
     # and a scaled running variance could turn negative
     boosted = fedavg.add(state, fedavg.delta(trained, state), gamma)

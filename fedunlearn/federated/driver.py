@@ -10,11 +10,14 @@ counter; the report's evaluation is an oracle outside the protocol (report.py).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
+from torch import nn
 
 from fedunlearn import checkpoint, record
 from fedunlearn.config import config_hash, to_dict
@@ -29,8 +32,8 @@ from fedunlearn.federated.resources import ServerWorker
 from fedunlearn.federated.rounds import run_fedavg
 from fedunlearn.federated.store import DiskHistory, make_history
 from fedunlearn.federated.withdrawal import Membership
-from fedunlearn.models import build_model
-from fedunlearn.training import get_device, seed_everything
+from fedunlearn.models import fresh_model
+from fedunlearn.training import get_device
 
 log = logging.getLogger("fedunlearn")
 
@@ -41,19 +44,9 @@ def serve(cfg, transport, out_dir: str | Path, progress: bool = True, server=Non
         from fedunlearn.federated.requests import serve_stream
 
         return serve_stream(cfg, transport, out_dir, progress, server)
-    out = Path(out_dir)
-    ckpt = out / "checkpoints"
-    transport = MonitoredTransport(transport, cfg.federation.round_timeout_s)
-    seed, fed = cfg.experiment.seed, cfg.federation
-    device = get_device(cfg.experiment.device)
-    check_cooperation(cfg)
-    info = transport.info  # partition id -> {"num_examples", ...} from the handshake
-    first = info[min(info)]
-    num_classes, input_shape = int(first["num_classes"]), tuple(int(d) for d in first["input_shape"])
-
-    def make_model():
-        seed_everything(seed)
-        return build_model(cfg.model, input_shape, num_classes)
+    run = serve_setup(cfg, transport, out_dir)
+    out, ckpt, transport, make_model = run.out, run.ckpt, run.transport, run.make_model
+    seed, fed = run.seed, cfg.federation
 
     # A rule ("largest" / "median") becomes the client id here, once, for everything below.
     cfg = dataclasses.replace(cfg, withdrawal=dataclasses.replace(cfg.withdrawal, client=departing_client(cfg)))
@@ -72,28 +65,19 @@ def serve(cfg, transport, out_dir: str | Path, progress: bool = True, server=Non
 
     results = {}
     with (server or ServerWorker(fed.server_gpus, fed.server_cpus)) as server:
-        # A method that works on the server's Ray worker has a warm_up, run with that method's own
-        # config: the worker's start and first steps are the cost of a server process, not of the
-        # method, and are not timed.
-        warmed = []
-        for name in cfg.method_names():
-            warm_up, method_cfg = hook(cfg.method(name), "warm_up"), cfg.method_config(name)
-            if warm_up is not None and (warm_up, method_cfg) not in warmed:
-                warm_up(server.start(), make_model, trained["global_state"], num_classes, input_shape, seed,
-                        cfg=method_cfg)
-                warmed.append((warm_up, method_cfg))
+        warm_up_methods(cfg, server, run, trained["global_state"], warmed=[])
         for name in cfg.method_names():
             method, method_cfg = cfg.method(name), cfg.method_config(name)
             key = config_hash([base_key, name, method_cfg, cfg.withdrawal.departing_online])
             results[name] = cached(ckpt / f"method-{name}-{key}",
-                                   lambda method=method, method_cfg=method_cfg, name=name: _timed_method(
+                                   lambda method=method, method_cfg=method_cfg, name=name: timed_method(
                                        cfg, method, method_cfg, name, transport, trained, make_model, server))
 
     purge = purge_client(cfg, trained, ckpt / f"federation-{base_key}") if cfg.withdrawal.purge else {"purged": False}
     trained = {**trained, "purge": purge, "unlearn_log": [r for r in transport.rounds if r["phase"] != "train"]}
     from fedunlearn.federated.report import write_federated_report
 
-    report = write_federated_report(cfg, out, trained, results, make_model, device)
+    report = write_federated_report(cfg, out, trained, results, make_model, run.device)
     # The request is this run's withdrawal: a rerun (resumed from checkpoints) is the same request.
     record.append(out / "deletions.jsonl", cfg.withdrawal.client, "+".join(cfg.method_names()),
                   record.state_sha256(trained["global_state"]),
@@ -103,7 +87,47 @@ def serve(cfg, transport, out_dir: str | Path, progress: bool = True, server=Non
     return {**report, "purge": purge}
 
 
-def _timed_method(cfg, method, method_cfg, name, transport, trained, make_model, server, withdrawn=()) -> dict:
+@dataclasses.dataclass(frozen=True)
+class ServeSetup:
+    """What serve and serve_stream (requests.py) share: where results go, the monitored transport,
+    the task's shape from the clients' handshake and a seeded model factory."""
+
+    out: Path
+    ckpt: Path                    # OUT/checkpoints
+    transport: MonitoredTransport
+    seed: int
+    device: object                # torch.device of the report's evaluation
+    num_classes: int
+    input_shape: tuple[int, ...]
+    make_model: Callable[[], nn.Module]
+
+
+def serve_setup(cfg, transport, out_dir: str | Path) -> ServeSetup:
+    """The server's set-up before any training: fails first if a listed method needs a departing
+    client that is offline, then reads the task's shape from the handshake."""
+    check_cooperation(cfg)
+    transport = MonitoredTransport(transport, cfg.federation.round_timeout_s)
+    seed = cfg.experiment.seed
+    first = transport.info[min(transport.info)]  # partition id -> {"num_examples", ...} from the handshake
+    num_classes, input_shape = int(first["num_classes"]), tuple(int(d) for d in first["input_shape"])
+    out = Path(out_dir)
+    return ServeSetup(out, out / "checkpoints", transport, seed, get_device(cfg.experiment.device), num_classes,
+                      input_shape, functools.partial(fresh_model, cfg.model, input_shape, num_classes, seed))
+
+
+def warm_up_methods(cfg, server, run: ServeSetup, global_state, warmed: list) -> None:
+    """Each listed method's warm_up (if it has one) on the server's worker, with that method's own
+    config, once per (warm_up, config) in `warmed`: the worker's start and first steps are the cost
+    of a server process, not of the method, and are not timed."""
+    for name in cfg.method_names():
+        warm_up, method_cfg = hook(cfg.method(name), "warm_up"), cfg.method_config(name)
+        if warm_up is not None and (warm_up, method_cfg) not in warmed:
+            warm_up(server.start(), run.make_model, global_state, run.num_classes, run.input_shape, run.seed,
+                    cfg=method_cfg)
+            warmed.append((warm_up, method_cfg))
+
+
+def timed_method(cfg, method, method_cfg, name, transport, trained, make_model, server, withdrawn=()) -> dict:
     """One method on a fresh context; a method faster than experiment.repeat_below_s runs again
     (up to experiment.timing_repeats times, each on a fresh context) and reports the median wall
     time with its spread: a single short timing on a shared machine is mostly noise. `withdrawn`:

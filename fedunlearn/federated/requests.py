@@ -23,13 +23,9 @@ from pathlib import Path
 
 from fedunlearn import checkpoint, record
 from fedunlearn.config import config_hash
-from fedunlearn.contract import hook
 from fedunlearn.experiments.pipeline import cached, store
 from fedunlearn.federated.client import stream_requests
-from fedunlearn.federated.monitor import MonitoredTransport
 from fedunlearn.federated.resources import ServerWorker
-from fedunlearn.models import build_model
-from fedunlearn.training import get_device, seed_everything
 
 log = logging.getLogger("fedunlearn")
 
@@ -41,25 +37,15 @@ def request_config(cfg, client: int, rnd: int):
 
 
 def serve_stream(cfg, transport, out_dir: str | Path, progress: bool = True, server=None) -> dict:
-    from fedunlearn.federated.driver import _timed_method, check_cooperation, train_federation
+    from fedunlearn.federated.driver import serve_setup, timed_method, train_federation, warm_up_methods
     from fedunlearn.federated.stream_report import StreamReport
 
-    out = Path(out_dir)
-    ckpt = out / "checkpoints"
-    transport = MonitoredTransport(transport, cfg.federation.round_timeout_s)
-    seed, fed = cfg.experiment.seed, cfg.federation
-    device = get_device(cfg.experiment.device)
-    check_cooperation(cfg)
+    run = serve_setup(cfg, transport, out_dir)
+    out, ckpt, transport, make_model = run.out, run.ckpt, run.transport, run.make_model
+    seed, fed = run.seed, cfg.federation
     requests = stream_requests(cfg)  # a client named twice fails here, before any training
-    first = transport.info[min(transport.info)]
-    num_classes, input_shape = int(first["num_classes"]), tuple(int(d) for d in first["input_shape"])
-
-    def make_model():
-        seed_everything(seed)
-        return build_model(cfg.model, input_shape, num_classes)
-
     stream_key = config_hash([cfg.data, cfg.model, fed, cfg.backdoor, requests, seed, checkpoint.code_key()])
-    report = StreamReport(cfg, out, requests, make_model, device)
+    report = StreamReport(cfg, out, requests, make_model, run.device)
     held: list[tuple[dict, Path]] = []  # every trained federation whose history the server still holds
     withdrawn: list[int] = []
     with (server or ServerWorker(fed.server_gpus, fed.server_cpus)) as server:
@@ -74,19 +60,14 @@ def serve_stream(cfg, transport, out_dir: str | Path, progress: bool = True, ser
             held.append((trained, path))
             log.info("request %d: client %d withdraws after round %d; %d clients were in, %d remain", k, client, rnd,
                      len(clients), len(clients) - 1)
-            for name in cfg.method_names():  # the server process's first steps are not the method's cost
-                warm_up, method_cfg = hook(cfg.method(name), "warm_up"), cfg.method_config(name)
-                if warm_up is not None and (warm_up, method_cfg) not in warmed:
-                    warm_up(server.start(), make_model, trained["global_state"], num_classes, input_shape, seed,
-                            cfg=method_cfg)
-                    warmed.append((warm_up, method_cfg))
+            warm_up_methods(cfg, server, run, trained["global_state"], warmed)  # once per method config
             results = {}
             for name in cfg.method_names():
                 method, method_cfg = cfg.method(name), cfg.method_config(name)
                 mkey = config_hash([key, name, method_cfg, cfg.withdrawal.departing_online])
                 results[name] = cached(ckpt / f"method-{name}-{mkey}", lambda method=method, method_cfg=method_cfg,
-                                       name=name: _timed_method(cfg_k, method, method_cfg, name, transport, trained,
-                                                                make_model, server, withdrawn=tuple(withdrawn)))
+                                       name=name: timed_method(cfg_k, method, method_cfg, name, transport, trained,
+                                                               make_model, server, withdrawn=tuple(withdrawn)))
             rows = report.add_request(k, cfg_k, trained, results, withdrawn=[*withdrawn, client])
             purge = purge_everywhere(client, held) if cfg.withdrawal.purge else {"purged": False}
             record.append(out / "deletions.jsonl", client, "+".join(cfg.method_names()),

@@ -8,7 +8,7 @@ forget set, so fine-tuning forgets more than it would on the dense model.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -24,8 +24,9 @@ class Config:
     lr: float = 0.01
     batch_size: int = 128
     # Initial weight of the l1 penalty (the paper's gamma), decayed linearly to 0. Larger than the
-    # paper's 5e-5..5e-4: its runs take thousands of steps, these a few hundred.
-    alpha: float = 0.01
+    # paper's 5e-5..5e-4: its runs take thousands of steps, these a few hundred. A penalty weight,
+    # not a share: `fedunlearn tune` searches it log-uniformly from the paper's range up.
+    alpha: float = field(default=0.01, metadata={"search": ("loguniform", 1e-4, 1e-1)})
 
     def __post_init__(self):
         check_range("epochs", self.epochs, 1)

@@ -2,17 +2,18 @@
 
 The server uses only what it holds: the global model, the round-0 weights, the stored client
 updates and sample counts. Its reference removes the departing client's stored steps: by
-default only what later rounds left of each (`reference = "surviving"`, federated/removal.py),
-or all of them (`"subtract"`, the subtract method). It then repairs without any data
+default all of them (`reference = "subtract"`, the subtract method), or only what later rounds
+left of each (`"surviving"`, federated/removal.py). It then repairs without any data
 (fedunlearn.unlearn.source_free.pipeline): a generator trained against the frozen global model
 and the reference synthesizes stand-in samples; the teacher is the global model blended per
 class with the reference by how well the remaining clients' own local models (global model
 plus their stored update, from the last round they took part in) recognise that class. If the
 reference already agrees with that teacher on most synthetic samples of every class it is
-kept; otherwise a student starting at the global model is distilled from the teacher while
-stamps reverse-engineered from the difference between the global model and the reference
-(trigger.py: a patch anywhere, or a full-image blend; no target class assumed) are held unable
-to change its class. The remaining clients get no message and the departing client is not
+kept; otherwise a student starting at the reference (`start = "original"`: the global model)
+is distilled from the teacher; with `trigger.weight > 0` stamps reverse-engineered from the
+difference between the global model and the reference (trigger.py: a patch anywhere, or a
+full-image blend; no target class assumed) are held unable to change its class. Those options
+are off by default: docs/findings.md has what they did on the tuning cells and the matrix. The remaining clients get no message and the departing client is not
 asked anything. Generator and distillation run on the server's Ray worker (a GPU fraction when
 the cluster has one). What it reaches on the scenario matrix and where it falls short is in
 docs/findings.md.
@@ -43,7 +44,7 @@ COOPERATIVE = False
 class Config(RepairConfig):
     """[methods.source_free_absent]: generator.*, consolidate.*, trigger.*, skip_agreement, check_samples, reference."""
 
-    reference: Literal["subtract", "surviving"] = "surviving"  # the repair's start: every stored step of the
+    reference: Literal["subtract", "surviving"] = "subtract"  # the repair's start: every stored step of the
                                  # client removed, or only what later rounds left of each (federated/removal.py)
 
     def __post_init__(self):
@@ -72,14 +73,16 @@ def remaining_locals(ctx: FedContext, cfg: RepairConfig):
 def warm_up(server, make_model, global_state: State, num_classes: int, input_shape, seed: int,
             cfg: RepairConfig | None = None) -> None:
     """Before any timing (driver.py): a two-step repair on the server's worker with the method's
-    own generator and distillation settings (width, batch) but two steps each. The first steps in
-    a fresh process pay torch's one-time set-up, which a long-running server has long since paid."""
+    own settings (generator width and batch, check samples, teacher: the judge and the support
+    check run too, on the global model as its own reference and only local model) but two steps
+    each. The first steps in a fresh process pay torch's one-time set-up (oneDNN kernels are
+    chosen per layer and batch shape), which a long-running server has long since paid."""
     cfg = cfg or RepairConfig()
     tiny = replace(cfg, generator=replace(cfg.generator, steps=2), consolidate=replace(cfg.consolidate, steps=2),
-                   trigger=replace(cfg.trigger, steps=2),
-                   skip_agreement=2.0, check_samples=min(cfg.check_samples, 64), teacher="original")
+                   trigger=replace(cfg.trigger, steps=2), skip_agreement=2.0)
+    locals_ = [(global_state, 1)] if cfg.teacher == "remaining" else None
     server.run(server_repair, make_model, global_state, global_state, num_classes, input_shape,
-               RepairConfig(**{f.name: getattr(tiny, f.name) for f in fields(RepairConfig)}), seed)
+               RepairConfig(**{f.name: getattr(tiny, f.name) for f in fields(RepairConfig)}), seed, locals_)
 
 
 def reference_state(ctx: FedContext, kind: str = "subtract") -> State:
@@ -98,7 +101,8 @@ def check_reference(kind: str) -> None:
 
 
 def to_state(model: torch.nn.Module) -> State:
-    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    """On the CPU, in the default memory layout (the repair may have made a model channels-last)."""
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
 
 
 def server_repair(make_model, global_state: State, reference_state: State, num_classes: int, input_shape,

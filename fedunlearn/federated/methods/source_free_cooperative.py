@@ -2,7 +2,7 @@
 
 As `source_free_absent` (remove the client's stored steps, then repair without data: a
 generator, distillation from the per-class blend of the global model and the reference, and
-reverse-engineered trigger stamps held invariant), then, when a repair was needed,
+optionally reverse-engineered trigger stamps held invariant), then, when a repair was needed,
 one exchange with the departing client: the server sends it the repaired model; the client
 flags its samples to which that model gives their label a low probability (what only this
 client taught, such as backdoored samples: its ordinary samples, which a model trained
@@ -47,7 +47,7 @@ class Config(RepairConfig):
     forget_weight: float = 30.0  # lambda of that forget term
     max_confidence: float = 0.1  # the client flags a sample when the model gives its label less than this
     max_flagged: int = 128       # the client computes the Fisher on at most this many flagged samples
-    reference: Literal["subtract", "surviving"] = "surviving"  # as source_free_absent's
+    reference: Literal["subtract", "surviving"] = "subtract"  # as source_free_absent's
 
     def __post_init__(self):
         super().__post_init__()

@@ -2,7 +2,8 @@
 
 Plain PyTorch, no Ray or Flower: `train_generator` (phase 1), `consolidate` (phase 2), the
 forget terms in `forget`, and `pipeline.repair` / `pipeline.refine`, which the federated
-methods `source_free_absent` / `source_free_cooperative` run on the server.
+methods `source_free_absent` / `source_free_cooperative` run on the server; `support` (what the
+remaining clients know, per class) and `inference` (the repair's forward passes, channels-last).
 Paper: Ahmed et al., Towards Source-Free Machine Unlearning, CVPR 2025.
 """
 

@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedunlearn.unlearn.source_free.inference import BATCH, as_input, channels_last
+
 State = dict[str, torch.Tensor]
 
 
@@ -51,25 +53,38 @@ def local_models(history, clients, sample_counts: dict[int, int] | None = None) 
     return out
 
 
-@torch.no_grad()
 def class_support(make_model: Callable[[], nn.Module], locals_: list[tuple[State, int]], x: torch.Tensor,
-                  labels: torch.Tensor, num_classes: int, device, batch_size: int = 512) -> torch.Tensor:
+                  labels: torch.Tensor, num_classes: int, device, batch_size: int = BATCH) -> torch.Tensor:
     """Sample-weighted mean over the local models of their recall on the inputs of each label
-    (a class with no input gets support 1: nothing says it is missing)."""
+    (a class with no input gets support 1: nothing says it is missing).
+
+    One module is built and each local state loaded into it in turn (inference.py: channels-last,
+    inference mode), and the inputs are moved to the device once: a forward pass per local model
+    is the whole cost."""
     support = torch.zeros(num_classes)
     total = sum(n for _, n in locals_)
     if not locals_ or total == 0:
         return torch.ones(num_classes)
     counts = torch.bincount(labels, minlength=num_classes).float()
+    model = channels_last(make_model().to(device).eval())
+    inputs = [as_input(x[i:i + batch_size], device) for i in range(0, len(x), batch_size)]
     for state, n in locals_:
-        model = make_model()
         model.load_state_dict(state)
-        model.to(device).eval()
-        pred = torch.cat([model(x[i:i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(x), batch_size)])
+        with torch.inference_mode():
+            pred = torch.cat([model(batch).argmax(1).cpu() for batch in inputs])
         hits = torch.bincount(labels[pred == labels], minlength=num_classes).float()
         support += (n / total) * hits / counts.clamp(min=1)
     support[counts == 0] = 1.0
     return support
+
+
+def blend(original_logits: torch.Tensor, reference_logits: torch.Tensor, support: torch.Tensor,
+          temperature: float = 1.0) -> torch.Tensor:
+    """The blended teacher's probabilities from the two models' logits (see blended_teacher)."""
+    p_orig = F.softmax(original_logits / temperature, dim=1)
+    p_ref = F.softmax(reference_logits / temperature, dim=1)
+    weight = support.to(p_orig.device)[p_orig.argmax(1)].unsqueeze(1)
+    return weight * p_orig + (1.0 - weight) * p_ref
 
 
 def blended_teacher(original: nn.Module, reference: nn.Module, support: torch.Tensor, temperature: float = 1.0):
@@ -79,10 +94,7 @@ def blended_teacher(original: nn.Module, reference: nn.Module, support: torch.Te
 
     @torch.no_grad()
     def probs(x: torch.Tensor) -> torch.Tensor:
-        p_orig = F.softmax(original(x) / temperature, dim=1)
-        p_ref = F.softmax(reference(x) / temperature, dim=1)
-        weight = support.to(x.device)[p_orig.argmax(1)].unsqueeze(1)
-        return weight * p_orig + (1.0 - weight) * p_ref
+        return blend(original(x), reference(x), support, temperature)
 
     return probs
 
