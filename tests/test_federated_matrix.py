@@ -48,6 +48,9 @@ def test_matrix_runs_each_federation_as_a_ray_task(local_ray, tmp_path):
     assert (tmp_path / "pareto.png").stat().st_size > 0 and (tmp_path / "iid" / "seed0" / "report.json").exists()
     assert report["results"] == data["summary"]
     assert set(data["original_asr"]["per_cell"]) == {"iid/seed0", "skew/seed0"} and "backdoor_asr_min" in summary["original"]
+    md = (tmp_path / "report.md").read_text().splitlines()  # the summary is a table of its own, not a bullet
+    header = md.index("## Summary per method (report.json's `summary`)")
+    assert any(line.startswith("| method | cells |") for line in md[header:])
 
 
 @pytest.mark.slow

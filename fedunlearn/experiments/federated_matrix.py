@@ -191,7 +191,7 @@ def run(cfg: Config, out_dir: str | Path, progress: bool = True) -> dict:
                  extra={"summary": summary, "matrix_wall_s": time.perf_counter() - start, "cells_cpu_s": cpu_s,
                         "cells_wall_s": cell_wall, "parallel": limit,
                         "original_asr": original_asr(rows, m)},
-                 notes=notes + ["summary per method (below, and in report.json's `summary`):", "", md_summary],
+                 notes=notes, sections=["## Summary per method (report.json's `summary`)", md_summary],
                  columns=ROW_COLUMNS, plots=[str(plot)])
     return {"results": summary, "rows": rows, "columns": SUMMARY_COLUMNS}
 

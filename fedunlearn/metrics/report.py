@@ -43,8 +43,10 @@ def _json_safe(obj: Any) -> Any:
 
 def write_report(out_dir: str | Path, title: str, config: dict, results: list[dict],
                  extra: dict | None = None, notes: list[str] | None = None,
-                 columns: list[str] | None = None, plots: list[str] | None = None) -> Path:
-    """Writes report.json and report.md into out_dir; returns the path of report.md."""
+                 columns: list[str] | None = None, plots: list[str] | None = None,
+                 sections: list[str] | None = None) -> Path:
+    """Writes report.json and report.md into out_dir; returns the path of report.md. `sections`
+    are markdown blocks (a second table, say) placed after the notes, as they are."""
     out = Path(out_dir)
     outdir.mark(out)
     if plots is not None:
@@ -54,6 +56,8 @@ def write_report(out_dir: str | Path, title: str, config: dict, results: list[di
     md = [f"# {title}", "", markdown_table(results, columns), ""]
     chance = 1.0 / extra["num_classes"] if (extra or {}).get("num_classes") else None
     md += [f"- {n}" for n in [*(notes or []), *reading_notes(results, chance)]]
+    for section in sections or []:
+        md += ["", section]
     md += ["", *[f"![{Path(p).stem}]({Path(p).name})" for p in plots or []]]
     md += ["", "## Config", "", "```json", json.dumps(config, indent=2), "```", ""]
     (out / "report.md").write_text("\n".join(md))
