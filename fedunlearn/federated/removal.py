@@ -59,7 +59,7 @@ def surviving_removal(history: History, client: int, global_state: State,
             update, n_k = stored.updates[client]
             p = n_k / total
             step = {k: v * (stored.span * p) for k, v in update.items()}
-            keys = [k for k in weight_keys(step)]
+            keys = weight_keys(step)
             size = _dot(step, step, keys)
             share = 1.0 if size == 0.0 or not later else min(1.0, max(0.0, 1.0 + _dot(later, step, keys) / size))
             shares.append(share)

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from fedunlearn.data.datasets import ArrayDataset
+from fedunlearn.training import accuracy
 from fedunlearn.unlearn.base import UnlearnTask
 
 
@@ -32,13 +33,10 @@ class Guard:
 
     @torch.no_grad()
     def accuracy(self, model: nn.Module, device) -> float:
-        was_training = model.training
-        model.eval()
-        right = 0
-        for i in range(0, len(self.data), 512):
-            right += int((model(self.data.x[i:i + 512].to(device)).argmax(1).cpu() == self.data.y[i:i + 512]).sum())
+        was_training = model.training  # judged mid-training (scrub): hand the model back in its mode
+        acc = accuracy(model, self.data, device)
         model.train(was_training)
-        return right / len(self.data)
+        return acc
 
     def ok(self, model: nn.Module, device) -> bool:
         return self.accuracy(model, device) >= self.floor

@@ -24,7 +24,7 @@ from torch import nn
 
 from fedunlearn.config import check_range
 from fedunlearn.training import clone, seed_everything
-from fedunlearn.unlearn.source_free.generator import Generator, draw_labels
+from fedunlearn.unlearn.source_free.generator import Generator, draw
 
 Teacher = Callable[[torch.Tensor], torch.Tensor]   # inputs -> probabilities
 ForgetTerm = Callable[[nn.Module], torch.Tensor]   # student -> scalar loss
@@ -90,8 +90,7 @@ def consolidate(start: nn.Module, teacher: Teacher, generator: Generator, classe
     kl = forget = torch.zeros(())
     for _ in range(cfg.steps):
         with torch.no_grad():
-            y = draw_labels(classes, cfg.batch_size).to(device)
-            x = generator(torch.randn(cfg.batch_size, generator.noise_dim, device=device), y)
+            x = draw(generator, classes, cfg.batch_size, device)
             target = teacher(x)
         log_student = F.log_softmax(student(x) / temp, dim=1)
         kl = F.kl_div(log_student, target, reduction="batchmean") * temp * temp

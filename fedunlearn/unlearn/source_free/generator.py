@@ -101,6 +101,13 @@ def draw_labels(classes: torch.Tensor, n: int, gen: torch.Generator | None = Non
     return classes[reps[torch.randperm(n, generator=gen)]]
 
 
+def draw(generator: Generator, classes: torch.Tensor, n: int, device) -> torch.Tensor:
+    """A fresh batch of n synthetic inputs with balanced labels, on `device` (global RNG; for
+    training loops: `sample` is the seeded, reproducible set)."""
+    y = draw_labels(classes, n).to(device)
+    return generator(torch.randn(n, generator.noise_dim, device=device), y)
+
+
 @torch.no_grad()
 def sample(generator: Generator, classes, n: int, device, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """n synthetic inputs with balanced labels from `classes`, on the CPU."""

@@ -34,7 +34,7 @@ from torch import nn
 
 from fedunlearn.config import check_range
 from fedunlearn.training import seed_everything
-from fedunlearn.unlearn.source_free.generator import Generator, draw_labels
+from fedunlearn.unlearn.source_free.generator import Generator, draw
 
 
 @dataclass(frozen=True)
@@ -96,8 +96,7 @@ def _search(original, reference, generator, classes, cfg: TriggerConfig, device,
     div = torch.zeros(())
     for _ in range(cfg.steps):
         with torch.no_grad():
-            y = draw_labels(classes, cfg.batch_size).to(device)
-            x = generator(torch.randn(cfg.batch_size, generator.noise_dim, device=device), y)
+            x = draw(generator, classes, cfg.batch_size, device)
         mask = mask_of(mask_logit)
         stamped = (1.0 - mask) * x + mask * torch.sigmoid(pattern_logit)
         div = divergence(original, reference, stamped)
@@ -122,9 +121,7 @@ def reverse_triggers(original: nn.Module, reference: nn.Module, generator: Gener
     stamps, stats = [], {}
     try:
         with torch.no_grad():
-            y = draw_labels(classes, cfg.batch_size).to(device)
-            clean = divergence(original, reference, generator(torch.randn(cfg.batch_size, generator.noise_dim,
-                                                                           device=device), y))
+            clean = divergence(original, reference, draw(generator, classes, cfg.batch_size, device))
         stats["trigger_clean_divergence"] = float(clean)
         for blend in ([False, True] if cfg.blend else [False]):
             stamp, div = _search(original, reference, generator, classes, cfg, device, blend)
@@ -151,8 +148,7 @@ def invariance_term(stamps: list[Stamp], teacher, generator: Generator, classes,
 
     def term(student: nn.Module) -> torch.Tensor:
         with torch.no_grad():
-            y = draw_labels(classes, batch_size).to(device)
-            x = generator(torch.randn(batch_size, generator.noise_dim, device=device), y)
+            x = draw(generator, classes, batch_size, device)
             target = teacher(x)
         total = 0.0
         for stamp in stamps:
