@@ -127,11 +127,6 @@ def _objective(params, cells: list[tuple[Shared, list[dict], dict]], **kw) -> di
     return total
 
 
-def tune_method(cfg, method: str, out_dir: str | Path, samples: int = 8, models: int = 3, command: str = "") -> Path:
-    """Search `method`'s settings for the centralized config `cfg`; writes OUT/tuned_<method>.toml."""
-    return tune_methods(cfg, [method], out_dir, samples, models, command)[0]
-
-
 def tune_methods(cfg, methods: list[str], out_dir: str | Path, samples: int = 8, models: int = 3,
                  command: str = "") -> list[Path]:
     """Search each method's settings against ONE set of originals and retrains (trained once, shared

@@ -13,10 +13,10 @@ kept; otherwise a student starting at the reference (`start = "original"`: the g
 is distilled from the teacher; with `trigger.weight > 0` stamps reverse-engineered from the
 difference between the global model and the reference (trigger.py: a patch anywhere, or a
 full-image blend; no target class assumed) are held unable to change its class. Those options
-are off by default: docs/findings.md has what they did on the tuning cells and the matrix. The remaining clients get no message and the departing client is not
-asked anything. Generator and distillation run on the server's Ray worker (a GPU fraction when
-the cluster has one). What it reaches on the scenario matrix and where it falls short is in
-docs/findings.md.
+are off by default. The remaining clients get no message and the departing client is not asked
+anything. Generator and distillation run on the server's Ray worker (a GPU fraction when the
+cluster has one). What it reaches on the scenario matrix (with and without those options) and
+where it falls short is in docs/findings.md.
 Paper: Ahmed et al., Towards Source-Free Machine Unlearning, CVPR 2025.
 """
 

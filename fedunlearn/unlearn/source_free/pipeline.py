@@ -120,8 +120,8 @@ def repair(original: nn.Module, reference: nn.Module, num_classes: int, input_sh
             stats.update(found)
             term = weighted(invariance_term(generator.stamps, teacher, generator, classes,
                                             cfg.consolidate.batch_size, device), cfg.trigger.weight)
-        start_model = clone(original if cfg.start == "original" else reference).to(device)
         # --- end trigger block ---
+        start_model = original if cfg.start == "original" else reference  # consolidate copies it
         student, more = consolidate(start_model, teacher, generator, classes, cfg.consolidate, device,
                                     forget_term=term, seed=seed + 2)
         stats.update(more)
