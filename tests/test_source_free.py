@@ -136,6 +136,13 @@ def test_bad_input_is_a_clear_error(backdoored):
         build(RepairConfig, {"reference_weight": 1.5})
     with pytest.raises(ConfigError, match="unknown config key 'consolidate.epochs'"):
         build(RepairConfig, {"consolidate": {"epochs": 3}})
+    with pytest.raises(ConfigError, match="start"):
+        build(RepairConfig, {"start": "middle"})
+    with pytest.raises(ConfigError, match="trigger.weight"):
+        build(RepairConfig, {"trigger": {"weight": -1.0}})
+    from fedunlearn.federated.methods import source_free_absent
+    with pytest.raises(ConfigError, match="reference"):
+        build(source_free_absent.Config, {"reference": "all"})
     generator, _ = train_generator(backdoored["original"], (1, 8, 8), 10, GeneratorConfig(steps=1), CPU)
     with pytest.raises(ValueError, match="at least one retained class"):
         consolidate(backdoored["original"], model_teacher(backdoored["original"]), generator, [], ConsolidateConfig(), CPU)

@@ -96,3 +96,11 @@ def test_tune_refuses_an_unknown_method_before_training(capsys):
     pytest.importorskip("ray.tune")
     assert main(["tune", "simulations/quickstart.toml", "--method", "finetune,no_such_method"]) == 2
     assert "no_such_method" in capsys.readouterr().err
+
+
+def test_tune_refuses_a_method_named_twice_and_too_few_models(capsys):
+    pytest.importorskip("ray.tune")
+    assert main(["tune", "simulations/audit.toml", "--method", "finetune,finetune"]) == 2
+    assert "once" in capsys.readouterr().err
+    assert main(["tune", "simulations/audit.toml", "--method", "finetune", "--models", "1"]) == 2
+    assert "--models >= 2" in capsys.readouterr().err
