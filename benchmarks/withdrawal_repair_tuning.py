@@ -161,20 +161,24 @@ def main():
     ap.add_argument("--matrix", default="simulations/withdrawal_matrix.toml", help="its [base] is the base config")
     ap.add_argument("--variant", action="append", default=[], help="METHOD[:key=value,...]")
     ap.add_argument("--cells", default="all", help="comma-separated cell names, or all")
+    ap.add_argument("--scenario-seeds", default="", help="instead of CELLS: the matrix's own scenarios at these seeds "
+                    "(comma-separated; the matrix's reported seeds are refused)")
     ap.add_argument("--set", action="append", default=[], help="base override key=value (dotted), e.g. backdoor.fraction=0.5")
     ap.add_argument("--cache", default="/tmp/s6d-tune")
     ap.add_argument("--json", default="", help="write the rows here")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    base = load_toml(args.matrix)["base"]
+    matrix = load_toml(args.matrix)
+    base = matrix["base"]
     for item in args.set:
         key, _, value = item.partition("=")
         merge(base, _nested(key.split("."), parse_value(value)))
     variants = [(spec, *variant_config(spec)[1:]) for spec in (args.variant or ["subtract", "source_free_absent"])]
-    names = list(CELLS) if args.cells == "all" else args.cells.split(",")
+    cells = scenario_cells(matrix, args.scenario_seeds) if args.scenario_seeds else CELLS
+    names = list(cells) if args.cells == "all" else args.cells.split(",")
     rows = []
     for name in names:
-        rows += run_cell(name, cell_config(base, CELLS[name]), variants, Path(args.cache))
+        rows += run_cell(name, cell_config(base, cells[name]), variants, Path(args.cache))
     print("\nper variant: cells within target, mean |test gap|, mean forget gap, mean backdoor gap, median speedup")
     for label, *_ in variants:
         mine = [r for r in rows if r["variant"] == label]
@@ -183,6 +187,16 @@ def main():
               f"{np.median([r['speedup'] for r in mine]):.1f}x")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1, default=str))
+
+
+def scenario_cells(matrix: dict, seeds: str) -> dict:
+    """The matrix's scenarios at other seeds: the same federations' kinds, none of its reported cells."""
+    reported = set(matrix.get("matrix", {}).get("seeds", []))
+    chosen = [int(s) for s in seeds.split(",")]
+    if reported & set(chosen):
+        raise SystemExit(f"seeds {sorted(reported & set(chosen))} are the matrix's reported cells: tune on others")
+    return {f"{name}-s{seed}": {**over, "experiment": {**over.get("experiment", {}), "seed": seed}}
+            for seed in chosen for name, over in matrix["scenarios"].items()}
 
 
 def _nested(keys, value):

@@ -14,7 +14,7 @@ from fedunlearn.models import ModelConfig, build_model
 from fedunlearn.training import TrainConfig, seed_everything, train
 from fedunlearn.unlearn.source_free import GeneratorConfig, train_generator
 from fedunlearn.unlearn.source_free.pipeline import RepairConfig
-from fedunlearn.unlearn.source_free.trigger import TriggerConfig, flip_rate, reverse_triggers
+from fedunlearn.unlearn.source_free.trigger import TriggerConfig, flip_rate, reverse_triggers, targeted_triggers
 
 CPU = torch.device("cpu")
 RECIPE = TrainConfig(epochs=8, batch_size=32, lr=0.05, schedule="constant")
@@ -57,8 +57,29 @@ def test_the_search_finds_a_planted_trigger_without_knowing_target_or_position(p
     assert flip_rate(original, [patch], test.x[keep]) > flip_rate(reference, [patch], test.x[keep]) + 0.3
 
 
+@pytest.mark.slow
+def test_the_targeted_search_names_the_backdoor_target_from_the_original_alone(planted):
+    """Neural Cleanse's outlier rule, data-free: on the backdoored model one stamp is kept and it
+    sends real test images to the hidden target; on the model trained without the trigger none is."""
+    original, reference, backdoor = planted["original"], planted["reference"], planted["backdoor"]
+    test = planted["data"].test
+    keep = test.y != backdoor.target
+    cfg = TriggerConfig(weight=1.0, search="targeted", blend=False)
+    generator, _ = train_generator(original, (1, 8, 8), 10, GeneratorConfig(), CPU)
+    stamps, stats = targeted_triggers(original, generator, range(10), cfg, CPU)
+    assert stats["trigger_patch_target"] == backdoor.target and len(stamps) == 1
+    with torch.no_grad():
+        found = float((original(stamps[0](test.x[keep])).argmax(1) == backdoor.target).float().mean())
+    assert found > 0.5
+    clean_generator, _ = train_generator(reference, (1, 8, 8), 10, GeneratorConfig(), CPU)
+    clean_stamps, clean_stats = targeted_triggers(reference, clean_generator, range(10), cfg, CPU)
+    assert clean_stamps == [], clean_stats
+
+
 def test_bad_trigger_settings_are_a_clear_error():
     with pytest.raises(ConfigError, match="trigger.mask_budget"):
         build(RepairConfig, {"trigger": {"mask_budget": 2.0}})
     with pytest.raises(ConfigError, match="trigger.steps"):
         build(RepairConfig, {"trigger": {"steps": -1}})
+    with pytest.raises(ConfigError, match="trigger.search"):
+        build(RepairConfig, {"trigger": {"search": "guess"}})

@@ -45,7 +45,7 @@ from fedunlearn.unlearn.source_free.forget import fisher_penalty
 from fedunlearn.unlearn.source_free.generator import Generator, GeneratorConfig, sample, train_generator
 from fedunlearn.unlearn.source_free.inference import logits
 from fedunlearn.unlearn.source_free.support import blend, blended_teacher
-from fedunlearn.unlearn.source_free.trigger import TriggerConfig, invariance_term, reverse_triggers
+from fedunlearn.unlearn.source_free.trigger import TriggerConfig, find_triggers, invariance_term
 
 
 @dataclass(frozen=True)
@@ -115,9 +115,10 @@ def repair(original: nn.Module, reference: nn.Module, num_classes: int, input_sh
         # --- trigger block (trigger.py): what only the departing client taught, held invariant ---
         term, generator.stamps = None, []
         if cfg.trigger.weight > 0:
-            generator.stamps, found = reverse_triggers(original, reference, generator, classes, cfg.trigger, device,
-                                                       seed=seed + 5)
+            generator.stamps, found = find_triggers(original, reference, generator, classes, cfg.trigger, device,
+                                                    seed=seed + 5)
             stats.update(found)
+        if generator.stamps:
             term = weighted(invariance_term(generator.stamps, teacher, generator, classes,
                                             cfg.consolidate.batch_size, device), cfg.trigger.weight)
         # --- end trigger block ---

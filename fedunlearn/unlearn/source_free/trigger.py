@@ -48,6 +48,9 @@ class TriggerConfig:
     mask_budget: float = 0.08  # the patch may cover this share of the pixels; more is penalised hard
     blend_max: float = 0.3     # the full-image search's largest mixing weight
     blend: bool = True         # also search a full-image blend
+    search: str = "difference"  # "difference": stamps where the original departs from the reference (below);
+                               # "targeted": Neural Cleanse's per-class search on the original alone, keeping
+                               # only stamps whose target class is an outlier (targeted_triggers)
 
     def __post_init__(self):
         check_range("trigger.weight", self.weight, 0.0)
@@ -56,6 +59,8 @@ class TriggerConfig:
         check_range("trigger.batch_size", self.batch_size, 1)
         check_range("trigger.mask_budget", self.mask_budget, 0.0, 1.0)
         check_range("trigger.blend_max", self.blend_max, 0.0, 1.0)
+        if self.search not in ("difference", "targeted"):
+            raise ValueError(f"trigger.search must be 'difference' or 'targeted', got {self.search!r}")
 
 
 @dataclass
@@ -139,6 +144,92 @@ def reverse_triggers(original: nn.Module, reference: nn.Module, generator: Gener
             for p, f in zip(m.parameters(), flag):
                 p.requires_grad_(f)
     return stamps, stats
+
+
+def targeted_triggers(original: nn.Module, generator: Generator, classes, cfg: TriggerConfig, device,
+                      seed: int = 0) -> tuple[list[Stamp], dict]:
+    """Neural Cleanse (Wang et al., IEEE S&P 2019) without data: for every candidate target class t
+    at once, the stamp of fixed area (and the full-image blend, when cfg.blend) that sends the
+    most synthetic inputs of the other classes to t under the original. A backdoor's target
+    needs far less than any other class, so its success rate is an outlier: kept are the stamps
+    whose success is above half and whose anomaly index, (s_t - median) / (1.4826 MAD) over the
+    classes, exceeds 2 (the paper's rule). Needs no reference, so it works where removing the
+    client's steps wrecked the reference; on a model without a backdoor it should keep nothing."""
+    seed_everything(seed)
+    classes = torch.as_tensor(list(classes), dtype=torch.long)
+    flags = [p.requires_grad for p in original.parameters()]
+    original = original.to(device).eval().requires_grad_(False)
+    generator = generator.to(device).eval()
+    stamps, stats = [], {}
+    try:
+        for blend in ([False, True] if cfg.blend else [False]):
+            masks, patterns = _targeted_search(original, generator, classes, cfg, device, blend)
+            success = _success(original, generator, classes, masks, patterns, cfg.batch_size * 4, device)
+            median = success.median()
+            mad = (success - median).abs().median().clamp(min=1e-3)
+            anomaly = (success - median) / (1.4826 * mad)
+            name = "blend" if blend else "patch"
+            stats[f"trigger_{name}_best_success"] = float(success.max())
+            stats[f"trigger_{name}_best_anomaly"] = float(anomaly.max())
+            for i in torch.nonzero((success > 0.5) & (anomaly > 2.0)).flatten().tolist():
+                stamps.append(Stamp(masks[i:i + 1].detach().expand(1, 1, *masks.shape[-2:]).cpu().clone(),
+                                    patterns[i:i + 1].detach().cpu()))
+                stats[f"trigger_{name}_target"] = int(classes[i])
+    finally:
+        for p, f in zip(original.parameters(), flags):
+            p.requires_grad_(f)
+    stats["trigger_stamps"] = len(stamps)
+    return stamps, stats
+
+
+def _targeted_search(original, generator, classes, cfg: TriggerConfig, device, blend: bool):
+    """(masks (K, 1, H, W) or (K, 1, 1, 1), patterns (K, C, H, W)) in [0, 1], one per class of `classes`."""
+    k = len(classes)
+    channels, height, width = generator.input_shape
+    pattern_logit = torch.zeros(k, channels, height, width, device=device, requires_grad=True)
+    mask_logit = torch.zeros((k, 1, 1, 1) if blend else (k, 1, height, width), device=device, requires_grad=True)
+    opt = torch.optim.Adam([pattern_logit, mask_logit], lr=cfg.lr)
+    area = cfg.mask_budget * height * width
+    target = classes.to(device).repeat_interleave(cfg.batch_size)
+
+    def mask_of(logit):
+        if blend:
+            return cfg.blend_max * torch.sigmoid(logit)
+        return (area * torch.softmax(logit.flatten(1), 1)).clamp(max=1.0).view_as(logit)
+
+    for _ in range(cfg.steps):
+        with torch.no_grad():
+            x = draw(generator, classes, cfg.batch_size, device)
+        mask = mask_of(mask_logit).unsqueeze(1)                        # (K, 1, 1, H, W)
+        stamped = (1.0 - mask) * x.unsqueeze(0) + mask * torch.sigmoid(pattern_logit).unsqueeze(1)
+        loss = F.cross_entropy(original(stamped.flatten(0, 1)), target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return mask_of(mask_logit).detach(), torch.sigmoid(pattern_logit).detach()
+
+
+@torch.no_grad()
+def _success(original, generator, classes, masks, patterns, n: int, device) -> torch.Tensor:
+    """Per class t: the share of fresh synthetic inputs the original does not already put in t
+    that its stamp sends to t."""
+    x = draw(generator, classes, n, device)
+    clean = original(x).argmax(1)
+    out = torch.zeros(len(classes))
+    for i, t in enumerate(classes.tolist()):
+        others = clean != t
+        if others.any():
+            stamped = (1.0 - masks[i]) * x[others] + masks[i] * patterns[i]
+            out[i] = (original(stamped).argmax(1) == t).float().mean()
+    return out
+
+
+def find_triggers(original: nn.Module, reference: nn.Module, generator: Generator, classes, cfg: TriggerConfig,
+                  device, seed: int = 0) -> tuple[list[Stamp], dict]:
+    """The stamps to hold invariant, by cfg.search."""
+    if cfg.search == "targeted":
+        return targeted_triggers(original, generator, classes, cfg, device, seed)
+    return reverse_triggers(original, reference, generator, classes, cfg, device, seed)
 
 
 def invariance_term(stamps: list[Stamp], teacher, generator: Generator, classes, batch_size: int, device):
