@@ -151,9 +151,10 @@ def targeted_triggers(original: nn.Module, generator: Generator, classes, cfg: T
     """Neural Cleanse (Wang et al., IEEE S&P 2019) without data: for every candidate target class t
     at once, the stamp of fixed area (and the full-image blend, when cfg.blend) that sends the
     most synthetic inputs of the other classes to t under the original. A backdoor's target
-    needs far less than any other class, so its success rate is an outlier: kept are the stamps
-    whose success is above half and whose anomaly index, (s_t - median) / (1.4826 MAD) over the
-    classes, exceeds 2 (the paper's rule). Needs no reference, so it works where removing the
+    needs far less than any other class, so its success rate is an outlier: kept is the stamp of
+    the most anomalous class when its success is above half and its anomaly index,
+    (s_t - median) / (1.4826 MAD) over the classes, exceeds 2 (the paper's rule), one per search
+    kind (patch, blend): holding stamps of classes that are merely easy to reach costs accuracy. Needs no reference, so it works where removing the
     client's steps wrecked the reference; on a model without a backdoor it should keep nothing."""
     seed_everything(seed)
     classes = torch.as_tensor(list(classes), dtype=torch.long)
@@ -171,7 +172,8 @@ def targeted_triggers(original: nn.Module, generator: Generator, classes, cfg: T
             name = "blend" if blend else "patch"
             stats[f"trigger_{name}_best_success"] = float(success.max())
             stats[f"trigger_{name}_best_anomaly"] = float(anomaly.max())
-            for i in torch.nonzero((success > 0.5) & (anomaly > 2.0)).flatten().tolist():
+            i = int(anomaly.argmax())  # one departing client, one target: the most anomalous class only
+            if success[i] > 0.5 and anomaly[i] > 2.0:
                 stamps.append(Stamp(masks[i:i + 1].detach().expand(1, 1, *masks.shape[-2:]).cpu().clone(),
                                     patterns[i:i + 1].detach().cpu()))
                 stats[f"trigger_{name}_target"] = int(classes[i])
