@@ -67,9 +67,9 @@ def test_the_targeted_search_names_the_backdoor_target_from_the_original_alone(p
     cfg = TriggerConfig(weight=1.0, search="targeted", blend=False)
     generator, _ = train_generator(original, (1, 8, 8), 10, GeneratorConfig(), CPU)
     stamps, stats = targeted_triggers(original, generator, range(10), cfg, CPU)
-    assert stats["trigger_patch_target"] == backdoor.target and len(stamps) == 1
-    with torch.no_grad():
-        found = float((original(stamps[0](test.x[keep])).argmax(1) == backdoor.target).float().mean())
+    assert stats["trigger_patch_target"] == backdoor.target
+    with torch.no_grad():  # the largest held stamp works on real test images as the real trigger does
+        found = float((original(stamps[-1](test.x[keep])).argmax(1) == backdoor.target).float().mean())
     assert found > 0.5
     clean_generator, _ = train_generator(reference, (1, 8, 8), 10, GeneratorConfig(), CPU)
     clean_stamps, clean_stats = targeted_triggers(reference, clean_generator, range(10), cfg, CPU)
