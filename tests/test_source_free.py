@@ -232,16 +232,19 @@ def test_support_sees_a_class_only_the_departing_client_taught():
     assert probs[2].argmax() != 2 and probs[0].argmax() == 0
 
 
-def test_the_trigger_block_runs_inside_the_repair_and_takes_out_backdoor(backdoored):
-    """The opt-in options (start at the original, reverse-engineered stamps held invariant) on a
-    planted backdoor: the stamps are searched and the student keeps less of the backdoor than
-    the original it started from."""
+@pytest.mark.parametrize("search", ["targeted", "difference"])
+def test_the_trigger_block_runs_inside_the_repair_and_takes_out_backdoor(backdoored, search):
+    """Starting at the original, with reverse-engineered stamps held invariant, on a planted
+    backdoor: the stamps are searched (either search) and the student keeps less of the backdoor
+    than the original it started from."""
     from fedunlearn.unlearn.source_free.trigger import TriggerConfig
 
     original, reference, trig = backdoored["original"], backdoored["reference"], backdoored["trig"]
     cfg = RepairConfig(generator=GeneratorConfig(steps=60), consolidate=ConsolidateConfig(steps=100, lr=3e-4),
-                       skip_agreement=2.0, teacher="original", start="original", trigger=TriggerConfig(weight=1.0))
+                       skip_agreement=2.0, teacher="original", start="original",
+                       trigger=TriggerConfig(weight=1.0, search=search))
     student, generator, stats = repair(original, reference, 10, (1, 8, 8), cfg, CPU, seed=0)
-    assert stats["consolidated"] and "trigger_clean_divergence" in stats and generator.stamps
+    searched = "trigger_clean_divergence" if search == "difference" else "trigger_patch_target"
+    assert stats["consolidated"] and searched in stats and generator.stamps
     asr = lambda m: float((predict_probs(m, trig, CPU).argmax(1) == 0).float().mean())  # noqa: E731
     assert asr(student) < asr(original)
