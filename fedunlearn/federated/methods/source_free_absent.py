@@ -10,10 +10,10 @@ class with the reference by how well the remaining clients' own local models (gl
 plus their stored update, from the last round they took part in) recognise that class. If the
 reference already agrees with that teacher on most synthetic samples of every class it is
 kept; otherwise a student starting at the reference (`start = "original"`: the global model)
-is distilled from the teacher; with `trigger.weight > 0` stamps reverse-engineered from the
-difference between the global model and the reference (trigger.py: a patch anywhere, or a
-full-image blend; no target class assumed) are held unable to change its class. Those options
-are off by default. The remaining clients get no message and the departing client is not asked
+is distilled from the teacher, and stamps that turn inputs into the backdoor's target class
+(trigger.py: Neural Cleanse's per-class search on the global model alone, no data, no target
+assumed; `trigger.weight = 0` turns it off) are held unable to change its class.
+The remaining clients get no message and the departing client is not asked
 anything. Generator and distillation run on the server's Ray worker (a GPU fraction when the
 cluster has one). What it reaches on the scenario matrix (with and without those options) and
 where it falls short is in docs/findings.md.
