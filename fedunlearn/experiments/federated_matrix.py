@@ -270,9 +270,9 @@ def summarize(cfg: Config, rows: list[dict]) -> list[dict]:
                        within_target_where_subtract_misses=(float(np.mean([r["within_target"] for r in hard]))
                                                             if hard else float("nan")),
                        cells_where_subtract_misses=len(hard))
-            if floored:  # the share among the cells whose targets a second retraining meets
+            if floored:  # the share among the cells whose targets a second retraining meets (None: no such cell)
                 ok = [r["within_target"] for r in mine if (r["scenario"], r["seed"]) in meetable]
-                row.update(within_target_where_retrain_alt_meets=float(np.mean(ok)) if ok else float("nan"),
+                row.update(within_target_where_retrain_alt_meets=float(np.mean(ok)) if ok else None,
                            cells_where_retrain_alt_meets=len(ok))
         out.append(row)
     return out
