@@ -73,7 +73,8 @@ def noise_floor(rows: list[dict], m) -> dict:
 
 def floor_note(floor: dict, m) -> str:
     if not floor:
-        return "no second retraining (matrix.retrain_twice = false): the cells' noise floor is not measured"
+        return ("no second retraining (matrix.retrain_twice = false, or streams of withdrawals): the cells' noise "
+                "floor is not measured")
     over = floor["cells_over_test_tolerance"]
     return (f"the ceiling: a retrained model (retrain_alt: another seed for the initial model and the local "
             f"training, the same data, departing client and client sampling) meets the targets in "
