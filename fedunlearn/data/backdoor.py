@@ -48,6 +48,11 @@ class BackdoorConfig:
     # plain client.
     boost: float = 1.0
     boost_by: Literal["none", "participants", "share"] = "none"
+    # Neurotoxin (Zhang et al., ICML 2022; fedunlearn/federated/durable.py): in a training round the
+    # attacker leaves this fraction of the model's coordinates unchanged, the ones its estimate of the
+    # benign update (its own clean-data update from the received global) moves most, and trains the
+    # backdoor on the rest, where the honest rounds after it rarely write. 0 = off.
+    mask_top: float = 0.0
 
     def __post_init__(self):
         check_range("backdoor.fraction", self.fraction, 0.0, 1.0)
@@ -55,6 +60,10 @@ class BackdoorConfig:
         check_range("backdoor.blend", self.blend, 0.0, 1.0)
         check_range("backdoor.local_epochs", self.local_epochs, 0)
         check_range("backdoor.boost", self.boost, 0.01, 1000.0)
+        check_range("backdoor.mask_top", self.mask_top, 0.0, 0.99)
+        if self.mask_top and self.fraction >= 1.0:
+            raise ValueError("'backdoor.mask_top' > 0 estimates the benign update on the attacker's clean samples: "
+                             "give backdoor.fraction < 1")
         if self.boost_by not in BOOST_RULES:
             raise ValueError(f"'backdoor.boost_by' = {self.boost_by!r}: give one of {', '.join(BOOST_RULES)}")
 
