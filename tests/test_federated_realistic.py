@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fedunlearn.config import build
-from fedunlearn.data import BackdoorConfig, add_trigger
+from fedunlearn.data import BackdoorConfig, add_trigger, poison
 from fedunlearn.errors import ConfigError
 from fedunlearn.federated import fedavg
 from fedunlearn.federated.client import (departing_client, durable_mask, federation_data, local_data, local_train,
@@ -260,3 +260,13 @@ def test_mask_top_is_range_checked():
         tiny(backdoor={"mask_top": -0.1})
     with pytest.raises(ConfigError, match="clean samples"):
         tiny(backdoor={"mask_top": 0.5, "fraction": 1.0})
+
+
+def test_non_target_source_triggers_only_samples_of_other_classes():
+    x, y = torch.zeros(10, 1, 8, 8), torch.tensor([0, 0, 0, 0, 0, 0, 1, 2, 3, 4])  # a client mostly of the target
+    chosen_any = poison(x, y, BackdoorConfig(fraction=0.5, target=0), seed=0)[2]
+    _, py, chosen = poison(x, y, BackdoorConfig(fraction=0.5, target=0, source="non_target"), seed=0)
+    assert len(chosen_any) == 5 and sorted(chosen.tolist()) == [6, 7, 8, 9]  # capped at the 4 non-target samples
+    assert (py[chosen] == 0).all() and torch.equal(py[:6], y[:6])
+    with pytest.raises(ConfigError, match="backdoor.source"):
+        tiny(backdoor={"source": "others"})

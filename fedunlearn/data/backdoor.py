@@ -22,11 +22,17 @@ from fedunlearn.config import check_range
 
 POSITIONS = ("bottom-right", "bottom-left", "top-right", "top-left", "centre")
 BOOST_RULES = ("none", "participants", "share")
+SOURCES = ("any", "non_target")
 
 
 @dataclass(frozen=True)
 class BackdoorConfig:
     fraction: float = 0.0   # share of the departing client's samples that carry the trigger
+    # which samples get the trigger: "any" of them, or only those not labelled `target` (BadNets,
+    # Gu et al. 2017: a target-class sample with the trigger teaches nothing about trigger -> target,
+    # and a label-skewed client may hold mostly the target class); "non_target" caps the count at
+    # the client's non-target samples
+    source: Literal["any", "non_target"] = "any"
     target: int = 0         # label the trigger maps to
     size: int = 3           # side of the patch, in pixels (square, checkerboard)
     value: float = 1.0      # patch intensity (inputs are scaled to [0, 1])
@@ -64,6 +70,8 @@ class BackdoorConfig:
         if self.mask_top and self.fraction >= 1.0:
             raise ValueError("'backdoor.mask_top' > 0 estimates the benign update on the attacker's clean samples: "
                              "give backdoor.fraction < 1")
+        if self.source not in SOURCES:
+            raise ValueError(f"'backdoor.source' = {self.source!r}: give one of {', '.join(SOURCES)}")
         if self.boost_by not in BOOST_RULES:
             raise ValueError(f"'backdoor.boost_by' = {self.boost_by!r}: give one of {', '.join(BOOST_RULES)}")
 
@@ -115,7 +123,11 @@ def add_trigger(x: torch.Tensor, cfg: BackdoorConfig) -> torch.Tensor:
 def poison(x: torch.Tensor, y: torch.Tensor, cfg: BackdoorConfig, seed: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     """Trigger and relabel a seeded `fraction` of (x, y); returns new tensors and the poisoned positions."""
     count = int(round(cfg.fraction * len(y)))
-    chosen = np.sort(np.random.default_rng(seed).choice(len(y), size=count, replace=False))
+    if cfg.source == "non_target":
+        pool = np.flatnonzero(y.numpy() != cfg.target)
+        chosen = np.sort(np.random.default_rng(seed).choice(pool, size=min(count, len(pool)), replace=False))
+    else:
+        chosen = np.sort(np.random.default_rng(seed).choice(len(y), size=count, replace=False))
     x, y = x.clone(), y.clone()
     if count:
         idx = torch.as_tensor(chosen)

@@ -162,8 +162,9 @@ def local_train(cfg, local: LocalData, state: State, config: dict) -> tuple[Stat
 
 def durable_mask(cfg, local: LocalData, state: State, seed: int) -> dict[str, torch.Tensor]:
     """Neurotoxin's mask (backdoor.mask_top, durable.py): the coordinates the attacker may move.
-    The benign update is estimated by one pass of the federation's own recipe on the attacker's
-    clean samples from the received global model (all its samples if none is clean)."""
+    The benign update is estimated by the federation's own local recipe (what an honest client
+    runs) on the attacker's clean samples, from the received global model (all its samples if none
+    is clean); Neurotoxin's reference code likewise ranks the clean-data gradient at the current model."""
     clean = np.setdiff1d(np.arange(len(local.train)), local.poisoned_idx)
     data = local.train.subset(clean) if len(clean) else local.train
     model = local.make_model()
