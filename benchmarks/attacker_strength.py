@@ -7,8 +7,11 @@ This is the search behind the attacker of simulations/withdrawal_matrix.toml: ru
 cells (seeds and a trigger position the matrix does not report), never on the reported ones.
 
     OMP_NUM_THREADS=1 python benchmarks/attacker_strength.py simulations/withdrawal_matrix.toml \
-        --seeds 7 8 --set base.backdoor.position=top-left --set base.backdoor.boost=0.5 \
-        --set base.backdoor.boost_by=participants
+        --seeds 7 8 9 10 11 --set base.backdoor.position=top-left --set base.backdoor.mask_top=0.01
+
+`--scenarios` narrows the cells (e.g. the "largest, 30% per round" ones, where the attacker's last
+round can be many rounds before the end); `--set` takes any override (backdoor.mask_top,
+backdoor.local_epochs, backdoor.source, backdoor.boost ...).
 """
 
 from __future__ import annotations
