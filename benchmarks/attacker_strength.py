@@ -10,9 +10,11 @@ cells (seeds and a trigger position the matrix does not report), never on the re
         --seeds 7 8 9 10 11 --set base.backdoor.position=top-left --set base.backdoor.mask_top=0.01
 
 `--curve` adds each round's test accuracy / backdoor success, to tell a backdoor washed out after
-the attacker's last round from a federation that swings between rounds. `--scenarios` narrows the cells (e.g. the "largest, 30% per round" ones, where the attacker's last
-round can be many rounds before the end); `--set` takes any override (backdoor.mask_top,
-backdoor.local_epochs, backdoor.source, backdoor.boost ...).
+the attacker's last round from a federation that swings between rounds. `--scenarios` narrows the
+cells (e.g. the "largest, 30% per round" ones, where the attacker's last round can be many rounds
+before the end); `--set` takes any override (backdoor.mask_top, backdoor.local_epochs,
+backdoor.source, backdoor.boost ...). The settings in simulations/withdrawal_matrix.toml were
+chosen with this script; the search is in that file's comments.
 """
 
 from __future__ import annotations
