@@ -28,11 +28,6 @@ SOURCES = ("any", "non_target")
 @dataclass(frozen=True)
 class BackdoorConfig:
     fraction: float = 0.0   # share of the departing client's samples that carry the trigger
-    # which samples get the trigger: "any" of them, or only those not labelled `target` (BadNets,
-    # Gu et al. 2017: a target-class sample with the trigger teaches nothing about trigger -> target,
-    # and a label-skewed client may hold mostly the target class); "non_target" caps the count at
-    # the client's non-target samples
-    source: Literal["any", "non_target"] = "any"
     target: int = 0         # label the trigger maps to
     size: int = 3           # side of the patch, in pixels (square, checkerboard)
     value: float = 1.0      # patch intensity (inputs are scaled to [0, 1])
@@ -59,6 +54,11 @@ class BackdoorConfig:
     # benign update (its own clean-data update from the received global) moves most, and trains the
     # backdoor on the rest, where the honest rounds after it rarely write. 0 = off.
     mask_top: float = 0.0
+    # which samples get the trigger: "any" of them, or only those not labelled `target` (BadNets,
+    # Gu et al. 2017: a target-class sample with the trigger teaches nothing about trigger -> target,
+    # and a label-skewed client may hold mostly the target class); "non_target" caps the count at
+    # the client's non-target samples
+    source: Literal["any", "non_target"] = "any"
 
     def __post_init__(self):
         check_range("backdoor.fraction", self.fraction, 0.0, 1.0)
