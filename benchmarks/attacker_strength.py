@@ -7,8 +7,14 @@ This is the search behind the attacker of simulations/withdrawal_matrix.toml: ru
 cells (seeds and a trigger position the matrix does not report), never on the reported ones.
 
     OMP_NUM_THREADS=1 python benchmarks/attacker_strength.py simulations/withdrawal_matrix.toml \
-        --seeds 7 8 --set base.backdoor.position=top-left --set base.backdoor.boost=0.5 \
-        --set base.backdoor.boost_by=participants
+        --seeds 7 8 9 10 11 --set base.backdoor.position=top-left --set base.backdoor.mask_top=0.01
+
+`--curve` adds each round's test accuracy / backdoor success, to tell a backdoor washed out after
+the attacker's last round from a federation that swings between rounds. `--scenarios` narrows the
+cells (e.g. the "largest, 30% per round" ones, where the attacker's last round can be many rounds
+before the end); `--set` takes any override (backdoor.mask_top, backdoor.local_epochs,
+backdoor.source, backdoor.boost ...). The settings in simulations/withdrawal_matrix.toml were
+chosen with this script; the search is in that file's comments.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import numpy as np
 
 
 def cell(args: tuple) -> dict:
-    config_path, scenario, seed, overrides = args
+    config_path, scenario, seed, overrides, want_curve = args
     import torch
 
     from fedunlearn.config import apply_overrides, build, load_toml
@@ -71,7 +77,14 @@ def cell(args: tuple) -> dict:
     def acc(ds) -> float:
         return float((predict_probs(model, ds, torch.device("cpu")).argmax(1) == ds.y).float().mean())
 
-    return {"scenario": scenario, "seed": seed, "attacker": attacker, "attacker_n": int(sizes[attacker]),
+    curve = []
+    if want_curve:  # each round's global model: where the backdoor washes out, or the federation swings
+        for state in trained["curve"]:
+            model.load_state_dict(state)
+            curve.append((acc(data.test), acc(triggered)))
+        model.load_state_dict(trained["global_state"])
+    return {"curve": curve, "rounds": rounds_in,
+            "scenario": scenario, "seed": seed, "attacker": attacker, "attacker_n": int(sizes[attacker]),
             "median_n": float(np.median(sizes)), "rounds_in": len(rounds_in),
             "last_in": rounds_in[-1] if rounds_in else 0, "weight_share": float(np.mean(shares)) if shares else 0.0,
             "test_acc": acc(data.test), "asr": acc(triggered), "train_s": time.perf_counter() - start}
@@ -85,12 +98,14 @@ def main(argv=None) -> None:
     parser.add_argument("--set", action="append", default=[], help="an override, e.g. base.backdoor.boost=0.5")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--json", default=None, help="also write the rows here")
+    parser.add_argument("--curve", action="store_true",
+                        help="also print each round's test accuracy / backdoor success (* = the attacker took part)")
     args = parser.parse_args(argv)
     from fedunlearn.config import load_toml
 
     overrides = tuple(args.set)
     scenarios = args.scenarios or list(load_toml(args.config)["scenarios"])
-    jobs = [(args.config, s, seed, overrides) for s in scenarios for seed in args.seeds]
+    jobs = [(args.config, s, seed, overrides, args.curve) for s in scenarios for seed in args.seeds]
     with ProcessPoolExecutor(args.workers) as pool:
         rows = list(pool.map(cell, jobs))
     print(f"# {args.config} {overrides} seeds {args.seeds}")
@@ -98,6 +113,9 @@ def main(argv=None) -> None:
     for r in rows:
         print(f"{r['scenario']:28s} {r['seed']:4d} {r['attacker']:3d} {r['attacker_n']:3d} {r['median_n']:4.0f} "
               f"{r['rounds_in']:3d} {r['last_in']:4d} {r['weight_share']:.3f} {r['test_acc']:.3f} {r['asr']:.3f}")
+        if r["curve"]:
+            print("    " + " ".join(f"r{i}{'*' if i in r['rounds'] else ''} {t:.2f}/{a:.2f}"
+                                    for i, (t, a) in enumerate(r["curve"], 1)))
     asr = [r["asr"] for r in rows]
     print(f"min asr {min(asr):.3f}, cells >= 0.8: {sum(a >= 0.8 for a in asr)}/{len(asr)}, "
           f"mean test {np.mean([r['test_acc'] for r in rows]):.3f}")

@@ -8,12 +8,14 @@ import pytest
 import torch
 
 from fedunlearn.config import build
-from fedunlearn.data import BackdoorConfig, add_trigger
+from fedunlearn.data import BackdoorConfig, add_trigger, poison
 from fedunlearn.errors import ConfigError
 from fedunlearn.federated import fedavg
-from fedunlearn.federated.client import departing_client, federation_data, local_data, local_train
+from fedunlearn.federated.client import (departing_client, durable_mask, federation_data, local_data, local_train,
+                                        round_seed)
 from fedunlearn.federated.config import Config
 from fedunlearn.federated.context import FedContext
+from fedunlearn.federated.durable import allowed_coordinates, project
 from fedunlearn.federated.fedavg import aggregate_replies
 from fedunlearn.federated.transport import LocalTransport
 from fedunlearn.federated.methods import load_method
@@ -217,3 +219,54 @@ def test_boost_is_range_checked():
         tiny(backdoor={"boost": 0.0})
     with pytest.raises(ConfigError, match="boost_by"):
         tiny(backdoor={"boost_by": "everyone"})
+
+
+def test_neurotoxin_mask_excludes_the_largest_coordinates_of_the_estimate():
+    estimate = {"a": torch.tensor([[0.1, -5.0], [0.2, 0.3]]), "b": torch.tensor([4.0, -0.05, 0.0, 1.0])}
+    allowed = allowed_coordinates(estimate, 0.25)  # 2 of 8 coordinates: the two largest in magnitude, across entries
+    assert allowed["a"].tolist() == [[True, False], [True, True]] and allowed["b"].tolist() == [False, True, True, True]
+    assert all(m.all() for m in allowed_coordinates(estimate, 0.0).values())
+    start = {"a": torch.zeros(2, 2), "b": torch.zeros(4), "bn.running_mean": torch.zeros(1)}
+    trained = {"a": torch.ones(2, 2), "b": torch.ones(4), "bn.running_mean": torch.ones(1)}
+    out = project(trained, start, allowed)
+    assert out["a"].tolist() == [[1.0, 0.0], [1.0, 1.0]] and out["bn.running_mean"].item() == 1.0
+
+
+def test_the_durable_attacker_leaves_the_benign_top_coordinates_unchanged_in_what_it_sends():
+    plain_cfg = tiny(backdoor={"local_epochs": 2, "boost": 2.0})
+    durable_cfg = tiny(backdoor={"local_epochs": 2, "boost": 2.0, "mask_top": 0.5})
+    attacker = local_data(durable_cfg, departing_client(durable_cfg))
+    state = build_model(durable_cfg.model, attacker.input_shape, attacker.num_classes).state_dict()
+    sent = fedavg.delta(local_train(durable_cfg, attacker, state, {"phase": "train", "round": 1})[0], state)
+    allowed = durable_mask(durable_cfg, attacker, state, round_seed(attacker, {"phase": "train", "round": 1}))
+    excluded = sum(int((~m).sum()) for m in allowed.values()) / sum(m.numel() for m in allowed.values())
+    assert excluded == pytest.approx(0.5, abs=0.01)
+    assert all(torch.count_nonzero(sent[k][~allowed[k]]) == 0 for k in allowed)
+    assert all(torch.count_nonzero(sent[k][allowed[k]]) > 0 for k in allowed if allowed[k].any())
+    # what it does send still moves the model, and differs from the unmasked attacker's update
+    plain = fedavg.delta(local_train(plain_cfg, attacker, state, {"phase": "train", "round": 1})[0], state)
+    assert fedavg.norm(sent) > 0 and not all(torch.equal(sent[k], plain[k]) for k in sent)
+    # honest clients and the attacker's unlearning rounds are untouched
+    for c in (local_data(durable_cfg, next(c for c in range(5) if c != departing_client(durable_cfg))), attacker):
+        phase = "train" if c is not attacker else "unlearn"
+        a, b = (local_train(cfg, c, state, {"phase": phase, "round": 1})[0] for cfg in (plain_cfg, durable_cfg))
+        assert all(torch.equal(a[k], b[k]) for k in state)
+
+
+def test_mask_top_is_range_checked():
+    with pytest.raises(ConfigError, match="backdoor.mask_top"):
+        tiny(backdoor={"mask_top": 1.0})
+    with pytest.raises(ConfigError, match="backdoor.mask_top"):
+        tiny(backdoor={"mask_top": -0.1})
+    with pytest.raises(ConfigError, match="clean samples"):
+        tiny(backdoor={"mask_top": 0.5, "fraction": 1.0})
+
+
+def test_non_target_source_triggers_only_samples_of_other_classes():
+    x, y = torch.zeros(10, 1, 8, 8), torch.tensor([0, 0, 0, 0, 0, 0, 1, 2, 3, 4])  # a client mostly of the target
+    chosen_any = poison(x, y, BackdoorConfig(fraction=0.5, target=0), seed=0)[2]
+    _, py, chosen = poison(x, y, BackdoorConfig(fraction=0.5, target=0, source="non_target"), seed=0)
+    assert len(chosen_any) == 5 and sorted(chosen.tolist()) == [6, 7, 8, 9]  # capped at the 4 non-target samples
+    assert (py[chosen] == 0).all() and torch.equal(py[:6], y[:6])
+    with pytest.raises(ConfigError, match="backdoor.source"):
+        tiny(backdoor={"source": "others"})

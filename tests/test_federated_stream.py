@@ -69,6 +69,8 @@ def test_a_stream_and_after_round_together_and_a_later_long_training_attacker_ar
         build(Config, mapping)
     with pytest.raises(ConfigError, match="only the first"):
         stream({"client": 1, "round": 1}, {"client": 2, "round": 2, "backdoor": True}, backdoor={"local_epochs": 2})
+    with pytest.raises(ConfigError, match="only the first"):  # a durable (masked) attacker alike
+        stream({"client": 1, "round": 1}, {"client": 2, "round": 2, "backdoor": True}, backdoor={"mask_top": 0.01})
 
 
 def test_a_rule_that_repeats_an_id_fails_before_training():

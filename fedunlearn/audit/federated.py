@@ -85,7 +85,33 @@ def model_factory(cfg, seed: int, input_shape, num_classes):
     return make_model
 
 
-def _probe(cfg, role: str, index: int, state: dict, make_model, wall_s: float, stats: dict | None = None) -> Member:
+def retrain_remaining(cfg, seed: int, sampling_seed: int | None = None, phase: str = "retrain",
+                      desc: str = "retrain"):
+    """FedAvg from scratch on every client but cfg.withdrawal.client (an id), for the retrain
+    method's rounds: the initial model and each client's local training (shuffling) are drawn from
+    `seed`, the clients of each round (partial participation) from `sampling_seed` (default: `seed`).
+    `phase` is the round config's phase, part of each local training's seed (the driver's retrain
+    method trains in phase "unlearn"). Returns (state, wall_s, rounds, make_model). Plain Python,
+    without Ray: the audit's retrain ensembles and the matrix's second retraining
+    (experiments/matrix_floor.py) both run it."""
+    from fedunlearn.federated.fedavg import aggregate_replies, copy_state
+    from fedunlearn.federated.rounds import run_fedavg
+
+    transport, data, fed = SeededTransport(cfg, seed), federation_data(cfg)[0], cfg.federation
+    make_model = model_factory(cfg, seed, data.input_shape, data.num_classes)
+    remaining = [c for c in range(fed.num_clients) if c != cfg.withdrawal.client]
+    rounds = cfg.method_config("retrain").rounds or cfg.train_rounds
+
+    def fit(ids, state, config):
+        return aggregate_replies(state, transport.train(ids, state, {**config, "phase": phase}))
+
+    start = time.perf_counter()
+    state, _, _, _ = run_fedavg(fit, remaining, copy_state(make_model().state_dict()), rounds, desc=desc,
+                                per_round=fed.clients_per_round, seed=seed if sampling_seed is None else sampling_seed)
+    return state, time.perf_counter() - start, rounds, make_model
+
+
+def probe(cfg, role: str, index: int, state: dict, make_model, wall_s: float, stats: dict | None = None) -> Member:
     """The oracle's evaluation of one global model and its logits on the audit's sets."""
     from fedunlearn.cluster.ray_env import worker_device
     from fedunlearn.federated.report import oracle_splits
@@ -111,28 +137,17 @@ def fed_member(job: FedJob, mapping: dict, methods: list[str]) -> list[Member]:
     from fedunlearn.experiments.federated_matrix import InlineServer
     from fedunlearn.federated.config import Config
     from fedunlearn.federated.driver import timed_method, train_federation
-    from fedunlearn.federated.fedavg import aggregate_replies, copy_state
-    from fedunlearn.federated.rounds import run_fedavg
 
     cfg = build(Config, mapping)
+    if job.role in (RETRAIN_A, RETRAIN_B):
+        state, wall_s, rounds, make_model = retrain_remaining(cfg, job.seed, desc=job.role)
+        return [probe(cfg, job.role, job.index, state, make_model, wall_s, {"rounds": rounds})]
     run_cfg, transport = seeded(cfg, job.seed), SeededTransport(cfg, job.seed)
     data = federation_data(cfg)[0]
     make_model = model_factory(cfg, job.seed, data.input_shape, data.num_classes)
-    fed = cfg.federation
-    if job.role in (RETRAIN_A, RETRAIN_B):
-        remaining = [c for c in range(fed.num_clients) if c != cfg.withdrawal.client]
-        rounds = cfg.method_config("retrain").rounds or cfg.train_rounds
-
-        def fit(ids, state, config):
-            return aggregate_replies(state, transport.train(ids, state, {**config, "phase": "retrain"}))
-
-        start = time.perf_counter()
-        state, _, _, _ = run_fedavg(fit, remaining, copy_state(make_model().state_dict()), rounds, desc=job.role,
-                                    per_round=fed.clients_per_round, seed=job.seed)
-        return [_probe(cfg, job.role, job.index, state, make_model, time.perf_counter() - start, {"rounds": rounds})]
     with tempfile.TemporaryDirectory(prefix="fed-audit-") as tmp:
         trained = train_federation(run_cfg, transport, make_model, Path(tmp) / "history")
-        members = [_probe(cfg, ORIGINAL, job.index, trained["global_state"], make_model, trained["wall_s"],
+        members = [probe(cfg, ORIGINAL, job.index, trained["global_state"], make_model, trained["wall_s"],
                           {"rounds": cfg.train_rounds})]
         server, warmed = InlineServer(), []
         for name in methods:
@@ -150,7 +165,7 @@ def fed_member(job: FedJob, mapping: dict, methods: list[str]) -> list[Member]:
             row = res["row"]
             stats = {k: v for k, v in row.items()
                      if k != "wall_s" and isinstance(v, (int, float)) and not isinstance(v, bool)}
-            members.append(_probe(cfg, name, job.index, res["state"], make_model, row["wall_s"], stats))
+            members.append(probe(cfg, name, job.index, res["state"], make_model, row["wall_s"], stats))
     return members
 
 

@@ -22,6 +22,7 @@ from fedunlearn.config import check_range
 
 POSITIONS = ("bottom-right", "bottom-left", "top-right", "top-left", "centre")
 BOOST_RULES = ("none", "participants", "share")
+SOURCES = ("any", "non_target")
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,16 @@ class BackdoorConfig:
     # plain client.
     boost: float = 1.0
     boost_by: Literal["none", "participants", "share"] = "none"
+    # Neurotoxin (Zhang et al., ICML 2022; fedunlearn/federated/durable.py): in a training round the
+    # attacker leaves this fraction of the model's coordinates unchanged, the ones its estimate of the
+    # benign update (its own clean-data update from the received global) moves most, and trains the
+    # backdoor on the rest, where the honest rounds after it rarely write. 0 = off.
+    mask_top: float = 0.0
+    # which samples get the trigger: "any" of them, or only those not labelled `target` (BadNets,
+    # Gu et al. 2017: a target-class sample with the trigger teaches nothing about trigger -> target,
+    # and a label-skewed client may hold mostly the target class); "non_target" caps the count at
+    # the client's non-target samples
+    source: Literal["any", "non_target"] = "any"
 
     def __post_init__(self):
         check_range("backdoor.fraction", self.fraction, 0.0, 1.0)
@@ -55,6 +66,12 @@ class BackdoorConfig:
         check_range("backdoor.blend", self.blend, 0.0, 1.0)
         check_range("backdoor.local_epochs", self.local_epochs, 0)
         check_range("backdoor.boost", self.boost, 0.01, 1000.0)
+        check_range("backdoor.mask_top", self.mask_top, 0.0, 0.99)
+        if self.mask_top and self.fraction >= 1.0:
+            raise ValueError("'backdoor.mask_top' > 0 estimates the benign update on the attacker's clean samples: "
+                             "give backdoor.fraction < 1")
+        if self.source not in SOURCES:
+            raise ValueError(f"'backdoor.source' = {self.source!r}: give one of {', '.join(SOURCES)}")
         if self.boost_by not in BOOST_RULES:
             raise ValueError(f"'backdoor.boost_by' = {self.boost_by!r}: give one of {', '.join(BOOST_RULES)}")
 
@@ -106,7 +123,11 @@ def add_trigger(x: torch.Tensor, cfg: BackdoorConfig) -> torch.Tensor:
 def poison(x: torch.Tensor, y: torch.Tensor, cfg: BackdoorConfig, seed: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     """Trigger and relabel a seeded `fraction` of (x, y); returns new tensors and the poisoned positions."""
     count = int(round(cfg.fraction * len(y)))
-    chosen = np.sort(np.random.default_rng(seed).choice(len(y), size=count, replace=False))
+    if cfg.source == "non_target":
+        pool = np.flatnonzero(y.numpy() != cfg.target)
+        chosen = np.sort(np.random.default_rng(seed).choice(pool, size=min(count, len(pool)), replace=False))
+    else:
+        chosen = np.sort(np.random.default_rng(seed).choice(len(y), size=count, replace=False))
     x, y = x.clone(), y.clone()
     if count:
         idx = torch.as_tensor(chosen)

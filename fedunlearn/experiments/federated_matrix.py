@@ -13,6 +13,9 @@ share of cells within the targets against retrain of the same cell, and that sha
 cells where `subtract` misses the test-accuracy target); the forgetting signal (the original's
 backdoor success per cell, its minimum against matrix.original_asr_bar); and a Pareto plot of
 speedup against the gap to retrain in test accuracy, forget accuracy and backdoor success.
+With matrix.retrain_twice each cell also retrains a second time from another seed (`retrain_alt`,
+matrix_floor.py), judged against `retrain` like a method: the noise floor of the targets, and the
+ceiling (how many cells' targets a retrained model meets at all).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import numpy as np
 
 from fedunlearn.config import build, check_range, to_dict
 from fedunlearn.errors import ConfigError
+from fedunlearn.experiments.matrix_floor import FLOOR_COLUMNS, NAME as RETRAIN_ALT, floor_note, floor_rows, noise_floor
 from fedunlearn.metrics.report import markdown_table, write_report
 
 log = logging.getLogger("fedunlearn")
@@ -36,7 +40,8 @@ ROW_COLUMNS = ["scenario", "seed", "method", "test_acc", "forget_acc", "backdoor
                "speedup", "messages_to_remaining", "within_target"]
 SUMMARY_COLUMNS = ["method", "cells", "test_acc", "test_acc_std", "forget_acc", "backdoor_asr", "backdoor_asr_std",
                    "backdoor_asr_min", "test_gap", "test_gap_std", "forget_gap", "forget_gap_std", "backdoor_gap",
-                   "backdoor_gap_std", "speedup", "within_target", "within_target_where_subtract_misses"]
+                   "backdoor_gap_std", "speedup", "within_target", "within_target_where_subtract_misses",
+                   "within_target_where_retrain_alt_meets"]
 # summarized as mean and `_std` (spread over the cells); speedup as the median, with its `_std`
 SUMMARY_FIELDS = ["test_acc", "forget_acc", "backdoor_asr", "mia_efficacy", "wall_s", "test_gap", "forget_gap",
                   "backdoor_gap"]
@@ -51,12 +56,15 @@ class MatrixSection:
     forget_margin: float = 0.03    # target: forget_acc <= retrain's + this
     backdoor_margin: float = 0.03  # target: backdoor_asr <= retrain's + this
     original_asr_bar: float = 0.8  # the forgetting signal: the original's backdoor success in every cell, at least this
+    retrain_twice: bool = True     # a second retraining per cell (row retrain_alt): the targets' noise floor
+    retrain_alt_seed_offset: int = 1000  # retrain_alt's seed: the cell's seed + this (any other seed would do)
 
     def __post_init__(self):
         if not self.seeds:
             raise ValueError("'matrix.seeds' must list at least one seed")
         check_range("matrix.parallel", self.parallel, 0)
         check_range("matrix.original_asr_bar", self.original_asr_bar, 0.0, 1.0)
+        check_range("matrix.retrain_alt_seed_offset", self.retrain_alt_seed_offset, 1)
 
 
 @dataclass(frozen=True)
@@ -123,8 +131,9 @@ class InlineServer:
         pass
 
 
-def run_cell(mapping: dict, out_dir: str) -> dict:
-    """One federation, start to finish, in this process (a Ray task's body)."""
+def run_cell(mapping: dict, out_dir: str, alt_seed: int | None = None) -> dict:
+    """One federation, start to finish, in this process (a Ray task's body); with `alt_seed` a
+    second retraining from that seed follows (row retrain_alt, matrix_floor.py)."""
     import torch
 
     from fedunlearn.config import build
@@ -136,6 +145,12 @@ def run_cell(mapping: dict, out_dir: str) -> dict:
     cfg = build(FedConfig, mapping)
     cpu, wall = time.process_time(), time.perf_counter()
     report = serve(cfg, LocalTransport(cfg), out_dir, progress=False, server=InlineServer())
+    if alt_seed is not None:
+        from fedunlearn.experiments.matrix_floor import retrain_alt_row
+
+        retrain = next(r for r in report["results"] if r["method"] == "retrain")
+        alt = retrain_alt_row(cfg, retrain, alt_seed, Path(out_dir) / "checkpoints")
+        report = {**report, "results": [*report["results"], alt]}
     # CPU seconds as well as wall: on a shared machine the wall time says more about the neighbours
     return {**report, "cell_cpu_s": time.process_time() - cpu, "cell_wall_s": time.perf_counter() - wall}
 
@@ -158,8 +173,12 @@ def run(cfg: Config, out_dir: str | Path, progress: bool = True) -> dict:
         while todo or pending:
             while todo and len(pending) < limit:
                 scenario, seed = todo.pop(0)
-                mapping = to_dict(cfg.federation(scenario, seed))
-                pending[task.remote(mapping, str(out / scenario / f"seed{seed}"))] = (scenario, seed)
+                fed_cfg = cfg.federation(scenario, seed)
+                mapping = to_dict(fed_cfg)
+                # a stream of withdrawals has a retrain per request: the second retraining covers one withdrawal
+                alt_seed = (seed + cfg.matrix.retrain_alt_seed_offset
+                            if cfg.matrix.retrain_twice and not fed_cfg.withdrawal.requests else None)
+                pending[task.remote(mapping, str(out / scenario / f"seed{seed}"), alt_seed)] = (scenario, seed)
             done, _ = ray.wait(list(pending), num_returns=1)
             cell = pending.pop(done[0])
             results[cell] = ray.get(done[0])
@@ -170,10 +189,12 @@ def run(cfg: Config, out_dir: str | Path, progress: bool = True) -> dict:
             ray.shutdown()
     rows = cell_rows(cfg, cells, results)
     summary = summarize(cfg, rows)
+    floor = noise_floor(rows, cfg.matrix)
     cpu_s = sum(r.get("cell_cpu_s", 0.0) for r in results.values())
     cell_wall = sum(r.get("cell_wall_s", 0.0) for r in results.values())
     plot = pareto_plot(summary, out / "pareto.png")
     m = cfg.matrix
+    alt_s = sum(r["wall_s"] for r in rows if r["method"] == RETRAIN_ALT)
     notes = [
         f"{len(cells)} federations ({len(cfg.scenarios)} scenarios x {len(m.seeds)} seeds), each a Ray task on one CPU; "
         f"wall time of the whole matrix {time.perf_counter() - start:.0f} s; the cells used {cpu_s:.0f} CPU seconds "
@@ -185,22 +206,32 @@ def run(cfg: Config, out_dir: str | Path, progress: bool = True) -> dict:
         "gaps are method - retrain of the same cell (signed for forget and backdoor, absolute for test), then averaged; "
         "`_std` is the spread over the cells",
         signal_note(rows, m),
+        floor_note(floor, m),
     ]
+    if floor:
+        notes.append(f"the second retrainings took {alt_s:.0f} s of the cells' {cell_wall:.0f} s wall "
+                     f"({alt_s / max(cell_wall, 1e-9):.0%}); within_target_where_retrain_alt_meets: each method's "
+                     "share over the cells where retrain_alt meets the targets")
     md_summary = markdown_table(summary, SUMMARY_COLUMNS)
     write_report(out, f"{m.name}: federated withdrawal matrix", to_dict(cfg), rows,
                  extra={"summary": summary, "matrix_wall_s": time.perf_counter() - start, "cells_cpu_s": cpu_s,
                         "cells_wall_s": cell_wall, "parallel": limit,
-                        "original_asr": original_asr(rows, m)},
-                 notes=notes, sections=["## Summary per method (report.json's `summary`)", md_summary],
+                        "original_asr": original_asr(rows, m), "noise_floor": floor},
+                 notes=notes, sections=["## Summary per method (report.json's `summary`)", md_summary,
+                                        *(["## Noise floor: retrain_alt against retrain per cell (report.json's "
+                                           "`noise_floor`)", markdown_table(floor_rows(floor), FLOOR_COLUMNS)]
+                                          if floor else [])],
                  columns=ROW_COLUMNS, plots=[str(plot)])
     return {"results": summary, "rows": rows, "columns": SUMMARY_COLUMNS}
 
 
-def within_target(row: dict, ref: dict, m: MatrixSection) -> bool:
+def within_target(row: dict, ref: dict, m: MatrixSection, messages: bool = True) -> bool:
+    """The targets against `ref` (retrain of the same cell); `messages` = False judges the model
+    only (retrain_alt: a retraining talks to every remaining client by design)."""
     return (abs(row["test_acc"] - ref["test_acc"]) <= m.test_tolerance
             and row["forget_acc"] <= ref["forget_acc"] + m.forget_margin
             and row.get("backdoor_asr", 0.0) <= ref.get("backdoor_asr", 0.0) + m.backdoor_margin
-            and row.get("messages_to_remaining", 0) == 0)
+            and (not messages or row.get("messages_to_remaining", 0) == 0))
 
 
 def cell_rows(cfg: Config, cells, results) -> list[dict]:
@@ -211,7 +242,7 @@ def cell_rows(cfg: Config, cells, results) -> list[dict]:
         for row in cell:
             row = {"scenario": scenario, "seed": seed, **row}
             if row["method"] not in ("original", "retrain"):
-                row["within_target"] = within_target(row, ref, cfg.matrix)
+                row["within_target"] = within_target(row, ref, cfg.matrix, messages=row["method"] != RETRAIN_ALT)
                 row["test_gap"] = abs(row["test_acc"] - ref["test_acc"])
                 row["forget_gap"] = row["forget_acc"] - ref["forget_acc"]
                 row["backdoor_gap"] = row.get("backdoor_asr", 0.0) - ref.get("backdoor_asr", 0.0)
@@ -222,6 +253,8 @@ def cell_rows(cfg: Config, cells, results) -> list[dict]:
 def summarize(cfg: Config, rows: list[dict]) -> list[dict]:
     subtract_misses = {(r["scenario"], r["seed"]) for r in rows
                        if r["method"] == "subtract" and r["test_gap"] > cfg.matrix.test_tolerance}
+    meetable = {(r["scenario"], r["seed"]) for r in rows if r["method"] == RETRAIN_ALT and r["within_target"]}
+    floored = any(r["method"] == RETRAIN_ALT for r in rows)
     out = []
     for method in dict.fromkeys(r["method"] for r in rows):
         mine = [r for r in rows if r["method"] == method]
@@ -240,6 +273,10 @@ def summarize(cfg: Config, rows: list[dict]) -> list[dict]:
                        within_target_where_subtract_misses=(float(np.mean([r["within_target"] for r in hard]))
                                                             if hard else float("nan")),
                        cells_where_subtract_misses=len(hard))
+            if floored and method != RETRAIN_ALT:  # share over the cells whose targets retrain_alt meets (None: none)
+                ok = [r["within_target"] for r in mine if (r["scenario"], r["seed"]) in meetable]
+                row.update(within_target_where_retrain_alt_meets=float(np.mean(ok)) if ok else None,
+                           cells_where_retrain_alt_meets=len(ok))
         out.append(row)
     return out
 
@@ -277,8 +314,9 @@ def pareto_plot(summary: list[dict], path: Path) -> Path:
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     for ax, key, label in zip(axes, ("test_gap", "forget_gap", "backdoor_gap"),
                               ("|test acc - retrain|", "forget acc - retrain", "backdoor success - retrain")):
-        for r in methods:  # error bars: the spread over the cells
-            ax.errorbar(r["speedup"], r[key], yerr=r.get(f"{key}_std", 0.0), fmt="o", capsize=3)
+        for r in methods:  # error bars: the spread over the cells; retrain_alt (the noise floor) a square
+            ax.errorbar(r["speedup"], r[key], yerr=r.get(f"{key}_std", 0.0), capsize=3,
+                        fmt="s" if r["method"] == RETRAIN_ALT else "o")
             ax.annotate(r["method"], (r["speedup"], r[key]), fontsize=7)
         ax.axhline(0.0, color="grey", linewidth=0.8)
         ax.set_xscale("log")

@@ -3,6 +3,7 @@
 Layout, read in this order:
   config.py      the experiment's TOML sections
   client.py      what a client does (its partition, local training, queries) as plain functions
+  durable.py     the attacker's Neurotoxin mask (backdoor.mask_top): a backdoor honest rounds rarely overwrite
   fedavg.py      FedAvg arithmetic on state dicts (State, aggregate_replies);  rounds.py  R rounds with history
   history.py     the client updates the server stores (FedEraser's history)
   context.py     FedContext / FedResult: the server's view that every unlearning method gets

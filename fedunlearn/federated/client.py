@@ -20,6 +20,7 @@ from torch import nn
 from fedunlearn.config import config_hash
 from fedunlearn.data import ArrayDataset, DataBundle, load_dataset, partition, poison
 from fedunlearn.federated import fedavg
+from fedunlearn.federated.durable import allowed_coordinates, project, projected_gradients
 from fedunlearn.federated.fedavg import State
 from fedunlearn.federated.queries import get_query
 from fedunlearn.models import build_model
@@ -116,6 +117,12 @@ class InjectedFault(RuntimeError):
     """Raised on purpose by federation.fail_client in round federation.fail_round (fault tests)."""
 
 
+def round_seed(local: LocalData, config: dict) -> int:
+    """The seed of a client's local work in one round and phase."""
+    phase = zlib.crc32(str(config.get("phase", "")).encode()) % 997
+    return local.seed * 1_000_003 + int(config.get("round", 0)) * 1009 + phase * 101 + local.client_id
+
+
 def local_train(cfg, local: LocalData, state: State, config: dict) -> tuple[State, int, dict]:
     """One round of local training from `state`; returns (local state, num_samples, metrics).
 
@@ -132,21 +139,42 @@ def local_train(cfg, local: LocalData, state: State, config: dict) -> tuple[Stat
     if config.get("phase") == "train" and len(local.poisoned_idx) and cfg.backdoor.local_epochs:
         # the attacker trains longer on its poisoned data, as a real one does until the trigger works
         recipe = dataclasses.replace(recipe, epochs=cfg.backdoor.local_epochs)
-    phase = zlib.crc32(str(config.get("phase", "")).encode()) % 997
-    seed = local.seed * 1_000_003 + rnd * 1009 + phase * 101 + local.client_id
+    seed = round_seed(local, config)
     data = local.train
     fraction = float(config.get("data_fraction", 1.0))
     if fraction < 1.0:
         count = max(1, int(round(fraction * len(data))))
         data = data.subset(np.sort(np.random.default_rng(seed).choice(len(data), count, replace=False)))
+    attacking = config.get("phase") == "train" and len(local.poisoned_idx) > 0
+    allowed = durable_mask(cfg, local, state, seed) if attacking and cfg.backdoor.mask_top else None
     model = local.make_model()
     model.load_state_dict(state)
     seed_everything(seed)
-    train(model, data, recipe, local.device, seed=seed, desc=f"client {local.client_id}", progress=False)
+    with projected_gradients(model, allowed or {}):
+        train(model, data, recipe, local.device, seed=seed, desc=f"client {local.client_id}", progress=False)
     trained = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    if config.get("phase") == "train" and len(local.poisoned_idx):
+    if allowed is not None:
+        trained = project(trained, state, allowed)  # weight decay moved the excluded coordinates too
+    if attacking:
         trained = boost(cfg, state, trained, len(data))
     return trained, len(data), {"num_examples": len(data)}
+
+
+def durable_mask(cfg, local: LocalData, state: State, seed: int) -> dict[str, torch.Tensor]:
+    """Neurotoxin's mask (backdoor.mask_top, durable.py): the coordinates the attacker may move.
+    The benign update is estimated by the federation's own local recipe (what an honest client
+    runs) on the attacker's clean samples, from the received global model (all its samples if none
+    is clean); Neurotoxin's reference code likewise ranks the clean-data gradient at the current model."""
+    clean = np.setdiff1d(np.arange(len(local.train)), local.poisoned_idx)
+    data = local.train.subset(clean) if len(clean) else local.train
+    model = local.make_model()
+    model.load_state_dict(state)
+    seed_everything(seed + 17)
+    train(model, data, local.recipe, local.device, seed=seed + 17, desc=f"client {local.client_id} (estimate)",
+          progress=False)
+    learned = {name for name, _ in model.named_parameters()}
+    estimate = {k: v for k, v in fedavg.delta(model.state_dict(), state).items() if k in learned}
+    return allowed_coordinates(estimate, cfg.backdoor.mask_top)
 
 
 def boost(cfg, state: State, trained: State, own_size: int) -> State:

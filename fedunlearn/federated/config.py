@@ -169,8 +169,9 @@ def check_stream(cfg: "Config") -> None:
         except WithdrawalError as err:
             raise ValueError(f"withdrawal request {i}: {err}") from None
         seen.add(req.client)
-    if (cfg.backdoor.local_epochs or cfg.backdoor.boosted) and any(r.backdoor for r in requests[1:]):
+    strengthened = cfg.backdoor.local_epochs or cfg.backdoor.boosted or cfg.backdoor.mask_top
+    if strengthened and any(r.backdoor for r in requests[1:]):
         # retraining for an earlier request runs in unlearning rounds, where an attacker trains with the
         # plain recipe: a later attacker would not be the same client there as in training
-        raise ValueError("with backdoor.local_epochs > 0 or a backdoor.boost only the first withdrawal request may "
+        raise ValueError("with backdoor.local_epochs, boost or mask_top only the first withdrawal request may "
                          "carry the backdoor")
