@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedunlearn.unlearn.source_free.inference import BATCH, as_input, channels_last
+from fedunlearn.unlearn.source_free.inference import BATCH, as_input, channels_last, inplace_activations
 
 State = dict[str, torch.Tensor]
 
@@ -59,8 +59,8 @@ def class_support(make_model: Callable[[], nn.Module], locals_: list[tuple[State
     (a class with no input gets support 1: nothing says it is missing).
 
     One module is built and each local state loaded into it in turn (inference.py: channels-last,
-    inference mode), and the inputs are moved to the device once: a forward pass per local model
-    is the whole cost."""
+    inference mode, activations in place), and the inputs are moved to the device once: a
+    forward pass per local model is the whole cost."""
     support = torch.zeros(num_classes)
     total = sum(n for _, n in locals_)
     if not locals_ or total == 0:
@@ -68,12 +68,13 @@ def class_support(make_model: Callable[[], nn.Module], locals_: list[tuple[State
     counts = torch.bincount(labels, minlength=num_classes).float()
     model = channels_last(make_model().to(device).eval())
     inputs = [as_input(x[i:i + batch_size], device) for i in range(0, len(x), batch_size)]
-    for state, n in locals_:
-        model.load_state_dict(state)
-        with torch.inference_mode():
-            pred = torch.cat([model(batch).argmax(1).cpu() for batch in inputs])
-        hits = torch.bincount(labels[pred == labels], minlength=num_classes).float()
-        support += (n / total) * hits / counts.clamp(min=1)
+    with inplace_activations(model):
+        for state, n in locals_:
+            model.load_state_dict(state)
+            with torch.inference_mode():
+                pred = torch.cat([model(batch).argmax(1).cpu() for batch in inputs])
+            hits = torch.bincount(labels[pred == labels], minlength=num_classes).float()
+            support += (n / total) * hits / counts.clamp(min=1)
     support[counts == 0] = 1.0
     return support
 
