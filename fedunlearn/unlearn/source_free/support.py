@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedunlearn.unlearn.source_free.inference import BATCH, as_input, channels_last, inplace_activations
+from fedunlearn.unlearn.source_free.inference import BATCH, as_input, channels_last, lean_activations
 
 State = dict[str, torch.Tensor]
 
@@ -68,7 +68,7 @@ def class_support(make_model: Callable[[], nn.Module], locals_: list[tuple[State
     counts = torch.bincount(labels, minlength=num_classes).float()
     model = channels_last(make_model().to(device).eval())
     inputs = [as_input(x[i:i + batch_size], device) for i in range(0, len(x), batch_size)]
-    with inplace_activations(model):
+    with lean_activations(model):
         for state, n in locals_:
             model.load_state_dict(state)
             with torch.inference_mode():
