@@ -11,7 +11,7 @@ from fedunlearn.models import ModelConfig, build_model
 from fedunlearn.unlearn.source_free import generator as generator_module
 from fedunlearn.unlearn.source_free.generator import GeneratorConfig, sample, train_generator
 from fedunlearn.unlearn.source_free.inference import lean_activations, logits
-from fedunlearn.unlearn.source_free.support import blend, blended_teacher, class_support
+from fedunlearn.unlearn.source_free.support import blend, blended_teacher, class_support, shippable
 
 CPU = torch.device("cpu")
 SHAPE = (1, 12, 12)
@@ -48,6 +48,13 @@ def test_support_over_one_reused_module_matches_a_model_per_client():
         expected += (n / 100) * torch.bincount(labels[pred == labels], minlength=4).float() / counts.clamp(min=1)
     expected[counts == 0] = 1.0
     assert torch.allclose(class_support(lambda: cnn(9), states, x, labels, 4, CPU), expected, atol=1e-6)
+    # as numpy arrays (what a Ray task gets, read-only): the same support
+    shipped = shippable(states)
+    for state, _ in shipped:
+        for value in state.values():
+            value.flags.writeable = False
+    assert torch.equal(class_support(lambda: cnn(9), shipped, x, labels, 4, CPU),
+                       class_support(lambda: cnn(9), states, x, labels, 4, CPU))
 
 
 def test_blend_of_stored_logits_is_the_blended_teacher():
