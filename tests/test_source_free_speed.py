@@ -97,9 +97,13 @@ def test_lean_activations_give_the_same_outputs_and_input_gradients_and_are_undo
 def test_lean_activations_leave_layers_they_cannot_prove_exact():
     model = torch.nn.Sequential(torch.nn.Identity(), torch.nn.ReLU(), torch.nn.AvgPool2d(2),
                                 torch.nn.Conv2d(1, 2, 3), torch.nn.ReLU(), torch.nn.MaxPool2d(2, return_indices=True))
-    with lean_activations(model):
+    with lean_activations(model, model):  # listed twice: still changed once
         assert [type(m).__name__ for m in model] == ["Identity", "ReLU", "AvgPool2d", "Conv2d", "ReLU", "MaxPool2d"]
         assert not model[1].inplace and model[4].inplace  # after Identity: its input may be used elsewhere
+    shared = torch.nn.ReLU()
+    twice = torch.nn.Sequential(torch.nn.Sequential(torch.nn.Linear(2, 2), shared), shared)
+    with lean_activations(twice):
+        assert not shared.inplace  # registered twice: it may run on a tensor someone else still reads
 
 
 def test_the_generator_trains_and_samples_bit_for_bit_as_without_the_speedups(monkeypatch):
