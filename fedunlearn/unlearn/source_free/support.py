@@ -47,9 +47,7 @@ def local_models(history, clients, sample_counts: dict[int, int] | None = None) 
             continue
         stored = rounds[-1]
         update, n = stored.updates[cid]
-        state = {k: v.clone() for k, v in stored.global_state.items()}
-        for k, v in update.items():
-            state[k] = state[k] + v
+        state = {k: v + update[k] if k in update else v.clone() for k, v in stored.global_state.items()}
         out.append((state, int((sample_counts or {}).get(cid, n))))
     return out
 
