@@ -35,7 +35,7 @@ from fedunlearn.federated.methods.subtract import keep_valid_batchnorm
 from fedunlearn.federated.removal import surviving_removal
 from fedunlearn.training import get_device
 from fedunlearn.unlearn.source_free.pipeline import RepairConfig, repair
-from fedunlearn.unlearn.source_free.support import class_support, local_models
+from fedunlearn.unlearn.source_free.support import class_support, local_models, shippable
 
 COOPERATIVE = False
 
@@ -61,13 +61,14 @@ def unlearn(ctx: FedContext, cfg: Config) -> FedResult:
 
 def remaining_locals(ctx: FedContext, cfg: RepairConfig):
     """The remaining clients' local models from their last stored rounds (support.py), when the
-    repair's teacher is "remaining"."""
+    repair's teacher is "remaining"; as numpy arrays, which Ray passes to the server's task
+    without copying (support.shippable)."""
     if cfg.teacher != "remaining":
         return None
     clients = sorted(ctx.remaining)
     if len(clients) > cfg.support_clients:  # a seeded sample: an unbiased estimate of the weighted mean
         clients = sorted(np.random.default_rng(ctx.seed + 811).choice(clients, cfg.support_clients, replace=False))
-    return local_models(ctx.history, [int(c) for c in clients], ctx.sample_counts)
+    return shippable(local_models(ctx.history, [int(c) for c in clients], ctx.sample_counts))
 
 
 def warm_up(server, make_model, global_state: State, num_classes: int, input_shape, seed: int,

@@ -26,11 +26,12 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedunlearn.unlearn.source_free.inference import BATCH, as_input, channels_last
+from fedunlearn.unlearn.source_free.inference import BATCH, as_input, channels_last, lean_activations
 
 State = dict[str, torch.Tensor]
 
@@ -46,21 +47,39 @@ def local_models(history, clients, sample_counts: dict[int, int] | None = None) 
             continue
         stored = rounds[-1]
         update, n = stored.updates[cid]
-        state = {k: v.clone() for k, v in stored.global_state.items()}
-        for k, v in update.items():
-            state[k] = state[k] + v
+        state = {k: v + update[k] if k in update else v.clone() for k, v in stored.global_state.items()}
         out.append((state, int((sample_counts or {}).get(cid, n))))
     return out
 
 
+def shippable(locals_: list[tuple[State, int]]) -> list[tuple[dict, int]]:
+    """The local states with numpy arrays for tensors, to pass to a Ray task: Ray pickles a torch
+    tensor argument (a copy in, a copy out) but maps a numpy array from its object store without
+    copying. Measured, 20 local states of the scale config's CNN (28 MB), loaded machine: a round
+    trip to the server worker 0.10-0.28 s as tensors, 0.04-0.08 s as arrays. A tensor numpy cannot
+    hold (bfloat16, on a GPU) stays a tensor; class_support takes either."""
+    def array(v: torch.Tensor):
+        try:
+            return v.detach().numpy()
+        except TypeError:
+            return v
+    return [({k: array(v) for k, v in state.items()}, n) for state, n in locals_]
+
+
+def as_tensors(state: dict) -> State:
+    """A state of tensors from one of `shippable`'s (a copy of each array: Ray's are read-only)."""
+    return {k: torch.from_numpy(np.array(v)) if isinstance(v, np.ndarray) else v for k, v in state.items()}
+
+
 def class_support(make_model: Callable[[], nn.Module], locals_: list[tuple[State, int]], x: torch.Tensor,
                   labels: torch.Tensor, num_classes: int, device, batch_size: int = BATCH) -> torch.Tensor:
-    """Sample-weighted mean over the local models of their recall on the inputs of each label
-    (a class with no input gets support 1: nothing says it is missing).
+    """Sample-weighted mean over the local models (states of tensors, or `shippable`'s arrays) of
+    their recall on the inputs of each label (a class with no input gets support 1: nothing says
+    it is missing).
 
     One module is built and each local state loaded into it in turn (inference.py: channels-last,
-    inference mode), and the inputs are moved to the device once: a forward pass per local model
-    is the whole cost."""
+    inference mode, activations in place), and the inputs are moved to the device once: a
+    forward pass per local model is the whole cost."""
     support = torch.zeros(num_classes)
     total = sum(n for _, n in locals_)
     if not locals_ or total == 0:
@@ -68,12 +87,13 @@ def class_support(make_model: Callable[[], nn.Module], locals_: list[tuple[State
     counts = torch.bincount(labels, minlength=num_classes).float()
     model = channels_last(make_model().to(device).eval())
     inputs = [as_input(x[i:i + batch_size], device) for i in range(0, len(x), batch_size)]
-    for state, n in locals_:
-        model.load_state_dict(state)
-        with torch.inference_mode():
-            pred = torch.cat([model(batch).argmax(1).cpu() for batch in inputs])
-        hits = torch.bincount(labels[pred == labels], minlength=num_classes).float()
-        support += (n / total) * hits / counts.clamp(min=1)
+    with lean_activations(model):
+        for state, n in locals_:
+            model.load_state_dict(as_tensors(state))
+            with torch.inference_mode():
+                pred = torch.cat([model(batch).argmax(1).cpu() for batch in inputs])
+            hits = torch.bincount(labels[pred == labels], minlength=num_classes).float()
+            support += (n / total) * hits / counts.clamp(min=1)
     support[counts == 0] = 1.0
     return support
 
