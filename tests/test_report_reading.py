@@ -1,7 +1,7 @@
 """report.md tells a reader which rows collapsed, what avg_gap means and which speedups are noise."""
 
 from fedunlearn import outdir
-from fedunlearn.metrics.reading import collapsed
+from fedunlearn.metrics.reading import collapsed, reading_notes
 from fedunlearn.metrics.report import markdown_table, write_report
 
 ROWS = [
@@ -20,6 +20,19 @@ def test_collapsed_rows_are_named_in_one_line(tmp_path):
     assert len(flagged) == 1 and "neggrad_plus" in flagged[0] and "finetune" not in flagged[0]
     gap = [line for line in md.splitlines() if line.startswith("- avg_gap")]
     assert len(gap) == 1 and "1.87" in gap[0] and "percentage points" in gap[0]
+
+
+def test_a_matrix_judges_each_cell_by_its_own_retrain_and_counts_per_method():
+    """In a scenario matrix a method is collapsed against its own cell's retrain (0.30 is fine in a
+    cell whose retrain reached 0.35, not in one at 0.90), and the line counts cells per method."""
+    rows = [{"scenario": "a", "seed": 0, "method": "retrain", "test_acc": 0.90},
+            {"scenario": "a", "seed": 0, "method": "subtract", "test_acc": 0.30},
+            {"scenario": "b", "seed": 0, "method": "retrain", "test_acc": 0.35},
+            {"scenario": "b", "seed": 0, "method": "subtract", "test_acc": 0.30},
+            {"scenario": "b", "seed": 1, "method": "retrain", "test_acc": 0.90},
+            {"scenario": "b", "seed": 1, "method": "subtract", "test_acc": 0.20}]
+    flagged = [n for n in reading_notes(rows) if "COLLAPSED" in n]
+    assert len(flagged) == 1 and "cells of 3" in flagged[0] and "subtract in 2" in flagged[0]
 
 
 def test_sub_second_speedups_are_marked():

@@ -27,14 +27,34 @@ def collapsed(rows: list[dict], chance: float | None) -> list[tuple[str, float]]
     return flagged
 
 
+def cells(rows: list[dict]) -> list[list[dict]]:
+    """The rows grouped by cell (scenario, seed) when they come from a scenario matrix, else one group."""
+    groups: dict = {}
+    for row in rows:
+        groups.setdefault((row.get("scenario"), row.get("seed") if "scenario" in row else None), []).append(row)
+    return list(groups.values())
+
+
 def reading_notes(rows: list[dict], chance: float | None = None) -> list[str]:
     notes = []
-    bad = collapsed(rows, chance)
-    if bad:
-        listed = ", ".join(f"{m} (test_acc {a:.3f})" for m, a in bad)
-        where = f"chance is {chance:.3f}" if chance is not None else "retrain's test_acc is the yardstick"
-        notes.append(f"DIVERGED OR COLLAPSED: {listed}: test accuracy near chance or under half of retrain's "
-                     f"({where}); their other numbers do not describe unlearning")
+    groups = cells(rows)
+    where = f"chance is {chance:.3f}" if chance is not None else "retrain's test_acc is the yardstick"
+    if len(groups) == 1:
+        bad = collapsed(rows, chance)
+        if bad:
+            listed = ", ".join(f"{m} (test_acc {a:.3f})" for m, a in bad)
+            notes.append(f"DIVERGED OR COLLAPSED: {listed}: test accuracy near chance or under half of retrain's "
+                         f"({where}); their other numbers do not describe unlearning")
+    else:  # a matrix: each cell against its own retrain, counted per method
+        counts: dict[str, int] = {}
+        for group in groups:
+            for method, _ in collapsed(group, chance):
+                counts[method] = counts.get(method, 0) + 1
+        if counts:
+            listed = ", ".join(f"{m} in {n}" for m, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+            notes.append(f"DIVERGED OR COLLAPSED, cells of {len(groups)}: {listed}: test accuracy near chance or "
+                         f"under half of that cell's retrain ({where}); those cells' other numbers do not "
+                         "describe unlearning")
     gaps = {r["method"]: r["avg_gap"] for r in rows if isinstance(r.get("avg_gap"), (int, float))}
     line = ("avg_gap: mean absolute difference from retrain over test_acc, retain_acc, forget_acc and "
             "mia_efficacy, in percentage points; 0 = retrain's numbers, lower is better")
