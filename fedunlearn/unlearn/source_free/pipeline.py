@@ -17,9 +17,10 @@ The repair works without any training data:
    with that teacher on at least `skip_agreement` of the synthetic samples, the reference is
    kept. Otherwise a student starting at `start` (default: the reference) is distilled from
    the teacher for a short, fixed budget, and the trigger block (trigger.py) holds it against
-   what only the departing client taught: stamps that send inputs to the backdoor's target
-   must not change the student's class. By default they come from Neural Cleanse's per-class
-   search on the original alone (`trigger.search = "targeted"`: it needs no usable reference);
+   what only the departing client taught (`trigger.weight > 0`; off by default): stamps that
+   send inputs to the backdoor's target must not change the student's class. They come from
+   Neural Cleanse's per-class search on the original alone (`trigger.search = "targeted"`: it
+   needs no usable reference);
    "difference" searches where the original departs from the reference. teacher = "original"
    is the plain variant: the original as the teacher and the generator's only judge.
    Measured on tuning cells outside the reported matrix (benchmarks/withdrawal_repair_tuning.py,
@@ -53,12 +54,12 @@ from fedunlearn.unlearn.source_free.trigger import TriggerConfig, find_triggers,
 @dataclass(frozen=True)
 class RepairConfig:
     generator: GeneratorConfig = GeneratorConfig()
-    # The defaults: subtract reference, start at it, raw support, lr 1e-3, and the trigger block
-    # with the targeted search (trigger.py). On 32 tuning cells (the matrix's scenarios at seeds 7
-    # and 8; docs/findings.md) start = "original" took the mean |test gap| to retrain from 0.42 to
-    # 0.19 with the backdoor still removed, but on withdrawal_quickstart.toml it kept test accuracy
-    # 2.3 points above retrain (cooperative 4.5), where starting at the reference stays within 1.2:
-    # an option, for federations whose subtraction is wrecked (a boosted attacker).
+    # The defaults: subtract reference, start at it, raw support, lr 1e-3, no trigger block
+    # (trigger.weight = 0; with it on, the targeted search of trigger.py). On 32 tuning cells (the
+    # matrix's scenarios at seeds 7 and 8; docs/findings.md) start = "original" took the mean |test
+    # gap| to retrain from 0.42 to 0.19, but on withdrawal_quickstart.toml it kept test accuracy 2.3
+    # points above retrain (cooperative 4.5), where starting at the reference stays within 1.2: an
+    # option, for federations whose subtraction is wrecked (a boosted attacker).
     consolidate: ConsolidateConfig = ConsolidateConfig()
     skip_agreement: float = 0.5  # keep the reference when, in every class, it agrees with the teacher on
                                  # at least this share of the synthetic samples; > 1: always distil
