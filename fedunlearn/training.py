@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import random
 from dataclasses import dataclass
@@ -62,6 +63,21 @@ def seed_everything(seed: int) -> None:
 
 def clone(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model)
+
+
+@contextlib.contextmanager
+def frozen(*models: nn.Module):
+    """Within the block no parameter of `models` asks for a gradient (inputs still get theirs);
+    each parameter's own flag is restored after, even on an error."""
+    params = [p for model in models for p in model.parameters()]
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
 
 
 def loader(data: ArrayDataset, batch_size: int, shuffle: bool, seed: int = 0) -> torch.utils.data.DataLoader:

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedunlearn.config import check_range
-from fedunlearn.training import seed_everything
+from fedunlearn.training import frozen, seed_everything
 from fedunlearn.unlearn.source_free.inference import BATCH, channels_last, lean_activations
 
 
@@ -175,9 +175,6 @@ def train_generator(model: nn.Module, input_shape, num_classes: int, cfg: Genera
     # CPUs a quarter less time per step, mostly in max-pooling (profiled: 2.9 -> 2.2 s per 20 steps,
     # width 16, batch 64, one thread). The generator itself keeps the default layout.
     model = channels_last(model.to(device).eval())
-    frozen = [p.requires_grad for p in model.parameters()]
-    for p in model.parameters():
-        p.requires_grad_(False)
     if judge is not None:
         judge = channels_last(copy.deepcopy(judge).to(device).eval().requires_grad_(False))
     generator = Generator(input_shape, num_classes, cfg.noise_dim, cfg.width).to(device).train()
@@ -188,7 +185,7 @@ def train_generator(model: nn.Module, input_shape, num_classes: int, cfg: Genera
     # Lean activations in the judges and the generator (inference.py: ReLU after max-pooling, in
     # place): the same samples bit for bit (tests/test_source_free_speed.py), 13% less time per step.
     try:
-        with lean_activations(*([model, generator] if judge is None else [model, judge, generator])):
+        with frozen(model), lean_activations(*([model, generator] if judge is None else [model, judge, generator])):
             for _ in range(cfg.steps):
                 # Two noises per label: the pair gives the diversity (mode seeking) term.
                 y = draw_labels(classes, half).repeat(2).to(device)
@@ -213,7 +210,5 @@ def train_generator(model: nn.Module, input_shape, num_classes: int, cfg: Genera
                          gen_agreement=(logits.argmax(1) == y).float().mean().item())
     finally:
         bn.remove()
-        for p, flag in zip(model.parameters(), frozen):
-            p.requires_grad_(flag)
     stats["generator_s"] = time.perf_counter() - start
     return generator.eval(), stats

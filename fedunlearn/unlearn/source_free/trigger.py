@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedunlearn.config import check_range
-from fedunlearn.training import seed_everything
+from fedunlearn.training import frozen, seed_everything
 from fedunlearn.unlearn.source_free.generator import Generator, draw
 
 
@@ -117,8 +117,7 @@ def _search(original, reference, generator, classes, cfg: TriggerConfig, device,
         opt.zero_grad(set_to_none=True)
         (-div).backward()
         opt.step()
-    mask = mask_of(mask_logit).detach().expand(1, 1, height, width).clone()
-    return Stamp(mask.cpu(), torch.sigmoid(pattern_logit).detach().cpu()), float(div.detach())
+    return _stamp(mask_of(mask_logit).detach(), torch.sigmoid(pattern_logit).detach()), float(div.detach())
 
 
 def reverse_triggers(original: nn.Module, reference: nn.Module, generator: Generator, classes, cfg: TriggerConfig,
@@ -127,13 +126,10 @@ def reverse_triggers(original: nn.Module, reference: nn.Module, generator: Gener
     departs most from the reference; models are frozen and left unchanged."""
     seed_everything(seed)
     classes = torch.as_tensor(list(classes), dtype=torch.long)
-    models = [original.to(device).eval(), reference.to(device).eval()]
-    flags = [[p.requires_grad for p in m.parameters()] for m in models]
-    for m in models:
-        m.requires_grad_(False)
+    original, reference = original.to(device).eval(), reference.to(device).eval()
     generator = generator.to(device).eval()
     stamps, stats = [], {}
-    try:
+    with frozen(original, reference):
         with torch.no_grad():
             clean = divergence(original, reference, draw(generator, classes, cfg.batch_size, device))
         stats["trigger_clean_divergence"] = float(clean)
@@ -148,10 +144,6 @@ def reverse_triggers(original: nn.Module, reference: nn.Module, generator: Gener
                 rows, cols = torch.linspace(0, 1, m.shape[0]), torch.linspace(0, 1, m.shape[1])
                 stats["trigger_patch_row"] = float((m.sum(1) * rows).sum() / m.sum().clamp(min=1e-12))
                 stats["trigger_patch_col"] = float((m.sum(0) * cols).sum() / m.sum().clamp(min=1e-12))
-    finally:
-        for m, flag in zip(models, flags):
-            for p, f in zip(m.parameters(), flag):
-                p.requires_grad_(f)
     return stamps, stats
 
 
@@ -172,11 +164,10 @@ def targeted_triggers(original: nn.Module, generator: Generator, classes, cfg: T
     without a backdoor it should keep nothing."""
     seed_everything(seed)
     classes = torch.as_tensor(list(classes), dtype=torch.long)
-    flags = [p.requires_grad for p in original.parameters()]
-    original = original.to(device).eval().requires_grad_(False)
+    original = original.to(device).eval()
     generator = generator.to(device).eval()
     stamps, stats = [], {}
-    try:
+    with frozen(original):
         for blend in ([False, True] if cfg.blend else [False]):
             name = "blend" if blend else "patch"
             for rung in range(LADDER, -1, -1):
@@ -198,9 +189,6 @@ def targeted_triggers(original: nn.Module, generator: Generator, classes, cfg: T
                                                        device, blend)))
             stats.update({f"trigger_{name}_target": int(target), f"trigger_{name}_success": float(success[i]),
                           f"trigger_{name}_anomaly": float(anomaly[i]), f"trigger_{name}_rung": rung})
-    finally:
-        for p, f in zip(original.parameters(), flags):
-            p.requires_grad_(f)
     stats["trigger_stamps"] = len(stamps)
     return stamps, stats
 
