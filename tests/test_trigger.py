@@ -83,3 +83,5 @@ def test_bad_trigger_settings_are_a_clear_error():
         build(RepairConfig, {"trigger": {"steps": -1}})
     with pytest.raises(ConfigError, match="trigger.search"):
         build(RepairConfig, {"trigger": {"search": "guess"}})
+    with pytest.raises(ConfigError, match="trigger.class_batch_size"):
+        build(RepairConfig, {"trigger": {"class_batch_size": 0}})
