@@ -85,6 +85,32 @@ def test_client_sampling_is_seeded_and_history_records_participants():
     assert [sorted(r.updates) for r in history.rounds] == [sample_clients(list(range(5)), 2, 0, r) for r in (1, 2, 3, 4)]
 
 
+def test_cosine_round_lr_reaches_the_clients_and_anneals_their_steps():
+    """federation.round_lr = "cosine": round 1 trains at the recipe's lr, the last round near 0, and
+    the clients' updates shrink with it (the lr goes through the round's config to local_train)."""
+    from fedunlearn.federated.rounds import round_lr
+
+    cfg = tiny(federation={"round_lr": "cosine"})
+    lr_at = round_lr(cfg.federation)
+    rounds = cfg.federation.rounds
+    lrs = [lr_at(r) for r in range(1, rounds + 1)]
+    assert lrs[0] == cfg.federation.local.lr and lrs[-1] < 0.2 * lrs[0] and lrs == sorted(lrs, reverse=True)
+    assert round_lr(tiny().federation) is None
+    transport = LocalTransport(cfg)
+    local = local_data(cfg, 0)
+    init = build_model(cfg.model, local.input_shape, local.num_classes).state_dict()
+    seen = []
+
+    def fit(ids, s, c):
+        seen.append(c["lr"])
+        return aggregate_replies(s, transport.train(ids, s, {**c, "phase": "train"}))
+
+    _, history, _, _ = run_fedavg(fit, [0, 1], init, rounds, store_every=1, lr_at=lr_at)
+    assert seen == lrs
+    first, last = (fedavg.norm(history.rounds[i].updates[0][0]) for i in (0, -1))
+    assert last < 0.5 * first
+
+
 def test_the_attacker_trains_longer_only_in_training_rounds():
     cfg = tiny(backdoor={"local_epochs": 4})
     attacker = local_data(cfg, departing_client(cfg))

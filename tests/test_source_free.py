@@ -232,6 +232,31 @@ def test_support_sees_a_class_only_the_departing_client_taught():
     assert probs[2].argmax() != 2 and probs[0].argmax() == 0
 
 
+def test_local_ensemble_stands_in_for_a_wrecked_reference_on_an_unsupported_class():
+    """The remaining clients' local ensemble is their sample-weighted mean probability; blended in
+    where a class is unsupported, the teacher drops that class even when the reference is noise."""
+    from fedunlearn.unlearn.source_free.support import blended_teacher, local_ensemble
+
+    make = lambda: torch.nn.Linear(3, 3)  # noqa: E731
+    knows_all = {"weight": 5 * torch.eye(3), "bias": torch.zeros(3)}
+    no_two = {"weight": 5 * torch.eye(3), "bias": torch.tensor([0.0, 0.0, -100.0])}
+    first, second = make(), make()
+    first.load_state_dict(knows_all)
+    second.load_state_dict(no_two)
+    ensemble = local_ensemble(make, [(knows_all, 30), (no_two, 10)], torch.device("cpu"))
+    x = torch.eye(3)
+    expected = 0.75 * torch.softmax(first(x), 1) + 0.25 * torch.softmax(second(x), 1)
+    assert torch.allclose(ensemble(x), expected.detach(), atol=1e-6)
+    original, wrecked = make(), make()
+    original.load_state_dict(knows_all)
+    wrecked.load_state_dict({"weight": torch.zeros(3, 3), "bias": torch.tensor([0.0, 0.0, 50.0])})  # says 2 always
+    unsupported_two = torch.tensor([1.0, 1.0, 0.0])
+    by_reference = blended_teacher(original, wrecked, unsupported_two)(x)
+    by_locals = blended_teacher(original, local_ensemble(make, [(no_two, 10)], torch.device("cpu")), unsupported_two)(x)
+    assert by_reference[2].argmax() == 2          # the wrecked reference gives class 2 back
+    assert by_locals[2].argmax() != 2 and by_locals[0].argmax() == 0
+
+
 @pytest.mark.parametrize("search", ["targeted", "difference"])
 def test_the_trigger_block_runs_inside_the_repair_and_takes_out_backdoor(backdoored, search):
     """Starting at the original, with reverse-engineered stamps held invariant, on a planted

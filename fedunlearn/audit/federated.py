@@ -95,7 +95,7 @@ def retrain_remaining(cfg, seed: int, sampling_seed: int | None = None, phase: s
     without Ray: the audit's retrain ensembles and the matrix's second retraining
     (experiments/matrix_floor.py) both run it."""
     from fedunlearn.federated.fedavg import aggregate_replies, copy_state
-    from fedunlearn.federated.rounds import run_fedavg
+    from fedunlearn.federated.rounds import round_lr, run_fedavg
 
     transport, data, fed = SeededTransport(cfg, seed), federation_data(cfg)[0], cfg.federation
     make_model = model_factory(cfg, seed, data.input_shape, data.num_classes)
@@ -107,7 +107,8 @@ def retrain_remaining(cfg, seed: int, sampling_seed: int | None = None, phase: s
 
     start = time.perf_counter()
     state, _, _, _ = run_fedavg(fit, remaining, copy_state(make_model().state_dict()), rounds, desc=desc,
-                                per_round=fed.clients_per_round, seed=seed if sampling_seed is None else sampling_seed)
+                                per_round=fed.clients_per_round, seed=seed if sampling_seed is None else sampling_seed,
+                                lr_at=round_lr(fed))
     return state, time.perf_counter() - start, rounds, make_model
 
 

@@ -53,6 +53,8 @@ class FederationConfig:
     clients_per_round: int = 0     # clients sampled (seeded) each round; 0 = every client
     store_every: int = 1           # the server stores client updates every this many rounds (FedEraser)
     local: TrainConfig = LOCAL_RECIPE  # each client's local training per round
+    round_lr: Literal["constant", "cosine"] = "constant"  # the local lr across rounds (rounds.round_lr):
+                                   # cosine anneals it to ~0 by the last round, in training and retraining
     client_cpus: float = 1.0       # Ray resources per simulated client
     client_gpus: float = -1.0      # -1 = auto: a GPU fraction when CUDA is present, else 0
     server_gpus: float = 0.1       # GPU fraction of the server's Ray worker (ctx.run_task), when GPUs exist

@@ -29,7 +29,7 @@ from fedunlearn.federated.client import departing_client
 from fedunlearn.federated.context import FedContext
 from fedunlearn.federated.monitor import MonitoredTransport
 from fedunlearn.federated.resources import ServerWorker
-from fedunlearn.federated.rounds import run_fedavg
+from fedunlearn.federated.rounds import round_lr, run_fedavg
 from fedunlearn.federated.store import DiskHistory, make_history
 from fedunlearn.federated.withdrawal import Membership
 from fedunlearn.models import fresh_model
@@ -177,7 +177,8 @@ def train_federation(cfg, transport, make_model, history_root: Path, clients: li
     start = time.perf_counter()
     state, history, curve, failures = run_fedavg(fit, clients, initial, rounds,
                                                  fed.store_every, desc="training", history=history,
-                                                 per_round=fed.clients_per_round, seed=cfg.experiment.seed)
+                                                 per_round=fed.clients_per_round, seed=cfg.experiment.seed,
+                                                 lr_at=round_lr(fed))
     if isinstance(history, DiskHistory):
         history.set_model("final", state)
     return {"global_state": state, "initial_state": initial, "history": history, "curve": curve,

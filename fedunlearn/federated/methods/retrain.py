@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from fedunlearn.config import check_range
 from fedunlearn.federated.context import FedContext, FedResult
-from fedunlearn.federated.rounds import run_fedavg
+from fedunlearn.federated.rounds import round_lr, run_fedavg
 
 
 @dataclass(frozen=True)
@@ -24,5 +24,6 @@ class Config:
 def unlearn(ctx: FedContext, cfg: Config) -> FedResult:
     rounds = cfg.rounds or ctx.train_rounds
     state, _, curve, failures = run_fedavg(ctx.fit, ctx.remaining, ctx.initial_state, rounds, desc="retrain",
-                                          per_round=getattr(ctx.fed_cfg, "clients_per_round", 0), seed=ctx.seed)
+                                          per_round=getattr(ctx.fed_cfg, "clients_per_round", 0), seed=ctx.seed,
+                                          lr_at=round_lr(ctx.fed_cfg))
     return FedResult(state, rounds, curve, {"failed_client_rounds": len(failures)})

@@ -35,7 +35,7 @@ from fedunlearn.federated.methods.subtract import keep_valid_batchnorm
 from fedunlearn.federated.removal import surviving_removal
 from fedunlearn.training import get_device
 from fedunlearn.unlearn.source_free.pipeline import RepairConfig, repair
-from fedunlearn.unlearn.source_free.support import class_support, local_models, shippable
+from fedunlearn.unlearn.source_free.support import class_support, local_ensemble, local_models, shippable
 
 COOPERATIVE = False
 
@@ -113,10 +113,12 @@ def server_repair(make_model, global_state: State, reference_state: State, num_c
     original, reference = make_model(), make_model()
     original.load_state_dict(global_state)
     reference.load_state_dict(reference_state)
-    support_fn = None
+    support_fn = ensemble = None
     if locals_:
         support_fn = lambda x, labels: class_support(make_model, locals_, x, labels, num_classes, device)  # noqa: E731
+        if cfg.unsupported == "locals":
+            ensemble = local_ensemble(make_model, locals_, device, cfg.consolidate.temperature)
     student, generator, stats = repair(original, reference, num_classes, input_shape, cfg, device, seed=seed,
-                                       support_fn=support_fn)
+                                       support_fn=support_fn, ensemble=ensemble)
     stats["threads"] = torch.get_num_threads()
     return to_state(student), generator.cpu(), stats

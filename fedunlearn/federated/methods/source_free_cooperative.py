@@ -31,7 +31,7 @@ from fedunlearn.unlearn.source_free.consolidate import ConsolidateConfig
 from fedunlearn.unlearn.source_free.forget import flag_unknown, local_fisher
 from fedunlearn.unlearn.source_free.generator import sample
 from fedunlearn.unlearn.source_free.pipeline import RepairConfig, predicted, refine
-from fedunlearn.unlearn.source_free.support import blended_teacher, class_support
+from fedunlearn.unlearn.source_free.support import blended_teacher, class_support, local_ensemble
 
 COOPERATIVE = True
 warm_up = source_free_absent.warm_up  # the same server work, warmed once before timing (driver.py)
@@ -68,7 +68,8 @@ def unlearn(ctx: FedContext, cfg: Config) -> FedResult:
                                     {"max_confidence": cfg.max_confidence, "max_flagged": cfg.max_flagged})
         state, more = ctx.run_task(server_refine, ctx.make_model, ctx.global_state, state, generator, fisher,
                                    replace(cfg.consolidate, steps=cfg.refine_steps, forget_weight=cfg.forget_weight),
-                                   ctx.seed, reference, remaining_locals(ctx, cfg), cfg.check_samples, cfg.trigger.weight)
+                                   ctx.seed, reference, remaining_locals(ctx, cfg), cfg.check_samples, cfg.trigger.weight,
+                                   cfg.unsupported)
         stats.update(more)
         stats.update({f"client_{k}": v for k, v in metrics.items()})
     return FedResult(state, 0, [], stats)
@@ -76,7 +77,7 @@ def unlearn(ctx: FedContext, cfg: Config) -> FedResult:
 
 def server_refine(make_model, global_state: State, student_state: State, generator, fisher: dict,
                   cfg: ConsolidateConfig, seed: int, reference_state: State | None = None, locals_=None,
-                  check_samples: int = 1000, trigger_weight: float = 0.0):
+                  check_samples: int = 1000, trigger_weight: float = 0.0, unsupported: str = "reference"):
     """The second server task: `refine` with the client's Fisher statistics; returns (state, stats).
     With the remaining clients' local models, the teacher is the same per-class blend as the repair's."""
     device = get_device("auto")
@@ -89,7 +90,9 @@ def server_refine(make_model, global_state: State, student_state: State, generat
         reference.load_state_dict(reference_state)
         x, _ = sample(generator, range(generator.num_classes), check_samples, device, seed=seed + 1)
         support = class_support(make_model, locals_, x, predicted(original, x, device), generator.num_classes, device)
-        teacher = blended_teacher(original.to(device), reference.to(device), support, cfg.temperature)
+        other = (local_ensemble(make_model, locals_, device, cfg.temperature) if unsupported == "locals"
+                 else reference.to(device))
+        teacher = blended_teacher(original.to(device), other, support, cfg.temperature)
     refined, stats = refine(student, original, generator.to(device), fisher, cfg, device, seed=seed, teacher=teacher,
                             trigger_weight=trigger_weight)
     return to_state(refined), stats

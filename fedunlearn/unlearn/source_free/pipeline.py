@@ -38,6 +38,8 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fedunlearn.config import check_range
@@ -47,7 +49,7 @@ from fedunlearn.unlearn.source_free.consolidate import (ConsolidateConfig, conso
 from fedunlearn.unlearn.source_free.forget import fisher_penalty
 from fedunlearn.unlearn.source_free.generator import Generator, GeneratorConfig, sample, train_generator
 from fedunlearn.unlearn.source_free.inference import logits
-from fedunlearn.unlearn.source_free.support import blend, blended_teacher
+from fedunlearn.unlearn.source_free.support import blend, blend_probs, blended_teacher
 from fedunlearn.unlearn.source_free.trigger import TriggerConfig, find_triggers, invariance_term
 
 
@@ -71,6 +73,9 @@ class RepairConfig:
     start: Literal["reference", "original"] = "reference"  # the student's initial weights when the reference
                                  # is not kept; "original" was better on the tuning cells' test accuracy,
                                  # with the trigger block taking out what only the departing client taught
+    unsupported: Literal["reference", "locals"] = "reference"  # the blend's other side, on classes the remaining
+                                 # clients do not support: the reference, or their local models' ensemble
+                                 # (support.local_ensemble), which does not collapse with a wrecked reference
     support_relative: bool = False  # support_c / median support (capped at 1): local models recall synthetic samples
                                  # worse than the global model on every class, so raw support blends the
                                  # reference into classes the remaining clients do hold
@@ -79,17 +84,20 @@ class RepairConfig:
         check_range("skip_agreement", self.skip_agreement, 0.0)
         check_range("check_samples", self.check_samples, 1)
         check_range("support_clients", self.support_clients, 1)
+        if self.unsupported not in ("reference", "locals"):
+            raise ValueError(f"unsupported must be 'reference' or 'locals', got {self.unsupported!r}")
         if self.start not in ("reference", "original"):
             raise ValueError(f"start must be 'reference' or 'original', got {self.start!r}")
 
 
 def repair(original: nn.Module, reference: nn.Module, num_classes: int, input_shape, cfg: RepairConfig, device,
-           classes=None, seed: int = 0, support_fn=None) -> tuple[nn.Module, Generator, dict]:
+           classes=None, seed: int = 0, support_fn=None, ensemble=None) -> tuple[nn.Module, Generator, dict]:
     """Returns (student, generator, stats); `original` and `reference` are not modified.
 
     `support_fn(x, labels) -> per-class support in [0, 1]` (support.class_support over the
     remaining clients' local models) is needed for teacher = "remaining"; without it the
-    original is the teacher."""
+    original is the teacher. `ensemble(x) -> probabilities` (support.local_ensemble) is the
+    blend's other side with unsupported = "locals"."""
     start = time.perf_counter()
     classes = list(range(num_classes)) if classes is None else list(classes)
     remaining = cfg.teacher == "remaining" and support_fn is not None
@@ -106,9 +114,15 @@ def repair(original: nn.Module, reference: nn.Module, num_classes: int, input_sh
         support = support_fn(x, said)
         if cfg.support_relative:  # a class is missing when it is supported much less than the others
             support = (support / support.median().clamp(min=1e-6)).clamp(max=1.0)
-        teacher = blended_teacher(original.to(device), reference.to(device), support, cfg.consolidate.temperature)
+        temp = cfg.consolidate.temperature
+        other = ensemble if cfg.unsupported == "locals" and ensemble is not None else reference.to(device)
+        teacher = blended_teacher(original.to(device), other, support, temp)
         stats["support_min"], stats["support_mean"] = float(support.min()), float(support.mean())
-        taught = blend(original_logits, reference_logits, support, cfg.consolidate.temperature).argmax(1)
+        if other is ensemble:
+            p_other = torch.cat([ensemble(x[i:i + 512].to(device)).cpu() for i in range(0, len(x), 512)])
+            taught = blend_probs(F.softmax(original_logits / temp, dim=1), p_other, support).argmax(1)
+        else:
+            taught = blend(original_logits, reference_logits, support, temp).argmax(1)
     else:
         teacher, taught = model_teacher(original, cfg.consolidate.temperature), said
     stats["reference_worst_class_agreement"] = worst_class_agreement(ref_said, taught, num_classes)

@@ -101,20 +101,52 @@ def class_support(make_model: Callable[[], nn.Module], locals_: list[tuple[State
 def blend(original_logits: torch.Tensor, reference_logits: torch.Tensor, support: torch.Tensor,
           temperature: float = 1.0) -> torch.Tensor:
     """The blended teacher's probabilities from the two models' logits (see blended_teacher)."""
-    p_orig = F.softmax(original_logits / temperature, dim=1)
-    p_ref = F.softmax(reference_logits / temperature, dim=1)
+    return blend_probs(F.softmax(original_logits / temperature, dim=1), F.softmax(reference_logits / temperature, dim=1),
+                       support)
+
+
+def blend_probs(p_orig: torch.Tensor, p_other: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
+    """s_c p_orig + (1 - s_c) p_other, with c the class p_orig puts each input in."""
     weight = support.to(p_orig.device)[p_orig.argmax(1)].unsqueeze(1)
-    return weight * p_orig + (1.0 - weight) * p_ref
+    return weight * p_orig + (1.0 - weight) * p_other
 
 
-def blended_teacher(original: nn.Module, reference: nn.Module, support: torch.Tensor, temperature: float = 1.0):
-    """p = s_c p_original + (1 - s_c) p_reference, with c the original's class for each input."""
+def blended_teacher(original: nn.Module, reference: nn.Module | Callable, support: torch.Tensor,
+                    temperature: float = 1.0):
+    """p = s_c p_original + (1 - s_c) p_other, with c the original's class for each input; the
+    other is the reference model, or any function of the inputs returning probabilities (the
+    remaining clients' local ensemble, `local_ensemble`)."""
     original.eval()
-    reference.eval()
+    if isinstance(reference, nn.Module):
+        reference.eval()
+        other = lambda x: F.softmax(reference(x) / temperature, dim=1)  # noqa: E731
+    else:
+        other = reference
 
     @torch.no_grad()
     def probs(x: torch.Tensor) -> torch.Tensor:
-        return blend(original(x), reference(x), support, temperature)
+        return blend_probs(F.softmax(original(x) / temperature, dim=1), other(x), support)
 
     return probs
 
+
+def local_ensemble(make_model: Callable[[], nn.Module], locals_: list[tuple[State, int]], device,
+                   temperature: float = 1.0):
+    """The remaining clients' local models as one teacher: the sample-weighted mean of their
+    probabilities (FedDF's ensemble, Lin et al., NeurIPS 2020). A class no remaining client
+    recognises gets little probability from it, as it would after retraining without the
+    departing client; the blend uses it where that client's class is unsupported, instead of a
+    reference that a large removed update can leave near chance everywhere."""
+    total = sum(n for _, n in locals_)
+    members = []
+    for state, n in locals_:
+        model = make_model().to(device).eval()
+        model.load_state_dict(as_tensors(state))
+        model.requires_grad_(False)
+        members.append((model, n / total))
+
+    @torch.no_grad()
+    def probs(x: torch.Tensor) -> torch.Tensor:
+        return sum(w * F.softmax(model(x) / temperature, dim=1) for model, w in members)
+
+    return probs
