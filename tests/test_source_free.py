@@ -129,6 +129,25 @@ def test_repair_keeps_a_reference_that_lost_nothing_and_repairs_one_that_did(bac
     assert accuracy(student, test, CPU) > accuracy(broken, test, CPU) + 0.02
 
 
+def test_locals_teacher_starts_at_the_original_and_loses_its_backdoor(backdoored):
+    """teacher = "locals": the student starts at the original (kept accuracy) and is distilled from
+    the remaining clients' local ensemble, here one model that never saw the departing client.
+    Without any trigger search, the synthetic samples alone take out most of the backdoor."""
+    from fedunlearn.unlearn.source_free.support import local_ensemble
+
+    original, reference, trig = backdoored["original"], backdoored["reference"], backdoored["trig"]
+    make = lambda: build_model(ModelConfig("cnn", hidden=32), (1, 8, 8), 10)  # noqa: E731
+    ensemble = local_ensemble(make, [(reference.state_dict(), 1)], CPU)
+    cfg = RepairConfig(generator=GeneratorConfig(steps=60), consolidate=ConsolidateConfig(steps=100),
+                       skip_agreement=2.0, teacher="locals", start="original")
+    student, _, stats = repair(original, reference, 10, (1, 8, 8), cfg, CPU, seed=0, ensemble=ensemble)
+    asr = lambda m: float((predict_probs(m, trig, CPU).argmax(1) == 0).float().mean())  # noqa: E731
+    test = backdoored["data"].test
+    assert stats["consolidated"]
+    assert asr(student) < 0.5 * asr(original)
+    assert accuracy(student, test, CPU) > accuracy(original, test, CPU) - 0.05
+
+
 def test_bad_input_is_a_clear_error(backdoored):
     with pytest.raises(ConfigError, match="generator.steps"):
         build(RepairConfig, {"generator": {"steps": -1}})

@@ -63,7 +63,7 @@ def remaining_locals(ctx: FedContext, cfg: RepairConfig):
     """The remaining clients' local models from their last stored rounds (support.py), when the
     repair's teacher is "remaining"; as numpy arrays, which Ray passes to the server's task
     without copying (support.shippable)."""
-    if cfg.teacher != "remaining":
+    if cfg.teacher not in ("remaining", "locals"):
         return None
     clients = sorted(ctx.remaining)
     if len(clients) > cfg.support_clients:  # a seeded sample: an unbiased estimate of the weighted mean
@@ -81,7 +81,7 @@ def warm_up(server, make_model, global_state: State, num_classes: int, input_sha
     cfg = cfg or RepairConfig()
     tiny = replace(cfg, generator=replace(cfg.generator, steps=2), consolidate=replace(cfg.consolidate, steps=2),
                    trigger=replace(cfg.trigger, steps=2), skip_agreement=2.0)
-    locals_ = [(global_state, 1)] if cfg.teacher == "remaining" else None
+    locals_ = [(global_state, 1)] if cfg.teacher in ("remaining", "locals") else None
     server.run(server_repair, make_model, global_state, global_state, num_classes, input_shape,
                RepairConfig(**{f.name: getattr(tiny, f.name) for f in fields(RepairConfig)}), seed, locals_)
 
@@ -116,7 +116,7 @@ def server_repair(make_model, global_state: State, reference_state: State, num_c
     support_fn = ensemble = None
     if locals_:
         support_fn = lambda x, labels: class_support(make_model, locals_, x, labels, num_classes, device)  # noqa: E731
-        if cfg.unsupported == "locals":
+        if "locals" in (cfg.unsupported, cfg.teacher):
             ensemble = local_ensemble(make_model, locals_, device, cfg.consolidate.temperature)
     student, generator, stats = repair(original, reference, num_classes, input_shape, cfg, device, seed=seed,
                                        support_fn=support_fn, ensemble=ensemble)

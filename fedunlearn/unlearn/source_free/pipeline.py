@@ -66,7 +66,8 @@ class RepairConfig:
     skip_agreement: float = 0.5  # keep the reference when, in every class, it agrees with the teacher on
                                  # at least this share of the synthetic samples; > 1: always distil
     check_samples: int = 1000    # synthetic samples for that check (about 100 per class)
-    teacher: Literal["remaining", "original"] = "remaining"  # remaining: per-class blend by the remaining
+    teacher: Literal["remaining", "original", "locals"] = "remaining"  # locals: the remaining clients' local
+                                 # ensemble alone (support.local_ensemble); remaining: per-class blend by the remaining
                                  # clients' support (support.py); original: the global model as it is
     support_clients: int = 20    # the support is estimated from at most this many remaining clients (seeded sample)
     trigger: TriggerConfig = TriggerConfig()  # reverse-engineered triggers held in distillation (trigger.py)
@@ -84,6 +85,8 @@ class RepairConfig:
         check_range("skip_agreement", self.skip_agreement, 0.0)
         check_range("check_samples", self.check_samples, 1)
         check_range("support_clients", self.support_clients, 1)
+        if self.teacher not in ("remaining", "original", "locals"):
+            raise ValueError(f"teacher must be 'remaining', 'original' or 'locals', got {self.teacher!r}")
         if self.unsupported not in ("reference", "locals"):
             raise ValueError(f"unsupported must be 'reference' or 'locals', got {self.unsupported!r}")
         if self.start not in ("reference", "original"):
@@ -123,6 +126,9 @@ def repair(original: nn.Module, reference: nn.Module, num_classes: int, input_sh
             taught = blend_probs(F.softmax(original_logits / temp, dim=1), p_other, support).argmax(1)
         else:
             taught = blend(original_logits, reference_logits, support, temp).argmax(1)
+    elif cfg.teacher == "locals" and ensemble is not None:
+        teacher = ensemble
+        taught = torch.cat([ensemble(x[i:i + 512].to(device)).argmax(1).cpu() for i in range(0, len(x), 512)])
     else:
         teacher, taught = model_teacher(original, cfg.consolidate.temperature), said
     stats["reference_worst_class_agreement"] = worst_class_agreement(ref_said, taught, num_classes)
