@@ -35,6 +35,22 @@ def test_scenarios_merge_into_the_base_and_bad_ones_fail_early():
         build(Config, matrix(bad={"federation": {"num_clients": 1}}))
 
 
+def test_within_noise_floor_widens_each_tolerance_to_the_second_retrainings_gap():
+    from fedunlearn.experiments.matrix_floor import within_noise_floor
+
+    m = build(Config, matrix()).matrix
+    ref = {"test_acc": 0.70, "forget_acc": 0.40, "backdoor_asr": 0.01}
+    alt = {"test_acc": 0.62, "forget_acc": 0.45, "backdoor_asr": 0.02}   # another retraining: 8 points off
+    near = {"test_acc": 0.76, "forget_acc": 0.44, "backdoor_asr": 0.03, "messages_to_remaining": 0}
+    assert within_noise_floor(near, ref, alt, m)
+    assert not within_noise_floor({**near, "test_acc": 0.79}, ref, alt, m)          # 9 points > 8
+    assert not within_noise_floor({**near, "forget_acc": 0.46}, ref, alt, m)        # +6 > max(3, 5)
+    assert not within_noise_floor({**near, "backdoor_asr": 0.05}, ref, alt, m)      # +4 > max(3, 1)
+    assert not within_noise_floor({**near, "messages_to_remaining": 3}, ref, alt, m)
+    assert within_noise_floor({**near, "test_acc": 0.715, "forget_acc": 0.42}, ref, ref, m)  # identical: the targets
+    assert not within_noise_floor(near, ref, ref, m)
+
+
 @pytest.mark.slow
 def test_matrix_runs_each_federation_as_a_ray_task(local_ray, tmp_path):
     cfg = build(Config, matrix())
@@ -65,6 +81,10 @@ def test_matrix_runs_each_federation_as_a_ray_task(local_ray, tmp_path):
     meets = summary["subtract"]["within_target_where_retrain_alt_meets"]  # null: no cell's targets are met
     assert (0.0 <= meets <= 1.0) if floor["cells_within_target"] else meets is None
     assert any("the ceiling: a retrained model" in line for line in md)
+    for r in rows:  # the widened tolerances only widen: within target implies within the noise floor
+        if r["method"] in ("subtract", "replay", "fedrecovery"):
+            assert isinstance(r["within_noise_floor"], bool) and (r["within_noise_floor"] or not r["within_target"])
+    assert 0.0 <= summary["subtract"]["within_noise_floor"] <= 1.0
     assert any(line.startswith("| cell | retrain_test_acc |") for line in md)
 
 

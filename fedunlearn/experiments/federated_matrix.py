@@ -31,7 +31,8 @@ import numpy as np
 
 from fedunlearn.config import build, check_range, to_dict
 from fedunlearn.errors import ConfigError
-from fedunlearn.experiments.matrix_floor import FLOOR_COLUMNS, NAME as RETRAIN_ALT, floor_note, floor_rows, noise_floor
+from fedunlearn.experiments.matrix_floor import (FLOOR_COLUMNS, NAME as RETRAIN_ALT, floor_note, floor_rows, noise_floor,
+                                                within_noise_floor)
 from fedunlearn.metrics.report import markdown_table, write_report
 
 log = logging.getLogger("fedunlearn")
@@ -41,7 +42,7 @@ ROW_COLUMNS = ["scenario", "seed", "method", "test_acc", "forget_acc", "backdoor
 SUMMARY_COLUMNS = ["method", "cells", "test_acc", "test_acc_std", "forget_acc", "backdoor_asr", "backdoor_asr_std",
                    "backdoor_asr_min", "test_gap", "test_gap_std", "forget_gap", "forget_gap_std", "backdoor_gap",
                    "backdoor_gap_std", "speedup", "within_target", "within_target_where_subtract_misses",
-                   "within_target_where_retrain_alt_meets"]
+                   "within_target_where_retrain_alt_meets", "within_noise_floor"]
 # summarized as mean and `_std` (spread over the cells); speedup as the median, with its `_std`
 SUMMARY_FIELDS = ["test_acc", "forget_acc", "backdoor_asr", "mia_efficacy", "wall_s", "test_gap", "forget_gap",
                   "backdoor_gap"]
@@ -211,7 +212,9 @@ def run(cfg: Config, out_dir: str | Path, progress: bool = True) -> dict:
     if floor:
         notes.append(f"the second retrainings took {alt_s:.0f} s of the cells' {cell_wall:.0f} s wall "
                      f"({alt_s / max(cell_wall, 1e-9):.0%}); within_target_where_retrain_alt_meets: each method's "
-                     "share over the cells where retrain_alt meets the targets")
+                     "share over the cells where retrain_alt meets the targets; within_noise_floor: each "
+                     "tolerance widened to retrain_alt's own gap in that cell (as close to retrain as a second "
+                     "retraining is; reported beside within_target, which stays the issue's)")
     md_summary = markdown_table(summary, SUMMARY_COLUMNS)
     write_report(out, f"{m.name}: federated withdrawal matrix", to_dict(cfg), rows,
                  extra={"summary": summary, "matrix_wall_s": time.perf_counter() - start, "cells_cpu_s": cpu_s,
@@ -239,6 +242,7 @@ def cell_rows(cfg: Config, cells, results) -> list[dict]:
     for scenario, seed in cells:
         cell = results[(scenario, seed)]["results"]
         ref = next(r for r in cell if r["method"] == "retrain")
+        alt = next((r for r in cell if r["method"] == RETRAIN_ALT), None)
         for row in cell:
             row = {"scenario": scenario, "seed": seed, **row}
             if row["method"] not in ("original", "retrain"):
@@ -246,6 +250,8 @@ def cell_rows(cfg: Config, cells, results) -> list[dict]:
                 row["test_gap"] = abs(row["test_acc"] - ref["test_acc"])
                 row["forget_gap"] = row["forget_acc"] - ref["forget_acc"]
                 row["backdoor_gap"] = row.get("backdoor_asr", 0.0) - ref.get("backdoor_asr", 0.0)
+                if alt is not None and row["method"] != RETRAIN_ALT:
+                    row["within_noise_floor"] = within_noise_floor(row, ref, alt, cfg.matrix)
             rows.append(row)
     return rows
 
@@ -276,7 +282,8 @@ def summarize(cfg: Config, rows: list[dict]) -> list[dict]:
             if floored and method != RETRAIN_ALT:  # share over the cells whose targets retrain_alt meets (None: none)
                 ok = [r["within_target"] for r in mine if (r["scenario"], r["seed"]) in meetable]
                 row.update(within_target_where_retrain_alt_meets=float(np.mean(ok)) if ok else None,
-                           cells_where_retrain_alt_meets=len(ok))
+                           cells_where_retrain_alt_meets=len(ok),
+                           within_noise_floor=float(np.mean([r["within_noise_floor"] for r in mine])))
         out.append(row)
     return out
 
