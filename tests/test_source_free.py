@@ -157,6 +157,10 @@ def test_bad_input_is_a_clear_error(backdoored):
         build(RepairConfig, {"consolidate": {"epochs": 3}})
     with pytest.raises(ConfigError, match="start"):
         build(RepairConfig, {"start": "middle"})
+    with pytest.raises(ConfigError, match="teacher"):
+        build(RepairConfig, {"teacher": "everyone"})
+    with pytest.raises(ConfigError, match="unsupported"):
+        build(RepairConfig, {"unsupported": "original"})
     with pytest.raises(ConfigError, match="trigger.weight"):
         build(RepairConfig, {"trigger": {"weight": -1.0}})
     from fedunlearn.federated.methods import source_free_absent
@@ -177,14 +181,21 @@ SMALL = {"generator": {"steps": 20}, "consolidate": {"steps": 20},
          "skip_agreement": 2.0}  # never skip the distillation, so that every stage runs
 
 
-def federation(**sections) -> dict:
+def federation(absent: dict | None = None, coop: dict | None = None, **sections) -> dict:
     return tiny_federation("tiny-source-free", SOURCE_FREE, {
-        "source_free_absent": SMALL, "source_free_cooperative": {**SMALL, "refine_steps": 20}}, **sections)
+        "source_free_absent": {**SMALL, **(absent or {})},
+        "source_free_cooperative": {**SMALL, "refine_steps": 20, **(coop or {})}}, **sections)
+
+
+# the defaults, and the remaining clients' local ensemble as the teacher (absent) and as the
+# blend's other side (cooperative: the repair and the refinement both build it on the server)
+LOCALS = ({"teacher": "locals", "start": "original"}, {"unsupported": "locals"})
 
 
 @pytest.mark.slow
-def test_both_modes_end_to_end_without_messages_to_the_remaining_clients(local_ray, tmp_path):
-    report = experiment.run(build(FedConfig, federation()), tmp_path, progress=False)
+@pytest.mark.parametrize("options", [({}, {}), LOCALS], ids=["defaults", "locals"])
+def test_both_modes_end_to_end_without_messages_to_the_remaining_clients(local_ray, tmp_path, options):
+    report = experiment.run(build(FedConfig, federation(*options)), tmp_path, progress=False)
     rows = {r["method"]: r for r in report["results"]}
     assert list(rows) == ["original", *SOURCE_FREE]
     for name in ("source_free_absent", "source_free_cooperative"):
