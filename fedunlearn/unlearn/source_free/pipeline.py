@@ -71,7 +71,7 @@ class RepairConfig:
                                  # clients' support (support.py); original: the global model as it is
     support_clients: int = 20    # the support is estimated from at most this many remaining clients (seeded sample)
     trigger: TriggerConfig = TriggerConfig()  # reverse-engineered triggers held in distillation (trigger.py)
-    start: Literal["reference", "original", "searched"] = "reference"  # the student's initial weights when the reference
+    start: Literal["reference", "original"] = "reference"  # the student's initial weights when the reference
                                  # is not kept; "original" was better on the tuning cells' test accuracy,
                                  # with the trigger block taking out what only the departing client taught
     unsupported: Literal["reference", "locals"] = "reference"  # the blend's other side, on classes the remaining
@@ -89,8 +89,8 @@ class RepairConfig:
             raise ValueError(f"teacher must be 'remaining', 'original' or 'locals', got {self.teacher!r}")
         if self.unsupported not in ("reference", "locals"):
             raise ValueError(f"unsupported must be 'reference' or 'locals', got {self.unsupported!r}")
-        if self.start not in ("reference", "original", "searched"):
-            raise ValueError(f"start must be 'reference', 'original' or 'searched', got {self.start!r}")
+        if self.start not in ("reference", "original"):
+            raise ValueError(f"start must be 'reference' or 'original', got {self.start!r}")
 
 
 def repair(original: nn.Module, reference: nn.Module, num_classes: int, input_shape, cfg: RepairConfig, device,
@@ -145,9 +145,6 @@ def repair(original: nn.Module, reference: nn.Module, num_classes: int, input_sh
                                             cfg.consolidate.batch_size, device), cfg.trigger.weight)
         # --- end trigger block ---
         start_model = original if cfg.start == "original" else reference  # consolidate copies it
-        if cfg.start == "searched":
-            start_model, stats["start_alpha"] = searched_start(original, reference, x, taught, num_classes,
-                                                               cfg.skip_agreement, device)
         student, more = consolidate(start_model, teacher, generator, classes, cfg.consolidate, device,
                                     forget_term=term, seed=seed + 2)
         stats.update(more)
@@ -156,24 +153,6 @@ def repair(original: nn.Module, reference: nn.Module, num_classes: int, input_sh
         student = clone(reference).to(device).eval()
     stats["repair_s"] = time.perf_counter() - start
     return student, generator, stats
-
-
-def searched_start(original: nn.Module, reference: nn.Module, x, taught, num_classes: int, threshold: float,
-                   device) -> tuple[nn.Module, float]:
-    """(start, alpha): the point original + alpha * (reference - original) furthest toward the
-    reference, alpha in 1/2, 1/4, ..., 1/16, whose worst-class agreement with the teacher on the
-    check samples is at least `threshold` (the rule that keeps a reference when alpha = 1 passes);
-    the original (alpha 0) if none does. A boosted client's removal leaves the reference near
-    chance, and distillation on synthetic samples cannot climb back from there (docs/findings.md);
-    part of the removal still takes much of the client's backdoor and memorisation with it."""
-    ours, theirs = original.state_dict(), reference.state_dict()
-    for alpha in (0.5, 0.25, 0.125, 0.0625):
-        model = clone(original).to(device)
-        model.load_state_dict({k: v + alpha * (theirs[k].to(v.device) - v) if v.is_floating_point() else v
-                               for k, v in ours.items()})
-        if worst_class_agreement(predicted(model, x, device), taught, num_classes) >= threshold:
-            return model, alpha
-    return original, 0.0
 
 
 def weighted(term, weight: float):
