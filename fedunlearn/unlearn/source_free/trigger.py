@@ -251,8 +251,24 @@ def find_triggers(original: nn.Module, reference: nn.Module, generator: Generato
                   device, seed: int = 0) -> tuple[list[Stamp], dict]:
     """The stamps to hold invariant, by cfg.search."""
     if cfg.search == "targeted":
-        return targeted_triggers(original, generator, classes, cfg, device, seed)
+        stamps, stats = targeted_triggers(original, generator, classes, cfg, device, seed)
+        if "trigger_patch_target" in stats:
+            target = stats["trigger_patch_target"]
+            with frozen(original), frozen(reference):
+                for name, model in (("original", original), ("reference", reference)):
+                    stats[f"trigger_patch_success_{name}"] = stamp_success(model.to(device).eval(), stamps[-1], target,
+                                                                          generator, classes, 256, device)
+        return stamps, stats
     return reverse_triggers(original, reference, generator, classes, cfg, device, seed)
+
+
+@torch.no_grad()
+def stamp_success(model: nn.Module, stamp: Stamp, target: int, generator: Generator, classes, n: int, device) -> float:
+    """The share of fresh synthetic inputs that `model` does not already put in `target` which the
+    stamp sends there."""
+    x = draw(generator, torch.as_tensor(list(classes), dtype=torch.long), n, device)
+    others = x[model(x).argmax(1) != target]
+    return float((model(stamp(others)).argmax(1) == target).float().mean()) if len(others) else 0.0
 
 
 def invariance_term(stamps: list[Stamp], teacher, generator: Generator, classes, batch_size: int, device):
