@@ -14,7 +14,8 @@ from fedunlearn.models import ModelConfig, build_model
 from fedunlearn.training import TrainConfig, seed_everything, train
 from fedunlearn.unlearn.source_free import GeneratorConfig, train_generator
 from fedunlearn.unlearn.source_free.pipeline import RepairConfig
-from fedunlearn.unlearn.source_free.trigger import TriggerConfig, flip_rate, reverse_triggers, targeted_triggers
+from fedunlearn.unlearn.source_free.trigger import (TriggerConfig, flip_rate, only_what_the_client_taught,
+                                                    reverse_triggers, targeted_triggers)
 
 CPU = torch.device("cpu")
 RECIPE = TrainConfig(epochs=8, batch_size=32, lr=0.05, schedule="constant")
@@ -71,6 +72,14 @@ def test_the_targeted_search_names_the_backdoor_target_from_the_original_alone(p
     with torch.no_grad():  # the largest held stamp works on real test images as the real trigger does
         found = float((original(stamps[-1](test.x[keep])).argmax(1) == backdoor.target).float().mean())
     assert found > 0.5
+    # what only the departing client taught: the reference without its data does not follow the stamp;
+    # a "reference" that holds the same backdoor (here the original itself) does, and nothing is kept
+    kept, kept_stats = only_what_the_client_taught(original, reference, generator, range(10), stamps, dict(stats), CPU)
+    assert kept == stamps and kept_stats["trigger_patch_kept"]
+    assert kept_stats["trigger_patch_success_reference"] < 0.5 * kept_stats["trigger_patch_success_original"]
+    dropped, dropped_stats = only_what_the_client_taught(original, original, generator, range(10), stamps, dict(stats),
+                                                         CPU)
+    assert dropped == [] and not dropped_stats["trigger_patch_kept"] and dropped_stats["trigger_stamps"] == 0
     clean_generator, _ = train_generator(reference, (1, 8, 8), 10, GeneratorConfig(), CPU)
     clean_stamps, clean_stats = targeted_triggers(reference, clean_generator, range(10), cfg, CPU)
     assert clean_stamps == [], clean_stats

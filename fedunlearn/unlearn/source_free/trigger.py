@@ -252,14 +252,31 @@ def find_triggers(original: nn.Module, reference: nn.Module, generator: Generato
     """The stamps to hold invariant, by cfg.search."""
     if cfg.search == "targeted":
         stamps, stats = targeted_triggers(original, generator, classes, cfg, device, seed)
-        if "trigger_patch_target" in stats:
-            target = stats["trigger_patch_target"]
-            with frozen(original), frozen(reference):
-                for name, model in (("original", original), ("reference", reference)):
-                    stats[f"trigger_patch_success_{name}"] = stamp_success(model.to(device).eval(), stamps[-1], target,
-                                                                          generator, classes, 256, device)
-        return stamps, stats
+        return only_what_the_client_taught(original, reference, generator, classes, stamps, stats, device)
     return reverse_triggers(original, reference, generator, classes, cfg, device, seed)
+
+
+def only_what_the_client_taught(original, reference, generator, classes, stamps: list[Stamp], stats: dict,
+                                device) -> tuple[list[Stamp], dict]:
+    """Keep the targeted search's stamps only if the reference (the client's steps removed) follows
+    the strongest of them less than half as often as the original does. A backdoor is what only the
+    departing client taught: its stamp turns the original and not the reference (tuning cells:
+    0.89-1.00 against 0.00). A class that is simply easy to reach by a patch (a stroke that makes
+    any digit an 8) turns both (withdrawal_noniid.toml's weak backdoor: class 8 named, 1.00 against
+    1.00; holding it cost 2.8 points of test accuracy). A reference wrecked to one class is not
+    turned by anything (inputs it already puts in the target are not counted), so it keeps them."""
+    if "trigger_patch_target" not in stats:
+        return stamps, stats
+    target, count = stats["trigger_patch_target"], stats["trigger_patch_rung"] + 1  # the patch stamps come first
+    with frozen(original), frozen(reference):
+        for name, model in (("original", original), ("reference", reference)):
+            stats[f"trigger_patch_success_{name}"] = stamp_success(model.to(device).eval(), stamps[count - 1],
+                                                                  target, generator, classes, 256, device)
+    stats["trigger_patch_kept"] = stats["trigger_patch_success_reference"] < 0.5 * stats["trigger_patch_success_original"]
+    if not stats["trigger_patch_kept"]:  # the named class is not the client's: hold none of its stamps
+        stamps = stamps[count:]
+        stats["trigger_stamps"] = len(stamps)
+    return stamps, stats
 
 
 @torch.no_grad()
