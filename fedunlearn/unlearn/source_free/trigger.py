@@ -234,17 +234,11 @@ def _targeted_search(original, generator, classes, targets, cfg: TriggerConfig, 
 
 @torch.no_grad()
 def _success(original, generator, classes, masks, patterns, n: int, device) -> torch.Tensor:
-    """Per class t: the share of fresh synthetic inputs the original does not already put in t
-    that its stamp sends to t."""
+    """Per class t: stamp_success of t's stamp, on one draw of fresh synthetic inputs."""
     x = draw(generator, classes, n, device)
     clean = original(x).argmax(1)
-    out = torch.zeros(len(classes))
-    for i, t in enumerate(classes.tolist()):
-        others = clean != t
-        if others.any():
-            stamped = (1.0 - masks[i]) * x[others] + masks[i] * patterns[i]
-            out[i] = (original(stamped).argmax(1) == t).float().mean()
-    return out
+    return torch.tensor([stamp_success(original, Stamp(masks[i], patterns[i]), t, x, clean)
+                         for i, t in enumerate(classes.tolist())])
 
 
 def find_triggers(original: nn.Module, reference: nn.Module, generator: Generator, classes, cfg: TriggerConfig,
@@ -268,10 +262,11 @@ def only_what_the_client_taught(original, reference, generator, classes, stamps:
     if "trigger_patch_target" not in stats:
         return stamps, stats
     target, count = stats["trigger_patch_target"], stats["trigger_patch_rung"] + 1  # the patch stamps come first
-    with frozen(original), frozen(reference):
+    classes = torch.as_tensor(list(classes), dtype=torch.long)
+    with torch.no_grad():
         for name, model in (("original", original), ("reference", reference)):
-            stats[f"trigger_patch_success_{name}"] = stamp_success(model.to(device).eval(), stamps[count - 1],
-                                                                  target, generator, classes, 256, device)
+            stats[f"trigger_patch_success_{name}"] = stamp_success(model.to(device).eval(), stamps[count - 1], target,
+                                                                  draw(generator, classes, 256, device))
     stats["trigger_patch_kept"] = stats["trigger_patch_success_reference"] < 0.5 * stats["trigger_patch_success_original"]
     if not stats["trigger_patch_kept"]:  # the named class is not the client's: hold none of its stamps
         stamps = stamps[count:]
@@ -280,11 +275,11 @@ def only_what_the_client_taught(original, reference, generator, classes, stamps:
 
 
 @torch.no_grad()
-def stamp_success(model: nn.Module, stamp: Stamp, target: int, generator: Generator, classes, n: int, device) -> float:
-    """The share of fresh synthetic inputs that `model` does not already put in `target` which the
-    stamp sends there."""
-    x = draw(generator, torch.as_tensor(list(classes), dtype=torch.long), n, device)
-    others = x[model(x).argmax(1) != target]
+def stamp_success(model: nn.Module, stamp: Stamp, target: int, x: torch.Tensor, clean: torch.Tensor | None = None) -> float:
+    """The share of the inputs `x` that `model` does not already put in `target` (`clean`: its
+    classes for x, when known) which the stamp sends there."""
+    clean = model(x).argmax(1) if clean is None else clean
+    others = x[clean != target]
     return float((model(stamp(others)).argmax(1) == target).float().mean()) if len(others) else 0.0
 
 
