@@ -187,13 +187,14 @@ def federation(absent: dict | None = None, coop: dict | None = None, **sections)
         "source_free_cooperative": {**SMALL, "refine_steps": 20, **(coop or {})}}, **sections)
 
 
-# the defaults, and the remaining clients' local ensemble as the teacher (absent) and as the
-# blend's other side (cooperative: the repair and the refinement both build it on the server)
-LOCALS = ({"teacher": "locals", "start": "original"}, {"unsupported": "locals"})
+# the defaults, and the remaining clients' local ensemble in both roles and both modes: as the
+# blend's other side, and as the whole teacher (the cooperative mode's refinement uses it too)
+AS_OTHER_SIDE, AS_TEACHER = {"unsupported": "locals"}, {"teacher": "locals", "start": "original"}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("options", [({}, {}), LOCALS], ids=["defaults", "locals"])
+@pytest.mark.parametrize("options", [({}, {}), (AS_OTHER_SIDE, AS_TEACHER), (AS_TEACHER, AS_OTHER_SIDE)],
+                         ids=["defaults", "locals-absent-blend", "locals-absent-teacher"])
 def test_both_modes_end_to_end_without_messages_to_the_remaining_clients(local_ray, tmp_path, options):
     report = experiment.run(build(FedConfig, federation(*options)), tmp_path, progress=False)
     rows = {r["method"]: r for r in report["results"]}

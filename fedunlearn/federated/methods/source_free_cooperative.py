@@ -69,7 +69,7 @@ def unlearn(ctx: FedContext, cfg: Config) -> FedResult:
         state, more = ctx.run_task(server_refine, ctx.make_model, ctx.global_state, state, generator, fisher,
                                    replace(cfg.consolidate, steps=cfg.refine_steps, forget_weight=cfg.forget_weight),
                                    ctx.seed, reference, remaining_locals(ctx, cfg), cfg.check_samples, cfg.trigger.weight,
-                                   cfg.unsupported)
+                                   cfg.teacher, cfg.unsupported)
         stats.update(more)
         stats.update({f"client_{k}": v for k, v in metrics.items()})
     return FedResult(state, 0, [], stats)
@@ -77,15 +77,19 @@ def unlearn(ctx: FedContext, cfg: Config) -> FedResult:
 
 def server_refine(make_model, global_state: State, student_state: State, generator, fisher: dict,
                   cfg: ConsolidateConfig, seed: int, reference_state: State | None = None, locals_=None,
-                  check_samples: int = 1000, trigger_weight: float = 0.0, unsupported: str = "reference"):
+                  check_samples: int = 1000, trigger_weight: float = 0.0, teacher_kind: str = "remaining",
+                  unsupported: str = "reference"):
     """The second server task: `refine` with the client's Fisher statistics; returns (state, stats).
-    With the remaining clients' local models, the teacher is the same per-class blend as the repair's."""
+    With the remaining clients' local models, the teacher is the repair's: their ensemble alone
+    (teacher_kind = "locals") or the same per-class blend."""
     device = get_device("auto")
     original, student = make_model(), make_model()
     original.load_state_dict(global_state)
     student.load_state_dict(student_state)
     teacher = None
-    if locals_ and reference_state is not None:
+    if locals_ and teacher_kind == "locals":
+        teacher = local_ensemble(make_model, locals_, device, cfg.temperature)
+    elif locals_ and reference_state is not None:
         reference = make_model()
         reference.load_state_dict(reference_state)
         x, _ = sample(generator, range(generator.num_classes), check_samples, device, seed=seed + 1)

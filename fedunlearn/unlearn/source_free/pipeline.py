@@ -122,13 +122,13 @@ def repair(original: nn.Module, reference: nn.Module, num_classes: int, input_sh
         teacher = blended_teacher(original.to(device), other, support, temp)
         stats["support_min"], stats["support_mean"] = float(support.min()), float(support.mean())
         if other is ensemble:
-            p_other = torch.cat([ensemble(x[i:i + 512].to(device)).cpu() for i in range(0, len(x), 512)])
-            taught = blend_probs(F.softmax(original_logits / temp, dim=1), p_other, support).argmax(1)
+            taught = blend_probs(F.softmax(original_logits / temp, dim=1), on_batches(ensemble, x, device),
+                                 support).argmax(1)
         else:
             taught = blend(original_logits, reference_logits, support, temp).argmax(1)
     elif cfg.teacher == "locals" and ensemble is not None:
         teacher = ensemble
-        taught = torch.cat([ensemble(x[i:i + 512].to(device)).argmax(1).cpu() for i in range(0, len(x), 512)])
+        taught = on_batches(ensemble, x, device).argmax(1)
     else:
         teacher, taught = model_teacher(original, cfg.consolidate.temperature), said
     stats["reference_worst_class_agreement"] = worst_class_agreement(ref_said, taught, num_classes)
@@ -153,6 +153,11 @@ def repair(original: nn.Module, reference: nn.Module, num_classes: int, input_sh
         student = clone(reference).to(device).eval()
     stats["repair_s"] = time.perf_counter() - start
     return student, generator, stats
+
+
+def on_batches(probs, x: torch.Tensor, device, batch_size: int = 512) -> torch.Tensor:
+    """A probabilities function (a teacher) on every input, on the CPU."""
+    return torch.cat([probs(x[i:i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)])
 
 
 def weighted(term, weight: float):
