@@ -96,6 +96,8 @@ def test_cosine_round_lr_reaches_the_clients_and_anneals_their_steps():
     lrs = [lr_at(r) for r in range(1, rounds + 1)]
     assert lrs[0] == cfg.federation.local.lr and lrs[-1] < 0.2 * lrs[0] and lrs == sorted(lrs, reverse=True)
     assert round_lr(tiny().federation) is None
+    with pytest.raises(ConfigError, match="round_lr.*'constant', 'cosine'"):
+        tiny(federation={"round_lr": "linear"})
     transport = LocalTransport(cfg)
     local = local_data(cfg, 0)
     init = build_model(cfg.model, local.input_shape, local.num_classes).state_dict()
