@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedunlearn.federated.store import DiskHistory, NpyReader, NpyWriter
+from fedunlearn.federated.npyfile import NpyReader, NpyWriter
+from fedunlearn.federated.store import DiskHistory
 
 
 def _readers(store: DiskHistory, client: int) -> tuple[NpyReader, NpyReader, NpyReader]:
