@@ -1,4 +1,5 @@
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -111,3 +112,12 @@ def test_client_queries_registry_names_unknown_queries():
     with pytest.raises(ConfigError, match="unknown client query 'nope'.*pga_ascent"):
         get_query("nope")
     assert "pga_ascent" in CLIENT_QUERIES.names()
+
+
+@pytest.mark.parametrize("config", sorted(str(p.relative_to(Path(__file__).parents[1]))
+                                          for p in (Path(__file__).parents[1] / "simulations").glob("*.toml")))
+def test_every_shipped_config_builds(config):
+    """A key renamed in code and not in a shipped config is a ConfigError at build time; this
+    catches it here rather than in a user's run (building loads no data)."""
+    module, cfg = load_experiment(str(Path(__file__).parents[1] / config), [])
+    assert module is not None and cfg is not None
