@@ -156,7 +156,8 @@ def test_summary_gives_mean_spread_shares_and_the_forgetting_signal():
                  {"scenario": scenario, "seed": 0, "method": "retrain_alt", "test_acc": retrain - (
                      0.005 if scenario == "iid" else 0.03), "forget_acc": 0.5, "backdoor_asr": 0.01, "speedup": 1.0,
                   "messages_to_remaining": 40}]
-    from fedunlearn.experiments.federated_matrix import cell_rows, noise_floor, original_asr, signal_note, summarize
+    from fedunlearn.experiments.matrix_floor import noise_floor
+    from fedunlearn.experiments.matrix_summary import cell_rows, original_asr, signal_note, summarize
 
     results = {(r["scenario"], r["seed"]): {"results": []} for r in rows}
     for r in rows:

@@ -12,7 +12,8 @@ per (scenario, seed, method); a summary per method (mean and spread over the cel
 share of cells within the targets against retrain of the same cell, and that share among the
 cells where `subtract` misses the test-accuracy target); the forgetting signal (the original's
 backdoor success per cell, its minimum against matrix.original_asr_bar); and a Pareto plot of
-speedup against the gap to retrain in test accuracy, forget accuracy and backdoor success.
+speedup against the gap to retrain in test accuracy, forget accuracy and backdoor success
+(matrix_summary.py).
 With matrix.retrain_twice each cell also retrains a second time from another seed (`retrain_alt`,
 matrix_floor.py), judged against `retrain` like a method: the noise floor of the targets, and the
 ceiling (how many cells' targets a retrained model meets at all).
@@ -27,26 +28,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 
 from fedunlearn.config import build, check_range, to_dict
 from fedunlearn.errors import ConfigError
-from fedunlearn.experiments.matrix_floor import (FLOOR_COLUMNS, NAME as RETRAIN_ALT, floor_note, floor_rows, noise_floor,
-                                                within_noise_floor)
+from fedunlearn.experiments.matrix_floor import FLOOR_COLUMNS, NAME as RETRAIN_ALT, floor_note, floor_rows, noise_floor
+from fedunlearn.experiments.matrix_summary import (ROW_COLUMNS, SUMMARY_COLUMNS, cell_rows, original_asr, pareto_plot,
+                                                  signal_note, summarize)
 from fedunlearn.metrics.report import markdown_table, write_report
 
 log = logging.getLogger("fedunlearn")
-
-ROW_COLUMNS = ["scenario", "seed", "method", "test_acc", "forget_acc", "backdoor_asr", "mia_efficacy", "wall_s",
-               "speedup", "messages_to_remaining", "within_target"]
-SUMMARY_COLUMNS = ["method", "cells", "test_acc", "test_acc_std", "forget_acc", "backdoor_asr", "backdoor_asr_std",
-                   "backdoor_asr_min", "test_gap", "test_gap_std", "forget_gap", "forget_gap_std", "backdoor_gap",
-                   "backdoor_gap_std", "speedup", "within_target", "within_target_where_subtract_misses",
-                   "within_target_where_retrain_alt_meets", "within_noise_floor"]
-# summarized as mean and `_std` (spread over the cells); speedup as the median, with its `_std`
-SUMMARY_FIELDS = ["test_acc", "forget_acc", "backdoor_asr", "mia_efficacy", "wall_s", "test_gap", "forget_gap",
-                  "backdoor_gap"]
-
 
 @dataclass(frozen=True)
 class MatrixSection:
@@ -226,110 +216,3 @@ def run(cfg: Config, out_dir: str | Path, progress: bool = True) -> dict:
                                           if floor else [])],
                  columns=ROW_COLUMNS, plots=[str(plot)])
     return {"results": summary, "rows": rows, "columns": SUMMARY_COLUMNS}
-
-
-def within_target(row: dict, ref: dict, m: MatrixSection, messages: bool = True) -> bool:
-    """The targets against `ref` (retrain of the same cell); `messages` = False judges the model
-    only (retrain_alt: a retraining talks to every remaining client by design)."""
-    return (abs(row["test_acc"] - ref["test_acc"]) <= m.test_tolerance
-            and row["forget_acc"] <= ref["forget_acc"] + m.forget_margin
-            and row.get("backdoor_asr", 0.0) <= ref.get("backdoor_asr", 0.0) + m.backdoor_margin
-            and (not messages or row.get("messages_to_remaining", 0) == 0))
-
-
-def cell_rows(cfg: Config, cells, results) -> list[dict]:
-    rows = []
-    for scenario, seed in cells:
-        cell = results[(scenario, seed)]["results"]
-        ref = next(r for r in cell if r["method"] == "retrain")
-        alt = next((r for r in cell if r["method"] == RETRAIN_ALT), None)
-        for row in cell:
-            row = {"scenario": scenario, "seed": seed, **row}
-            if row["method"] not in ("original", "retrain"):
-                row["within_target"] = within_target(row, ref, cfg.matrix, messages=row["method"] != RETRAIN_ALT)
-                row["test_gap"] = abs(row["test_acc"] - ref["test_acc"])
-                row["forget_gap"] = row["forget_acc"] - ref["forget_acc"]
-                row["backdoor_gap"] = row.get("backdoor_asr", 0.0) - ref.get("backdoor_asr", 0.0)
-                if alt is not None and row["method"] != RETRAIN_ALT:
-                    row["within_noise_floor"] = within_noise_floor(row, ref, alt, cfg.matrix)
-            rows.append(row)
-    return rows
-
-
-def summarize(cfg: Config, rows: list[dict]) -> list[dict]:
-    subtract_misses = {(r["scenario"], r["seed"]) for r in rows
-                       if r["method"] == "subtract" and r["test_gap"] > cfg.matrix.test_tolerance}
-    meetable = {(r["scenario"], r["seed"]) for r in rows if r["method"] == RETRAIN_ALT and r["within_target"]}
-    floored = any(r["method"] == RETRAIN_ALT for r in rows)
-    out = []
-    for method in dict.fromkeys(r["method"] for r in rows):
-        mine = [r for r in rows if r["method"] == method]
-        row = {"method": method, "cells": len(mine)}
-        for key in SUMMARY_FIELDS:
-            values = [r[key] for r in mine if key in r]
-            if values:
-                row[key], row[f"{key}_std"] = float(np.mean(values)), float(np.std(values))
-        if "backdoor_asr" in mine[0]:
-            row["backdoor_asr_min"] = float(min(r["backdoor_asr"] for r in mine))
-        if "within_target" in mine[0]:
-            hard = [r for r in mine if (r["scenario"], r["seed"]) in subtract_misses]
-            speedups = [r["speedup"] for r in mine]
-            row.update(speedup=float(np.median(speedups)), speedup_std=float(np.std(speedups)),
-                       within_target=float(np.mean([r["within_target"] for r in mine])),
-                       within_target_where_subtract_misses=(float(np.mean([r["within_target"] for r in hard]))
-                                                            if hard else float("nan")),
-                       cells_where_subtract_misses=len(hard))
-            if floored and method != RETRAIN_ALT:  # share over the cells whose targets retrain_alt meets (None: none)
-                ok = [r["within_target"] for r in mine if (r["scenario"], r["seed"]) in meetable]
-                row.update(within_target_where_retrain_alt_meets=float(np.mean(ok)) if ok else None,
-                           cells_where_retrain_alt_meets=len(ok),
-                           within_noise_floor=float(np.mean([r["within_noise_floor"] for r in mine])))
-        out.append(row)
-    return out
-
-
-def original_asr(rows: list[dict], m: MatrixSection) -> dict:
-    """The forgetting signal per cell: the original's backdoor success, its minimum and the cells
-    under matrix.original_asr_bar (a weak backdoor makes a method that forgot little look close)."""
-    cells = {f"{r['scenario']}/seed{r['seed']}": r.get("backdoor_asr", float("nan"))
-             for r in rows if r["method"] == "original"}
-    if not cells:
-        return {}
-    weakest = min(cells, key=cells.get)
-    return {"per_cell": cells, "min": cells[weakest], "min_cell": weakest, "bar": m.original_asr_bar,
-            "cells_below_bar": sorted(c for c, v in cells.items() if not v >= m.original_asr_bar)}
-
-
-def signal_note(rows: list[dict], m: MatrixSection) -> str:
-    sig = original_asr(rows, m)
-    if not sig:
-        return "no original row: the forgetting signal is not measured"
-    below = sig["cells_below_bar"]
-    return (f"forgetting signal: the original's backdoor success is at least {sig['min']:.3f} in every cell "
-            f"(lowest: {sig['min_cell']}); {len(sig['per_cell']) - len(below)}/{len(sig['per_cell'])} cells reach "
-            f"the bar {sig['bar']:.2f}" + (f"; below it: {', '.join(below)}" if below else ""))
-
-
-def pareto_plot(summary: list[dict], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    methods = [r for r in summary if "speedup" in r]
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
-    for ax, key, label in zip(axes, ("test_gap", "forget_gap", "backdoor_gap"),
-                              ("|test acc - retrain|", "forget acc - retrain", "backdoor success - retrain")):
-        for r in methods:  # error bars: the spread over the cells; retrain_alt (the noise floor) a square
-            ax.errorbar(r["speedup"], r[key], yerr=r.get(f"{key}_std", 0.0), capsize=3,
-                        fmt="s" if r["method"] == RETRAIN_ALT else "o")
-            ax.annotate(r["method"], (r["speedup"], r[key]), fontsize=7)
-        ax.axhline(0.0, color="grey", linewidth=0.8)
-        ax.set_xscale("log")
-        ax.set_xlabel("speedup over retrain (median over cells)")
-        ax.set_ylabel(f"{label} (mean, spread over cells)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
