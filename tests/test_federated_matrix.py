@@ -36,7 +36,7 @@ def test_scenarios_merge_into_the_base_and_bad_ones_fail_early():
 
 
 def test_within_noise_floor_widens_each_tolerance_to_the_second_retrainings_gap():
-    from fedunlearn.experiments.matrix_floor import within_noise_floor
+    from fedunlearn.experiments.matrix_summary import within_noise_floor
 
     m = build(Config, matrix()).matrix
     ref = {"test_acc": 0.70, "forget_acc": 0.40, "backdoor_asr": 0.01}

@@ -51,21 +51,6 @@ def retrain_alt_row(cfg, retrain: dict, seed: int, ckpt: Path | None = None) -> 
             "messages_to_remaining": retrain.get("messages_to_remaining", 0)}
 
 
-def within_noise_floor(row: dict, ref: dict, alt: dict, m) -> bool:
-    """The targets with each tolerance widened to what a second retraining of the same cell missed
-    by: |test - retrain| <= max(tolerance, |retrain_alt - retrain|), and forget / backdoor at most
-    max(margin, retrain_alt's excess) above retrain; no message to the remaining clients. A
-    method within it is as close to retrain as another retraining is: the matrix's targets are
-    not loosened (within_target stays as the issue states it), this is reported beside them."""
-    def excess(key):
-        return alt.get(key, 0.0) - ref.get(key, 0.0)
-    return (abs(row["test_acc"] - ref["test_acc"]) <= max(m.test_tolerance, abs(excess("test_acc")))
-            and row["forget_acc"] - ref["forget_acc"] <= max(m.forget_margin, excess("forget_acc"))
-            and row.get("backdoor_asr", 0.0) - ref.get("backdoor_asr", 0.0) <= max(m.backdoor_margin,
-                                                                                   excess("backdoor_asr"))
-            and row.get("messages_to_remaining", 0) == 0)
-
-
 def noise_floor(rows: list[dict], m) -> dict:
     """retrain_alt against retrain per cell, for report.json's `noise_floor`: the ceiling (cells
     where a retrained model meets the targets), the |test gap| mean / max and the cells whose

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fedunlearn.experiments.matrix_floor import NAME as RETRAIN_ALT, within_noise_floor
+from fedunlearn.experiments.matrix_floor import NAME as RETRAIN_ALT
 
 if TYPE_CHECKING:
     from fedunlearn.experiments.federated_matrix import Config, MatrixSection
@@ -32,13 +32,30 @@ SUMMARY_FIELDS = ["test_acc", "forget_acc", "backdoor_asr", "mia_efficacy", "wal
                   "backdoor_gap"]
 
 
-def within_target(row: dict, ref: dict, m: MatrixSection, messages: bool = True) -> bool:
+def within_target(row: dict, ref: dict, m: MatrixSection, messages: bool = True, alt: dict | None = None) -> bool:
     """The targets against `ref` (retrain of the same cell); `messages` = False judges the model
-    only (retrain_alt: a retraining talks to every remaining client by design)."""
-    return (abs(row["test_acc"] - ref["test_acc"]) <= m.test_tolerance
-            and row["forget_acc"] <= ref["forget_acc"] + m.forget_margin
-            and row.get("backdoor_asr", 0.0) <= ref.get("backdoor_asr", 0.0) + m.backdoor_margin
+    only (retrain_alt: a retraining talks to every remaining client by design). With `alt` (the
+    cell's second retraining) each tolerance is widened to what alt itself missed by: that is
+    within_noise_floor."""
+    alt = ref if alt is None else alt
+
+    def excess(key):  # how far the second retraining landed above retrain (0 without one)
+        return alt.get(key, 0.0) - ref.get(key, 0.0)
+
+    return (abs(row["test_acc"] - ref["test_acc"]) <= max(m.test_tolerance, abs(excess("test_acc")))
+            and row["forget_acc"] <= ref["forget_acc"] + max(m.forget_margin, excess("forget_acc"))
+            and row.get("backdoor_asr", 0.0) <= ref.get("backdoor_asr", 0.0) + max(m.backdoor_margin,
+                                                                                   excess("backdoor_asr"))
             and (not messages or row.get("messages_to_remaining", 0) == 0))
+
+
+def within_noise_floor(row: dict, ref: dict, alt: dict, m: MatrixSection) -> bool:
+    """The targets with each tolerance widened to what a second retraining of the same cell missed
+    by: |test - retrain| <= max(tolerance, |retrain_alt - retrain|), and forget / backdoor at most
+    max(margin, retrain_alt's excess) above retrain; no message to the remaining clients. A
+    method within it is as close to retrain as another retraining is: the matrix's targets are
+    not loosened (within_target stays as the issue states it), this is reported beside them."""
+    return within_target(row, ref, m, alt=alt)
 
 
 def cell_rows(cfg: Config, cells, results) -> list[dict]:
