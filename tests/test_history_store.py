@@ -267,7 +267,9 @@ def test_a_hanging_client_does_not_hold_the_flower_simulation(tmp_path):
     report, last_write = tmp_path / "sim" / "report.json", tmp_path / "sim" / "deletions.jsonl"
     shutdown = end - last_write.stat().st_mtime  # the ServerApp's last write; then the engine stops
     print(f"run {end - start:.1f} s, of which the engine's shutdown {shutdown:.1f} s")
-    assert shutdown < 20.0, f"the engine's shutdown took {shutdown:.0f} s"
+    # a shutdown that waited for the hung call would take the whole `hang`; the bound is far from
+    # that, and far above Ray's teardown on a loaded machine (20 s failed once with both cores busy)
+    assert shutdown < hang / 4, f"the engine's shutdown took {shutdown:.0f} s"
     assert end - start < hang / 2, f"the run took {end - start:.0f} s"
     log = json.loads(report.read_text())["round_log"]
     assert [(r["round"], r["sent"], r["used"]) for r in log] == [(1, 3, 3), (2, 3, 2)]

@@ -20,7 +20,7 @@ from fedunlearn.training import TrainConfig, accuracy, predict_probs, seed_every
 from fedunlearn.unlearn.source_free import (ConsolidateConfig, GeneratorConfig, agreement, consolidate, model_teacher,
                                             sample, train_generator)
 from fedunlearn.unlearn.source_free.forget import fisher_penalty, flag_unknown, local_fisher
-from fedunlearn.unlearn.source_free.pipeline import RepairConfig, repair
+from fedunlearn.unlearn.source_free.pipeline import RepairConfig, repair, start_weights
 from tiny_federation import tiny_federation
 
 CPU = torch.device("cpu")
@@ -148,6 +148,18 @@ def test_locals_teacher_starts_at_the_original_and_loses_its_backdoor(backdoored
     assert accuracy(student, test, CPU) > accuracy(original, test, CPU) - 0.05
 
 
+def test_the_student_can_start_between_the_original_and_the_reference(backdoored):
+    original, reference = backdoored["original"], backdoored["reference"]
+    before = {k: v.clone() for k, v in original.state_dict().items()}
+    assert start_weights(original, reference, RepairConfig()) is reference
+    assert start_weights(original, reference, RepairConfig(start="original", start_step=0.5)) is original
+    half = start_weights(original, reference, RepairConfig(start_step=0.5))
+    theirs, ours = original.state_dict(), reference.state_dict()
+    for key, value in half.state_dict().items():
+        assert torch.allclose(value, 0.5 * (theirs[key] + ours[key]))
+    assert all(torch.equal(before[k], v) for k, v in original.state_dict().items())  # the original is not changed
+
+
 def test_bad_input_is_a_clear_error(backdoored):
     with pytest.raises(ConfigError, match="generator.steps"):
         build(RepairConfig, {"generator": {"steps": -1}})
@@ -157,6 +169,8 @@ def test_bad_input_is_a_clear_error(backdoored):
         build(RepairConfig, {"consolidate": {"epochs": 3}})
     with pytest.raises(ConfigError, match="start"):
         build(RepairConfig, {"start": "middle"})
+    with pytest.raises(ConfigError, match="start_step"):
+        build(RepairConfig, {"start_step": 1.5})
     with pytest.raises(ConfigError, match="teacher"):
         build(RepairConfig, {"teacher": "everyone"})
     with pytest.raises(ConfigError, match="unsupported"):

@@ -74,6 +74,8 @@ class RepairConfig:
     start: Literal["reference", "original"] = "reference"  # the student's initial weights when the reference
                                  # is not kept; "original" was better on the tuning cells' test accuracy,
                                  # with the trigger block taking out what only the departing client taught
+    start_step: float = 1.0      # with start = "reference": the student starts this far along the way from the
+                                 # original to the reference (1: at the reference; see start_weights)
     unsupported: Literal["reference", "locals"] = "reference"  # the blend's other side, on classes the remaining
                                  # clients do not support: the reference, or their local models' ensemble
                                  # (support.local_ensemble), which does not collapse with a wrecked reference
@@ -85,6 +87,7 @@ class RepairConfig:
         check_range("skip_agreement", self.skip_agreement, 0.0)
         check_range("check_samples", self.check_samples, 1)
         check_range("support_clients", self.support_clients, 1)
+        check_range("start_step", self.start_step, 0.0, 1.0)
         if self.teacher not in ("remaining", "original", "locals"):
             raise ValueError(f"teacher must be 'remaining', 'original' or 'locals', got {self.teacher!r}")
         if self.unsupported not in ("reference", "locals"):
@@ -144,15 +147,36 @@ def repair(original: nn.Module, reference: nn.Module, num_classes: int, input_sh
             term = weighted(invariance_term(generator.stamps, teacher, generator, classes,
                                             cfg.consolidate.batch_size, device), cfg.trigger.weight)
         # --- end trigger block ---
-        start_model = original if cfg.start == "original" else reference  # consolidate copies it
-        student, more = consolidate(start_model, teacher, generator, classes, cfg.consolidate, device,
-                                    forget_term=term, seed=seed + 2)
+        student, more = consolidate(start_weights(original, reference, cfg), teacher, generator, classes,
+                                    cfg.consolidate, device, forget_term=term, seed=seed + 2)
         stats.update(more)
         stats["student_agreement"] = float((predicted(student, x, device) == said).float().mean())
     else:
         student = clone(reference).to(device).eval()
     stats["repair_s"] = time.perf_counter() - start
     return student, generator, stats
+
+
+def start_weights(original: nn.Module, reference: nn.Module, cfg: RepairConfig) -> nn.Module:
+    """The student's start (consolidate copies it): the original, the reference, or with
+    0 < start_step < 1 the point original + start_step * (reference - original).
+
+    Why a point between them: the reference removes every stored step of the departing client,
+    and against an attacker whose steps were large that overshoots, to a model the distillation
+    on synthetic samples cannot climb back from; the original climbs, but keeps a backdoor the
+    trigger search did not find. Only the start moves: the generator's judge, the teacher's
+    blend and the trigger block's check of what only the departing client taught keep the
+    whole reference (a stamp the partial model still obeys is no evidence that the remaining
+    clients taught it). Measured in docs/findings.md (session 10)."""
+    if cfg.start == "original" or cfg.start_step == 0.0:
+        return original
+    if cfg.start_step == 1.0:
+        return reference
+    mixed = clone(reference)
+    theirs = original.state_dict()
+    mixed.load_state_dict({k: theirs[k].to(v.device) + cfg.start_step * (v - theirs[k].to(v.device))
+                           if v.is_floating_point() else v for k, v in reference.state_dict().items()})
+    return mixed
 
 
 def on_batches(probs, x: torch.Tensor, device, batch_size: int = 512) -> torch.Tensor:
