@@ -15,7 +15,8 @@ The repair works without any training data:
    to the median class (`support_relative`: local models recall synthetic samples of every
    class worse than the global model does). If, in every class, the reference already agrees
    with that teacher on at least `skip_agreement` of the synthetic samples, the reference is
-   kept. Otherwise a student starting at `start` (default: the reference) is distilled from
+   kept. Otherwise a student starting at `start` (default: the reference; `start_step` < 1: a
+   point between the original and the reference) is distilled from
    the teacher for a short, fixed budget, and the trigger block (trigger.py) holds it against
    what only the departing client taught (`trigger.weight > 0`; off by default): stamps that
    send inputs to the backdoor's target must not change the student's class. They come from
