@@ -76,7 +76,8 @@ class RepairConfig:
                                  # is not kept; "original" was better on the tuning cells' test accuracy,
                                  # with the trigger block taking out what only the departing client taught
     start_step: float = 1.0      # with start = "reference": the student starts this far along the way from the
-                                 # original to the reference (1: at the reference; see start_weights)
+                                 # original to the reference (1: at the reference; see start_weights). Below 1
+                                 # only with the trigger block on: without it the start keeps the backdoor
     unsupported: Literal["reference", "locals"] = "reference"  # the blend's other side, on classes the remaining
                                  # clients do not support: the reference, or their local models' ensemble
                                  # (support.local_ensemble), which does not collapse with a wrecked reference
