@@ -105,7 +105,10 @@ def run_cell(name: str, cfg: FedConfig, variants, cache: Path, tol=(0.02, 0.03, 
     transport = LocalTransport(cfg)
     data, _ = federation_data(cfg)
     forget = local_data(cfg, cfg.withdrawal.client).train
-    trig = ArrayDataset(*triggered_test(data.test.x, data.test.y, cfg.backdoor))
+    # with data.val_size (e.g. --set data.val_size=500) test and backdoor are judged on that split,
+    # carved from the training data before partitioning (no client trains on it), not on the test set
+    held = data.val if data.val is not None else data.test
+    trig = ArrayDataset(*triggered_test(held.x, held.y, cfg.backdoor))
     cpu = torch.device("cpu")
 
     def make_model():
@@ -128,7 +131,7 @@ def run_cell(name: str, cfg: FedConfig, variants, cache: Path, tol=(0.02, 0.03, 
     def judge(state):
         model = make_model()
         model.load_state_dict(state)
-        return accuracy(model, data.test, cpu), accuracy(model, forget, cpu), accuracy(model, trig, cpu)
+        return accuracy(model, held, cpu), accuracy(model, forget, cpu), accuracy(model, trig, cpu)
 
     ref = judge(ret["state"])
     rows = []
