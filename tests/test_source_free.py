@@ -20,7 +20,7 @@ from fedunlearn.training import TrainConfig, accuracy, predict_probs, seed_every
 from fedunlearn.unlearn.source_free import (ConsolidateConfig, GeneratorConfig, agreement, consolidate, model_teacher,
                                             sample, train_generator)
 from fedunlearn.unlearn.source_free.forget import fisher_penalty, flag_unknown, local_fisher
-from fedunlearn.unlearn.source_free.pipeline import RepairConfig, repair, start_weights
+from fedunlearn.unlearn.source_free.pipeline import STEPS, RepairConfig, between, repair, stamp_step, start_weights
 from tiny_federation import tiny_federation
 
 CPU = torch.device("cpu")
@@ -160,6 +160,48 @@ def test_the_student_can_start_between_the_original_and_the_reference(backdoored
     assert all(torch.equal(before[k], v) for k, v in original.state_dict().items())  # the original is not changed
 
 
+def test_the_start_is_where_the_stamps_stop_working(backdoored):
+    """stamp_step on the planted trigger itself (2x2 bottom-right, target 0): the chosen step is the
+    first on the grid where the trigger's success has fallen to the bar between the original's and
+    the reference's; one step earlier it had not."""
+    from fedunlearn.unlearn.source_free.trigger import Stamp, stamp_success
+
+    original, reference = backdoored["original"], backdoored["reference"]
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[..., -2:, -2:] = 1.0
+    planted = Stamp(mask, torch.ones(1, 1, 8, 8))
+    x = backdoored["data"].test.x
+    top, floor = (stamp_success(m, planted, 0, x) for m in (original, reference))
+    assert top > 0.5 and floor < 0.2 * top  # the original obeys the trigger, the reference does not
+    step, there = stamp_step(original, reference, [planted], 0, x, 0.25, CPU)
+    bar = floor + 0.25 * (top - floor)
+    assert step in STEPS and there <= bar
+    assert there == stamp_success(between(original, reference, step), planted, 0, x)
+    if step > STEPS[0]:
+        assert stamp_success(between(original, reference, step - 0.05), planted, 0, x) > bar
+    # a stricter bar never starts earlier
+    assert stamp_step(original, reference, [planted], 0, x, 0.05, CPU)[0] >= step
+    # stamps that move neither model: no evidence, the reference
+    blank = Stamp(torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 8))
+    assert stamp_step(original, original, [blank], 0, x, 0.25, CPU)[0] == 1.0
+
+
+def test_the_repair_chooses_its_start_from_the_stamps(backdoored):
+    """start_rule = "stamps": the repair starts where its own stamps (the targeted search's, on
+    synthetic samples) stop working, between the original and the reference, and the student it
+    distils keeps less than half of the original's backdoor."""
+    from fedunlearn.unlearn.source_free.trigger import TriggerConfig
+
+    original, reference, trig = backdoored["original"], backdoored["reference"], backdoored["trig"]
+    cfg = RepairConfig(generator=GeneratorConfig(steps=60), consolidate=ConsolidateConfig(steps=100),
+                       skip_agreement=2.0, teacher="original", trigger=TriggerConfig(weight=1.0), start_rule="stamps")
+    student, _, stats = repair(original, reference, 10, (1, 8, 8), cfg, CPU, seed=0)
+    assert stats["trigger_patch_kept"] and 0.0 < stats["start_step"] < 1.0
+    asr = lambda m: float((predict_probs(m, trig, CPU).argmax(1) == 0).float().mean())  # noqa: E731
+    assert asr(student) < 0.5 * asr(original)
+    assert accuracy(student, backdoored["data"].test, CPU) > accuracy(original, backdoored["data"].test, CPU) - 0.05
+
+
 def test_bad_input_is_a_clear_error(backdoored):
     with pytest.raises(ConfigError, match="generator.steps"):
         build(RepairConfig, {"generator": {"steps": -1}})
@@ -171,6 +213,10 @@ def test_bad_input_is_a_clear_error(backdoored):
         build(RepairConfig, {"start": "middle"})
     with pytest.raises(ConfigError, match="start_step"):
         build(RepairConfig, {"start_step": 1.5})
+    with pytest.raises(ConfigError, match="start_rule"):
+        build(RepairConfig, {"start_rule": "guess"})
+    with pytest.raises(ConfigError, match="stamp_share"):
+        build(RepairConfig, {"stamp_share": -0.1})
     with pytest.raises(ConfigError, match="teacher"):
         build(RepairConfig, {"teacher": "everyone"})
     with pytest.raises(ConfigError, match="unsupported"):

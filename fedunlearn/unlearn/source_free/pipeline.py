@@ -36,7 +36,7 @@ Paper: Ahmed et al., Towards Source-Free Machine Unlearning, CVPR 2025.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -51,7 +51,7 @@ from fedunlearn.unlearn.source_free.forget import fisher_penalty
 from fedunlearn.unlearn.source_free.generator import Generator, GeneratorConfig, sample, train_generator
 from fedunlearn.unlearn.source_free.inference import logits
 from fedunlearn.unlearn.source_free.support import blend, blend_probs, blended_teacher
-from fedunlearn.unlearn.source_free.trigger import TriggerConfig, find_triggers, invariance_term
+from fedunlearn.unlearn.source_free.trigger import TriggerConfig, find_triggers, invariance_term, stamp_success
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,11 @@ class RepairConfig:
     start_step: float = 1.0      # with start = "reference": the student starts this far along the way from the
                                  # original to the reference (1: at the reference; see start_weights). Below 1
                                  # only with the trigger block on: without it the start keeps the backdoor
+    start_rule: Literal["fixed", "stamps"] = "fixed"  # stamps: start_step chosen per federation, the first step
+                                 # at which the trigger block's stamps stop working (stamp_step); where the
+                                 # search holds no stamp, start_step as set
+    stamp_share: float = 0.25    # stamp_step's bar: the stamps' success down to this share of the way from the
+                                 # original's to the reference's
     unsupported: Literal["reference", "locals"] = "reference"  # the blend's other side, on classes the remaining
                                  # clients do not support: the reference, or their local models' ensemble
                                  # (support.local_ensemble), which does not collapse with a wrecked reference
@@ -90,6 +95,9 @@ class RepairConfig:
         check_range("check_samples", self.check_samples, 1)
         check_range("support_clients", self.support_clients, 1)
         check_range("start_step", self.start_step, 0.0, 1.0)
+        check_range("stamp_share", self.stamp_share, 0.0, 1.0)
+        if self.start_rule not in ("fixed", "stamps"):
+            raise ValueError(f"start_rule must be 'fixed' or 'stamps', got {self.start_rule!r}")
         if self.teacher not in ("remaining", "original", "locals"):
             raise ValueError(f"teacher must be 'remaining', 'original' or 'locals', got {self.teacher!r}")
         if self.unsupported not in ("reference", "locals"):
@@ -149,8 +157,15 @@ def repair(original: nn.Module, reference: nn.Module, num_classes: int, input_sh
             term = weighted(invariance_term(generator.stamps, teacher, generator, classes,
                                             cfg.consolidate.batch_size, device), cfg.trigger.weight)
         # --- end trigger block ---
-        student, more = consolidate(start_weights(original, reference, cfg), teacher, generator, classes,
-                                    cfg.consolidate, device, forget_term=term, seed=seed + 2)
+        step = cfg.start_step
+        if cfg.start_rule == "stamps" and stats.get("trigger_patch_kept"):  # the patch stamps come first
+            patches = generator.stamps[:stats["trigger_patch_rung"] + 1]
+            step, stats["start_step_stamp_success"] = stamp_step(original, reference, patches,
+                                                                 stats["trigger_patch_target"], x, cfg.stamp_share,
+                                                                 device)
+        stats["start_step"] = step
+        student, more = consolidate(start_weights(original, reference, replace(cfg, start_step=step)), teacher,
+                                    generator, classes, cfg.consolidate, device, forget_term=term, seed=seed + 2)
         stats.update(more)
         stats["student_agreement"] = float((predicted(student, x, device) == said).float().mean())
     else:
@@ -170,15 +185,56 @@ def start_weights(original: nn.Module, reference: nn.Module, cfg: RepairConfig) 
     blend and the trigger block's check of what only the departing client taught keep the
     whole reference (a stamp the partial model still obeys is no evidence that the remaining
     clients taught it). Measured in docs/findings.md (session 10)."""
-    if cfg.start == "original" or cfg.start_step == 0.0:
+    if cfg.start == "original":
         return original
-    if cfg.start_step == 1.0:
+    return between(original, reference, cfg.start_step)
+
+
+def between(original: nn.Module, reference: nn.Module, step: float) -> nn.Module:
+    """original + step * (reference - original); the models themselves at 0 and 1."""
+    if step == 0.0:
+        return original
+    if step == 1.0:
         return reference
     mixed = clone(reference)
     theirs = original.state_dict()
-    mixed.load_state_dict({k: theirs[k].to(v.device) + cfg.start_step * (v - theirs[k].to(v.device))
+    mixed.load_state_dict({k: theirs[k].to(v.device) + step * (v - theirs[k].to(v.device))
                            if v.is_floating_point() else v for k, v in reference.state_dict().items()})
     return mixed
+
+
+STEPS = [i / 20 for i in range(1, 21)]  # stamp_step's grid along the line, 0.05 apart
+
+
+@torch.no_grad()
+def stamp_step(original: nn.Module, reference: nn.Module, stamps: list, target: int, x: torch.Tensor, share: float,
+               device) -> tuple[float, float]:
+    """(step, the stamps' success there): the first step of STEPS at which the stamps' strongest
+    success on the synthetic inputs x (trigger.stamp_success) has fallen to `share` of the way from
+    the original's to the reference's.
+
+    Why: where the departing client's contribution stops carrying the backdoor differs by federation
+    (docs/findings.md, session 10: a share of 0.3 to 0.7 of it), and a fixed start either keeps a
+    backdoor the search did not find or throws away accuracy that distillation on synthetic samples
+    does not win back. The stamps the search found track the real backdoor along the line even
+    where they are not the real trigger (a centred checkerboard the search missed fell with them),
+    and they need nothing but the two models and the generator. The stamps and x stay the same for
+    every step, so the choice is deterministic given them."""
+    x = x.to(device)
+
+    def success(model: nn.Module) -> float:
+        model = model.to(device).eval()
+        return max(stamp_success(model, stamp, target, x) for stamp in stamps)
+
+    top, floor = success(original), success(reference)
+    if top <= floor:  # the stamps tell the two models apart nowhere along the line: the reference, as before
+        return 1.0, floor
+    bar = floor + share * (top - floor)
+    for step in STEPS:
+        now = success(between(original, reference, step))
+        if now <= bar:
+            return step, now
+    return 1.0, floor
 
 
 def on_batches(probs, x: torch.Tensor, device, batch_size: int = 512) -> torch.Tensor:
