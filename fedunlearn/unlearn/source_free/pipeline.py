@@ -51,7 +51,8 @@ from fedunlearn.unlearn.source_free.forget import fisher_penalty
 from fedunlearn.unlearn.source_free.generator import Generator, GeneratorConfig, sample, train_generator
 from fedunlearn.unlearn.source_free.inference import logits
 from fedunlearn.unlearn.source_free.support import blend, blend_probs, blended_teacher
-from fedunlearn.unlearn.source_free.trigger import TriggerConfig, find_triggers, invariance_term, stamp_success
+from fedunlearn.unlearn.source_free.trigger import (TriggerConfig, find_triggers, invariance_term, patch_stamps,
+                                                   stamp_success)
 
 
 @dataclass(frozen=True)
@@ -158,10 +159,10 @@ def repair(original: nn.Module, reference: nn.Module, num_classes: int, input_sh
             term = weighted(invariance_term(generator.stamps, teacher, generator, classes,
                                             cfg.consolidate.batch_size, device), cfg.trigger.weight)
         # --- end trigger block ---
-        step = cfg.start_step
-        if cfg.start_rule == "stamps" and stats.get("trigger_patch_kept"):  # the patch stamps come first
-            patches = generator.stamps[:stats["trigger_patch_rung"] + 1]
-            step, stats["start_step_stamp_success"] = stamp_step(original, reference, patches,
+        step = 0.0 if cfg.start == "original" else cfg.start_step
+        if cfg.start == "reference" and cfg.start_rule == "stamps" and stats.get("trigger_patch_kept"):
+            step, stats["start_step_stamp_success"] = stamp_step(original, reference,
+                                                                 patch_stamps(generator.stamps, stats),
                                                                  stats["trigger_patch_target"], x, cfg.stamp_share,
                                                                  device)
         stats["start_step"] = step
@@ -234,7 +235,7 @@ def stamp_step(original: nn.Module, reference: nn.Module, stamps: list, target: 
     if top <= floor:  # the stamps tell the two models apart nowhere along the line: the reference, as before
         return 1.0, floor
     bar = floor + share * (top - floor)
-    for step in STEPS:
+    for step in STEPS[:-1]:  # the last step is the reference, which is under the bar by construction
         now = success(between(original, reference, step))
         if now <= bar:
             return step, now

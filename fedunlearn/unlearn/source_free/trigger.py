@@ -261,7 +261,7 @@ def only_what_the_client_taught(original, reference, generator, classes, stamps:
     turned by anything (inputs it already puts in the target are not counted), so it keeps them."""
     if "trigger_patch_target" not in stats:
         return stamps, stats
-    target, count = stats["trigger_patch_target"], stats["trigger_patch_rung"] + 1  # the patch stamps come first
+    target, count = stats["trigger_patch_target"], len(patch_stamps(stamps, stats))
     classes = torch.as_tensor(list(classes), dtype=torch.long)
     with torch.no_grad():
         for name, model in (("original", original), ("reference", reference)):
@@ -272,6 +272,11 @@ def only_what_the_client_taught(original, reference, generator, classes, stamps:
         stamps = stamps[count:]
         stats["trigger_stamps"] = len(stamps)
     return stamps, stats
+
+
+def patch_stamps(stamps: list[Stamp], stats: dict) -> list[Stamp]:
+    """The targeted search's patch stamps: they come first, one per rung it searched (targeted_triggers)."""
+    return stamps[:stats["trigger_patch_rung"] + 1]
 
 
 @torch.no_grad()
