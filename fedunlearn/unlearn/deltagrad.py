@@ -24,7 +24,6 @@ import hashlib
 import logging
 import math
 import time
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from torch.nn.utils import parameters_to_vector
 from fedunlearn import checkpoint
 from fedunlearn.config import check_range, config_hash
 from fedunlearn.errors import ConfigError
+from fedunlearn.lbfgs import LBFGS
 from fedunlearn.training import make_optimizer, seed_everything
 from fedunlearn.unlearn.base import Stats, UnlearnTask
 
@@ -126,36 +126,6 @@ def _trajectory(task: UnlearnTask):
     return trajectory, info
 
 
-class LBFGS:
-    """B v from the last `history` (dw, dg) pairs: the L-BFGS compact representation (Byrd, Nocedal,
-    Schnabel 1994), B = sigma I - W M^-1 W^T with W = [Y, sigma S].
-
-    In float64, because successive dw are nearly parallel and M is ill-conditioned; M is inverted
-    only when a pair is added, so a product costs two thin matrix-vector products.
-    """
-
-    def __init__(self, history: int):
-        self.pairs: deque = deque(maxlen=history)
-        self.sigma, self.w, self.m_inv = 0.0, None, None
-
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    def add(self, dw: torch.Tensor, dg: torch.Tensor) -> None:
-        self.pairs.append((dw.double(), dg.double()))
-        s, y = (torch.stack(list(col), dim=1) for col in zip(*self.pairs))
-        sy = s.T @ y
-        self.sigma = float(y[:, -1] @ s[:, -1]) / float(s[:, -1] @ s[:, -1])
-        lower = torch.tril(sy, diagonal=-1)
-        middle = torch.cat([torch.cat([-torch.diag(torch.diag(sy)), lower.T], 1),
-                            torch.cat([lower, self.sigma * s.T @ s], 1)], 0)
-        self.w, self.m_inv = torch.cat([y, self.sigma * s], 1), torch.linalg.inv(middle)
-
-    def product(self, v: torch.Tensor) -> torch.Tensor:
-        v = v.double()
-        return (self.sigma * v - self.w @ (self.m_inv @ (self.w.T @ v))).float()
-
-
 def _grad_sum(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Summed cross-entropy gradient over (x, y), flattened; zero for an empty batch."""
     params = list(model.parameters())
@@ -213,9 +183,7 @@ def unlearn(task: UnlearnTask, cfg: Config = Config()):
                 errors.append(float((dg - pairs.product(dw)).norm() / full_norm))
                 trusted = errors[-1] <= cfg.max_gradient_error
             last_change = float(dg.norm())
-            # Keep only pairs with positive curvature, or B stops being positive definite.
-            if float(dw @ dg) > 1e-10 * float(dw.norm() * dg.norm()):
-                pairs.add(dw, dg)
+            pairs.add_if_curved(dw, dg)
             grad = keep_sum / kept
             exact += 1
         _set_grads(model, grad.detach())

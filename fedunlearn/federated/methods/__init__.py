@@ -20,6 +20,7 @@ FED_METHODS = Registry("federated method", {
     "source_free_cooperative": "fedunlearn.federated.methods.source_free_cooperative",
     "replay": "fedunlearn.federated.methods.replay",
     "fedrecovery": "fedunlearn.federated.methods.fedrecovery",
+    "fedrecover": "fedunlearn.federated.methods.fedrecover",
 })
 
 

@@ -30,7 +30,7 @@ import torch
 
 from fedunlearn.federated.context import FedContext, FedResult
 from fedunlearn.federated.fedavg import State
-from fedunlearn.federated.methods import subtract
+from fedunlearn.federated.methods import fedrecover, subtract
 from fedunlearn.federated.methods.subtract import keep_valid_batchnorm
 from fedunlearn.federated.removal import surviving_removal
 from fedunlearn.training import get_device
@@ -44,8 +44,10 @@ COOPERATIVE = False
 class Config(RepairConfig):
     """[methods.source_free_absent]: generator.*, consolidate.*, trigger.*, skip_agreement, check_samples, reference."""
 
-    reference: Literal["subtract", "surviving"] = "subtract"  # the repair's start: every stored step of the
-                                 # client removed, or only what later rounds left of each (federated/removal.py)
+    reference: Literal["subtract", "surviving", "recovered"] = "subtract"  # the repair's start: every stored step
+                                 # of the client removed, only what later rounds left of each (federated/removal.py),
+                                 # or the remaining clients' stored updates replayed with diagonal corrections
+                                 # (fedrecover.py, hessian = "diagonal")
 
     def __post_init__(self):
         super().__post_init__()
@@ -87,8 +89,10 @@ def warm_up(server, make_model, global_state: State, num_classes: int, input_sha
 
 
 def reference_state(ctx: FedContext, kind: str = "subtract") -> State:
-    """The `subtract` model, or the surviving-step removal (removal.py); valid BatchNorm statistics
-    either way (see subtract.py)."""
+    """The `subtract` model, the surviving-step removal (removal.py) or the corrected replay
+    (fedrecover.py); valid BatchNorm statistics either way (see subtract.py)."""
+    if kind == "recovered":
+        return fedrecover.unlearn(ctx, fedrecover.Config(hessian="diagonal", keep_curve=False)).state
     if kind == "surviving":
         state, _ = surviving_removal(ctx.history, ctx.departing, ctx.global_state)
         keep_valid_batchnorm(state, ctx.global_state)
@@ -97,8 +101,8 @@ def reference_state(ctx: FedContext, kind: str = "subtract") -> State:
 
 
 def check_reference(kind: str) -> None:
-    if kind not in ("subtract", "surviving"):
-        raise ValueError(f"reference must be 'subtract' or 'surviving', got {kind!r}")
+    if kind not in ("subtract", "surviving", "recovered"):
+        raise ValueError(f"reference must be 'subtract', 'surviving' or 'recovered', got {kind!r}")
 
 
 def to_state(model: torch.nn.Module) -> State:

@@ -47,7 +47,7 @@ class Config(RepairConfig):
     forget_weight: float = 30.0  # lambda of that forget term
     max_confidence: float = 0.1  # the client flags a sample when the model gives its label less than this
     max_flagged: int = 128       # the client computes the Fisher on at most this many flagged samples
-    reference: Literal["subtract", "surviving"] = "subtract"  # as source_free_absent's
+    reference: Literal["subtract", "surviving", "recovered"] = "subtract"  # as source_free_absent's
 
     def __post_init__(self):
         super().__post_init__()

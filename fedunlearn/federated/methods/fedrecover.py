@@ -1,0 +1,153 @@
+"""fedrecover: FedRecover's replay with estimated corrections, on the server alone.
+
+FedRecover (Cao, Jia, Zhang, Gong, IEEE S&P 2023). Plain replay (replay.py) applies each
+remaining client's stored update u_i^t as it was computed, from the original global model w_t.
+But the recovered model w^_t is elsewhere, and an update depends on where training starts: the
+other clients had spent part of their updates undoing what the departing client taught, and
+replaying that without the departing client overshoots (with a boosted attacker, to a wrecked
+model). FedRecover estimates the update each client would have sent from w^_t,
+
+    u^_i^t = u_i^t - lr_t * B_i (w^_t - w_t),
+
+with B_i an L-BFGS approximation of client i's Hessian, and applies the sample-weighted mean of
+the remaining participants' u^_i^t. The paper builds B_i from exact updates the clients compute
+at the recovered models (warm-up, periodic and "abnormality" rounds). Here no client is asked
+anything: B_i comes from the stored trajectory itself, the secant pairs of client i's own
+consecutive stored rounds,
+
+    s = w_t - w_t',   y = g_i^t - g_i^t',   g_i = -u_i / lr (a pseudo-gradient; lr: the round's),
+
+the last `history` of them with positive curvature. Dividing by the round's lr keeps a cosine
+schedule's shrinking steps out of y. A client's first stored round has no pair: its update is
+replayed as stored. As FedRecover's abnormality check does for its exact rounds, a correction is
+capped, at `max_correction` times the norm of the update it corrects: the linear model is
+trusted only near the original trajectory. No data, no messages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from fedunlearn.config import check_range
+from fedunlearn.errors import FedUnlearnError
+from fedunlearn.federated import fedavg
+from fedunlearn.federated.context import FedContext, FedResult
+from fedunlearn.federated.methods.subtract import keep_valid_batchnorm
+from fedunlearn.federated.removal import weight_keys
+from fedunlearn.federated.rounds import round_lr
+from fedunlearn.lbfgs import LBFGS
+
+
+@dataclass(frozen=True)
+class Config:
+    hessian: Literal["lbfgs", "diagonal"] = "lbfgs"  # lbfgs: the paper's; diagonal: per coordinate, least squares
+                                 # over every pair of the client (Secants)
+    history: int = 2             # L-BFGS pairs kept per client (the paper: 2)
+    max_correction: float = 1.0  # a correction's norm at most this times the update's; 0: plain replay
+    keep_curve: bool = True      # the recovered global model after each stored round, for the report's curves
+
+    def __post_init__(self):
+        check_range("history", self.history, 1)
+        check_range("max_correction", self.max_correction, 0.0)
+        if self.hessian not in ("lbfgs", "diagonal"):
+            raise ValueError(f"hessian must be 'lbfgs' or 'diagonal', got {self.hessian!r}")
+
+
+def flat(state: fedavg.State, keys: list[str]) -> torch.Tensor:
+    return torch.cat([state[k].detach().reshape(-1).double().cpu() for k in keys])
+
+
+def unflat(vector: torch.Tensor, like: fedavg.State, keys: list[str]) -> fedavg.State:
+    out, offset = {}, 0
+    for k in keys:
+        n = like[k].numel()
+        out[k] = vector[offset:offset + n].reshape(like[k].shape).to(like[k].dtype)
+        offset += n
+    return out
+
+
+class Secants:
+    """Per client: a model of how its pseudo-gradient changes with the model it starts from.
+
+    lbfgs: the compact L-BFGS matrix from the last `history` pairs. Its sigma * I part gives every
+    direction the curvature measured along the trajectory, so the correction also pulls back
+    directions the remaining clients' data never pushed on (where a backdoor sits). diagonal:
+    b_j = sum s_j y_j / sum s_j^2 over all the client's pairs, each coordinate's own secant,
+    kept in [0, 1 / lr] so a correction at most undoes the offset (lr * b_j <= 1)."""
+
+    def __init__(self, history: int, kind: str = "lbfgs"):
+        self.history, self.kind = history, kind
+        self.models: dict[int, LBFGS] = {}
+        self.sums: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.last: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def correction(self, cid: int, offset: torch.Tensor, lr: float) -> torch.Tensor | None:
+        """lr * B_i offset, or None before the client has a pair."""
+        if self.kind == "diagonal":
+            if cid not in self.sums:
+                return None
+            sy, ss = self.sums[cid]
+            return (lr * sy / ss.clamp(min=1e-30)).clamp(0.0, 1.0) * offset
+        model = self.models.get(cid)
+        return lr * model.product(offset).double() if model is not None and len(model) else None
+
+    def observe(self, cid: int, w: torch.Tensor, g: torch.Tensor) -> None:
+        if cid in self.last:
+            w0, g0 = self.last[cid]
+            s, y = w - w0, g - g0
+            if self.kind == "diagonal":
+                sy, ss = self.sums.get(cid, (torch.zeros_like(s), torch.zeros_like(s)))
+                self.sums[cid] = (sy + s * y, ss + s * s)
+            else:
+                self.models.setdefault(cid, LBFGS(self.history)).add_if_curved(s, y)
+        self.last[cid] = (w, g)
+
+
+def unlearn(ctx: FedContext, cfg: Config) -> FedResult:
+    if not ctx.history.rounds:
+        raise FedUnlearnError("fedrecover needs the stored client updates; set federation.store_every >= 1")
+    lr_at = round_lr(ctx.fed_cfg) if ctx.fed_cfg is not None else None
+    keys = weight_keys(ctx.initial_state)
+    state = fedavg.copy_state(ctx.initial_state)
+    secants = Secants(cfg.history, cfg.hessian)
+    curve, replayed, corrected, capped = [], 0, 0, 0
+    for stored in ctx.history.rounds:
+        lr = lr_at(stored.round) if lr_at is not None else 1.0
+        w_t = flat(stored.global_state, keys)
+        offset = flat(state, keys) - w_t  # where the recovered model is, against the one the clients saw
+        counts = {cid: n for cid, n in stored.counts().items() if cid != ctx.departing}
+        total = sum(counts.values())
+        step = torch.zeros_like(w_t)
+        for cid, n in counts.items():
+            update, _ = stored.updates[cid]  # read one at a time from a disk store
+            u = flat(update, keys)
+            fix = secants.correction(cid, offset, lr)
+            if fix is not None and cfg.max_correction > 0:
+                fix = -fix
+                limit = cfg.max_correction * float(u.norm())
+                if float(fix.norm()) > limit:
+                    fix, capped = fix * (limit / float(fix.norm())), capped + 1
+                step += (n / total) * (u + fix)
+                corrected += 1
+            else:
+                step += (n / total) * u
+            secants.observe(cid, w_t, -u / lr)
+        if counts:
+            # the non-trained floats (BatchNorm statistics) as plain replay takes them
+            rest = [k for k in state if fedavg.is_float(state[k]) and k not in keys]
+            others = fedavg.weighted_sum((stored.updates[cid] for cid in counts), total) if rest else {}
+            moved = unflat(step * stored.span, state, keys)
+            state.update({k: state[k] + moved[k] for k in keys})
+            state.update({k: state[k] + stored.span * others[k] for k in rest})
+            replayed += 1
+            if cfg.keep_curve:
+                curve.append(fedavg.copy_state(state))
+    state.update({k: v.clone() for k, v in ctx.global_state.items() if not fedavg.is_float(v)})
+    kept = keep_valid_batchnorm(state, ctx.global_state)
+    if curve:
+        curve[-1] = state
+    return FedResult(state, 0, curve, {"replayed_rounds": replayed, "corrected_updates": corrected,
+                                       "capped_corrections": capped, "batchnorm_layers_kept": kept})

@@ -1,0 +1,84 @@
+"""fedrecover: the replay corrected by L-BFGS estimates from the stored trajectory (server only)."""
+
+import pytest
+import torch
+
+from fedunlearn.federated import fedavg
+from fedunlearn.federated.context import FedContext
+from fedunlearn.federated.history import History, StoredRound
+from fedunlearn.federated.methods import load_method
+from fedunlearn.lbfgs import LBFGS
+
+
+def quadratic_federation(rounds: int = 12, lr: float = 0.3, boost: float = 4.0):
+    """Clients whose update is one gradient step on 0.5 (w - c_i)' A_i (w - c_i); client 0 is an
+    attacker that boosts its step. Returns (context, retrained weights, original weights)."""
+    gen = torch.Generator().manual_seed(0)
+    dim, clients = 4, 4
+    hessians = []
+    for _ in range(clients):
+        a = torch.randn(dim, dim, generator=gen)
+        hessians.append(a @ a.T / dim + 0.5 * torch.eye(dim))
+    centres = [torch.randn(dim, generator=gen) for _ in range(clients)]
+    centres[0] = centres[0] + 3.0
+
+    def update(i, w):
+        step = -lr * hessians[i] @ (w - centres[i])
+        return step * (boost if i == 0 else 1.0)
+
+    history, w, retrained = History(store_every=1), torch.zeros(dim), torch.zeros(dim)
+    counts = {0: 2, 1: 3, 2: 2, 3: 3}
+    for rnd in range(1, rounds + 1):
+        ups = {i: ({"w": update(i, w)}, n) for i, n in counts.items()}
+        history.rounds.append(StoredRound(rnd, {"w": w.clone()}, ups))
+        w = fedavg.apply_updates({"w": w}, list(ups.values()))["w"]
+        retrained = fedavg.apply_updates({"w": retrained}, [({"w": update(i, retrained)}, counts[i])
+                                                            for i in (1, 2, 3)])["w"]
+    ctx = FedContext(global_state={"w": w}, initial_state={"w": torch.zeros(dim)}, history=history, departing=0,
+                     remaining=[1, 2, 3], num_clients=clients, num_classes=2, input_shape=(dim,), make_model=None,
+                     fed_cfg=None, device=torch.device("cpu"), transport=None, train_rounds=rounds)
+    return ctx, retrained, w
+
+
+def test_corrections_take_the_replay_to_retraining_where_plain_replay_overshoots():
+    ctx, retrained, original = quadratic_federation()
+    plain = load_method("replay").unlearn(ctx, load_method("replay").Config()).state["w"]
+    method = load_method("fedrecover")
+    result = method.unlearn(ctx, method.Config(history=4, max_correction=10.0))
+    recovered = result.state["w"]
+    # the stored updates were computed where the attacker had pulled the model: replayed as they are, off
+    assert (plain - retrained).norm() > 0.2 * (original - retrained).norm()
+    assert (recovered - retrained).norm() < 0.2 * (plain - retrained).norm()
+    assert result.stats["corrected_updates"] > 0 and len(result.curve) == 12
+    assert ctx.traffic.messages_to_remaining == 0 and ctx.traffic.messages_to_departing == 0
+
+
+def test_no_correction_is_plain_replay_and_the_cap_bounds_each_correction():
+    ctx, _, _ = quadratic_federation()
+    method = load_method("fedrecover")
+    plain = load_method("replay").unlearn(ctx, load_method("replay").Config()).state["w"]
+    off = method.unlearn(ctx, method.Config(max_correction=0.0))
+    assert torch.allclose(off.state["w"], plain, atol=1e-5) and off.stats["corrected_updates"] == 0
+    tight = method.unlearn(ctx, method.Config(history=4, max_correction=0.01))
+    assert tight.stats["capped_corrections"] > 0
+    assert (tight.state["w"] - plain).norm() < (method.unlearn(ctx, method.Config(history=4, max_correction=10.0))
+                                                .state["w"] - plain).norm()
+
+
+def test_pairs_without_positive_curvature_are_not_kept():
+    model = LBFGS(history=2)
+    assert not model.add_if_curved(torch.tensor([1.0, 0.0]), torch.tensor([-1.0, 0.0]))
+    assert model.add_if_curved(torch.tensor([1.0, 0.0]), torch.tensor([2.0, 0.0])) and len(model) == 1
+
+
+@pytest.mark.parametrize("bad", [{"history": 0}, {"max_correction": -1.0}])
+def test_bad_settings_are_refused(bad):
+    with pytest.raises(ValueError):
+        load_method("fedrecover").Config(**bad)
+
+
+def test_no_stored_rounds_is_a_clear_error():
+    ctx, _, _ = quadratic_federation()
+    ctx.history = History(store_every=1)
+    with pytest.raises(Exception, match="store_every"):
+        load_method("fedrecover").unlearn(ctx, load_method("fedrecover").Config())
