@@ -10,15 +10,20 @@ from fedunlearn.federated.methods import load_method
 from fedunlearn.lbfgs import LBFGS
 
 
-def quadratic_federation(rounds: int = 12, lr: float = 0.3, boost: float = 4.0):
+def quadratic_federation(rounds: int = 12, lr: float = 0.3, boost: float = 4.0, diagonal: bool = False):
     """Clients whose update is one gradient step on 0.5 (w - c_i)' A_i (w - c_i); client 0 is an
-    attacker that boosts its step. Returns (context, retrained weights, original weights)."""
+    attacker that boosts its step. With `diagonal`, the A_i are diagonal and the last coordinate is
+    one only the attacker's data has curvature in (where a backdoor sits: the others' loss is flat
+    there). Returns (context, retrained weights, original weights)."""
     gen = torch.Generator().manual_seed(0)
     dim, clients = 4, 4
     hessians = []
-    for _ in range(clients):
+    for i in range(clients):
         a = torch.randn(dim, dim, generator=gen)
         hessians.append(a @ a.T / dim + 0.5 * torch.eye(dim))
+        if diagonal:
+            hessians[-1] = torch.diag(torch.rand(dim, generator=gen) + 0.5)
+            hessians[-1][-1, -1] = 1.0 if i == 0 else 0.0
     centres = [torch.randn(dim, generator=gen) for _ in range(clients)]
     centres[0] = centres[0] + 3.0
 
@@ -53,6 +58,21 @@ def test_corrections_take_the_replay_to_retraining_where_plain_replay_overshoots
     assert ctx.traffic.messages_to_remaining == 0 and ctx.traffic.messages_to_departing == 0
 
 
+def test_the_diagonal_leaves_alone_what_the_remaining_clients_never_pushed_on():
+    """A coordinate only the attacker moved: retraining leaves it at 0, plain replay too; the L-BFGS
+    correction's sigma * I gives it curvature the others' loss does not have, and moves it off
+    retraining's value; the diagonal secant sees no curvature there and leaves it."""
+    ctx, retrained, original = quadratic_federation(diagonal=True)
+    method = load_method("fedrecover")
+    diagonal = method.unlearn(ctx, method.Config(hessian="diagonal", max_correction=10.0)).state["w"]
+    lbfgs = method.unlearn(ctx, method.Config(history=4, max_correction=10.0)).state["w"]
+    assert abs(float(original[-1])) > 1.0 and float(retrained[-1]) == 0.0
+    assert abs(float(diagonal[-1])) < 0.05 * abs(float(original[-1]))
+    assert abs(float(lbfgs[-1])) > 5 * abs(float(diagonal[-1]))
+    plain = load_method("replay").unlearn(ctx, load_method("replay").Config()).state["w"]
+    assert (diagonal - retrained).norm() < 0.2 * (plain - retrained).norm()
+
+
 def test_no_correction_is_plain_replay_and_the_cap_bounds_each_correction():
     ctx, _, _ = quadratic_federation()
     method = load_method("fedrecover")
@@ -71,7 +91,7 @@ def test_pairs_without_positive_curvature_are_not_kept():
     assert model.add_if_curved(torch.tensor([1.0, 0.0]), torch.tensor([2.0, 0.0])) and len(model) == 1
 
 
-@pytest.mark.parametrize("bad", [{"history": 0}, {"max_correction": -1.0}])
+@pytest.mark.parametrize("bad", [{"history": 0}, {"max_correction": -1.0}, {"hessian": "newton"}])
 def test_bad_settings_are_refused(bad):
     with pytest.raises(ValueError):
         load_method("fedrecover").Config(**bad)
