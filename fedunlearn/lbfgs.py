@@ -18,23 +18,37 @@ class LBFGS:
     def __init__(self, history: int):
         self.pairs: deque = deque(maxlen=history)
         self.sigma, self.w, self.m_inv = 0.0, None, None
+        self.initial: torch.Tensor | None = None  # B0 = diag(initial) instead of sigma * I, when set
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     def add(self, dw: torch.Tensor, dg: torch.Tensor) -> None:
         self.pairs.append((dw.double(), dg.double()))
+        self._build()
+
+    def set_initial(self, diagonal: torch.Tensor | None) -> None:
+        """B0 = diag(diagonal) (None: sigma * I, the usual scaling from the last pair)."""
+        self.initial = None if diagonal is None else diagonal.double()
+        if self.pairs:
+            self._build()
+
+    def _build(self) -> None:
         s, y = (torch.stack(list(col), dim=1) for col in zip(*self.pairs))
         sy = s.T @ y
         self.sigma = float(y[:, -1] @ s[:, -1]) / float(s[:, -1] @ s[:, -1])
+        b0s = self.sigma * s if self.initial is None else self.initial[:, None] * s
         lower = torch.tril(sy, diagonal=-1)
         middle = torch.cat([torch.cat([-torch.diag(torch.diag(sy)), lower.T], 1),
-                            torch.cat([lower, self.sigma * s.T @ s], 1)], 0)
-        self.w, self.m_inv = torch.cat([y, self.sigma * s], 1), torch.linalg.inv(middle)
+                            torch.cat([lower, s.T @ b0s], 1)], 0)
+        # a diagonal B0 with zeros can make S' B0 S singular; the pseudo-inverse then drops that direction
+        invert = torch.linalg.inv if self.initial is None else torch.linalg.pinv
+        self.w, self.m_inv = torch.cat([y, b0s], 1), invert(middle)
 
     def product(self, v: torch.Tensor) -> torch.Tensor:
         v = v.double()
-        return (self.sigma * v - self.w @ (self.m_inv @ (self.w.T @ v))).float()
+        first = self.sigma * v if self.initial is None else self.initial * v
+        return (first - self.w @ (self.m_inv @ (self.w.T @ v))).float()
 
     def add_if_curved(self, dw: torch.Tensor, dg: torch.Tensor) -> bool:
         """Add the pair only where its curvature dw . dg is positive (else B stops being positive definite)."""

@@ -71,6 +71,10 @@ def test_the_diagonal_leaves_alone_what_the_remaining_clients_never_pushed_on():
     assert abs(float(lbfgs[-1])) > 5 * abs(float(diagonal[-1]))
     plain = load_method("replay").unlearn(ctx, load_method("replay").Config()).state["w"]
     assert (diagonal - retrained).norm() < 0.2 * (plain - retrained).norm()
+    # L-BFGS on top of that diagonal (B0 = diag) keeps the secant pairs' directions and the zero
+    hybrid = method.unlearn(ctx, method.Config(hessian="lbfgs_diagonal", history=4, max_correction=10.0)).state["w"]
+    assert abs(float(hybrid[-1])) < 0.05 * abs(float(original[-1]))
+    assert (hybrid - retrained).norm() < 0.2 * (plain - retrained).norm()
 
 
 def test_no_correction_is_plain_replay_and_the_cap_bounds_each_correction():

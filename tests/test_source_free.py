@@ -253,8 +253,9 @@ AS_OTHER_SIDE, AS_TEACHER = {"unsupported": "locals"}, {"teacher": "locals", "st
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("options", [({}, {}), (AS_OTHER_SIDE, AS_TEACHER), (AS_TEACHER, AS_OTHER_SIDE)],
-                         ids=["defaults", "locals-absent-blend", "locals-absent-teacher"])
+@pytest.mark.parametrize("options", [({}, {}), ({**AS_OTHER_SIDE, "reference": "recovered"}, AS_TEACHER),
+                                     (AS_TEACHER, AS_OTHER_SIDE)],
+                         ids=["defaults", "locals-absent-blend-recovered", "locals-absent-teacher"])
 def test_both_modes_end_to_end_without_messages_to_the_remaining_clients(local_ray, tmp_path, options):
     report = experiment.run(build(FedConfig, federation(*options)), tmp_path, progress=False)
     rows = {r["method"]: r for r in report["results"]}

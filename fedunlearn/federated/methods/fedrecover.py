@@ -43,8 +43,9 @@ from fedunlearn.lbfgs import LBFGS
 
 @dataclass(frozen=True)
 class Config:
-    hessian: Literal["lbfgs", "diagonal"] = "lbfgs"  # lbfgs: the paper's; diagonal: per coordinate, least squares
-                                 # over every pair of the client (Secants)
+    hessian: Literal["lbfgs", "diagonal", "lbfgs_diagonal"] = "lbfgs"  # lbfgs: the paper's; diagonal: per
+                                 # coordinate, least squares over every pair of the client; lbfgs_diagonal: L-BFGS
+                                 # with that diagonal as B0 in place of sigma * I (Secants)
     history: int = 2             # L-BFGS pairs kept per client (the paper: 2)
     max_correction: float = 1.0  # a correction's norm at most this times the update's; 0: plain replay
     keep_curve: bool = True      # the recovered global model after each stored round, for the report's curves
@@ -52,8 +53,8 @@ class Config:
     def __post_init__(self):
         check_range("history", self.history, 1)
         check_range("max_correction", self.max_correction, 0.0)
-        if self.hessian not in ("lbfgs", "diagonal"):
-            raise ValueError(f"hessian must be 'lbfgs' or 'diagonal', got {self.hessian!r}")
+        if self.hessian not in ("lbfgs", "diagonal", "lbfgs_diagonal"):
+            raise ValueError(f"hessian must be 'lbfgs', 'diagonal' or 'lbfgs_diagonal', got {self.hessian!r}")
 
 
 def flat(state: fedavg.State, keys: list[str]) -> torch.Tensor:
@@ -89,8 +90,7 @@ class Secants:
         if self.kind == "diagonal":
             if cid not in self.sums:
                 return None
-            sy, ss = self.sums[cid]
-            return (lr * sy / ss.clamp(min=1e-30)).clamp(0.0, 1.0) * offset
+            return (lr * self.diagonal(cid)).clamp(0.0, 1.0) * offset
         model = self.models.get(cid)
         return lr * model.product(offset).double() if model is not None and len(model) else None
 
@@ -98,12 +98,20 @@ class Secants:
         if cid in self.last:
             w0, g0 = self.last[cid]
             s, y = w - w0, g - g0
-            if self.kind == "diagonal":
+            if self.kind != "lbfgs":
                 sy, ss = self.sums.get(cid, (torch.zeros_like(s), torch.zeros_like(s)))
                 self.sums[cid] = (sy + s * y, ss + s * s)
-            else:
-                self.models.setdefault(cid, LBFGS(self.history)).add_if_curved(s, y)
+            if self.kind != "diagonal":
+                model = self.models.setdefault(cid, LBFGS(self.history))
+                if self.kind == "lbfgs_diagonal":
+                    model.initial = self.diagonal(cid)  # built with the pair below (or now, if it is refused)
+                if not model.add_if_curved(s, y) and len(model) and self.kind == "lbfgs_diagonal":
+                    model.set_initial(self.diagonal(cid))
         self.last[cid] = (w, g)
+
+    def diagonal(self, cid: int) -> torch.Tensor:
+        sy, ss = self.sums[cid]
+        return (sy / ss.clamp(min=1e-30)).clamp(min=0.0)
 
 
 def unlearn(ctx: FedContext, cfg: Config) -> FedResult:
