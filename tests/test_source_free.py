@@ -160,6 +160,19 @@ def test_the_student_can_start_between_the_original_and_the_reference(backdoored
     assert all(torch.equal(before[k], v) for k, v in original.state_dict().items())  # the original is not changed
 
 
+def test_a_recovered_start_moves_only_the_student(backdoored):
+    """start = "recovered": the student starts at the model the caller passes (zero distillation
+    steps: it is that model), while the reference still judges; without one, a clear error."""
+    original, reference, clean = backdoored["original"], backdoored["reference"], backdoored["clean"]
+    cfg = RepairConfig(generator=GeneratorConfig(steps=2), consolidate=ConsolidateConfig(steps=0),
+                       skip_agreement=2.0, start="recovered")
+    student, _, stats = repair(original, reference, 10, (1, 8, 8), cfg, CPU, start_model=clean)
+    assert stats["consolidated"] and stats["start_step"] == 1.0
+    assert all(torch.equal(a, b) for a, b in zip(student.state_dict().values(), clean.state_dict().values()))
+    with pytest.raises(ValueError, match="start_model"):
+        repair(original, reference, 10, (1, 8, 8), cfg, CPU)
+
+
 def test_the_start_is_where_the_stamps_stop_working(backdoored):
     """stamp_step on the planted trigger itself (2x2 bottom-right, target 0): the chosen step is the
     first on the grid where the trigger's success has fallen to the bar between the original's and
@@ -253,9 +266,9 @@ AS_OTHER_SIDE, AS_TEACHER = {"unsupported": "locals"}, {"teacher": "locals", "st
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("options", [({}, {}), ({**AS_OTHER_SIDE, "reference": "recovered"}, AS_TEACHER),
-                                     (AS_TEACHER, AS_OTHER_SIDE)],
-                         ids=["defaults", "locals-absent-blend-recovered", "locals-absent-teacher"])
+@pytest.mark.parametrize("options", [({}, {}), ({**AS_OTHER_SIDE, "start": "recovered"}, AS_TEACHER),
+                                     ({**AS_TEACHER, "reference": "recovered"}, {**AS_OTHER_SIDE, "start": "recovered"})],
+                         ids=["defaults", "locals-absent-blend-recovered-start", "locals-absent-teacher-recovered"])
 def test_both_modes_end_to_end_without_messages_to_the_remaining_clients(local_ray, tmp_path, options):
     report = experiment.run(build(FedConfig, federation(*options)), tmp_path, progress=False)
     rows = {r["method"]: r for r in report["results"]}

@@ -47,6 +47,7 @@ class Config:
                                  # coordinate, least squares over every pair of the client; lbfgs_diagonal: L-BFGS
                                  # with that diagonal as B0 in place of sigma * I (Secants)
     history: int = 2             # L-BFGS pairs kept per client (the paper: 2)
+    pooled: bool = False         # one diagonal from every remaining client's pairs (less noise, no per-client skew)
     max_correction: float = 1.0  # a correction's norm at most this times the update's; 0: plain replay
     keep_curve: bool = True      # the recovered global model after each stored round, for the report's curves
 
@@ -79,8 +80,8 @@ class Secants:
     b_j = sum s_j y_j / sum s_j^2 over all the client's pairs, each coordinate's own secant,
     kept in [0, 1 / lr] so a correction at most undoes the offset (lr * b_j <= 1)."""
 
-    def __init__(self, history: int, kind: str = "lbfgs"):
-        self.history, self.kind = history, kind
+    def __init__(self, history: int, kind: str = "lbfgs", pooled: bool = False):
+        self.history, self.kind, self.pooled = history, kind, pooled
         self.models: dict[int, LBFGS] = {}
         self.sums: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.last: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -88,7 +89,7 @@ class Secants:
     def correction(self, cid: int, offset: torch.Tensor, lr: float) -> torch.Tensor | None:
         """lr * B_i offset, or None before the client has a pair."""
         if self.kind == "diagonal":
-            if cid not in self.sums:
+            if (-1 if self.pooled else cid) not in self.sums:
                 return None
             return (lr * self.diagonal(cid)).clamp(0.0, 1.0) * offset
         model = self.models.get(cid)
@@ -99,8 +100,9 @@ class Secants:
             w0, g0 = self.last[cid]
             s, y = w - w0, g - g0
             if self.kind != "lbfgs":
-                sy, ss = self.sums.get(cid, (torch.zeros_like(s), torch.zeros_like(s)))
-                self.sums[cid] = (sy + s * y, ss + s * s)
+                key = -1 if self.pooled else cid
+                sy, ss = self.sums.get(key, (torch.zeros_like(s), torch.zeros_like(s)))
+                self.sums[key] = (sy + s * y, ss + s * s)
             if self.kind != "diagonal":
                 model = self.models.setdefault(cid, LBFGS(self.history))
                 if self.kind == "lbfgs_diagonal":
@@ -110,7 +112,7 @@ class Secants:
         self.last[cid] = (w, g)
 
     def diagonal(self, cid: int) -> torch.Tensor:
-        sy, ss = self.sums[cid]
+        sy, ss = self.sums[-1 if self.pooled else cid]
         return (sy / ss.clamp(min=1e-30)).clamp(min=0.0)
 
 
@@ -120,7 +122,7 @@ def unlearn(ctx: FedContext, cfg: Config) -> FedResult:
     lr_at = round_lr(ctx.fed_cfg) if ctx.fed_cfg is not None else None
     keys = weight_keys(ctx.initial_state)
     state = fedavg.copy_state(ctx.initial_state)
-    secants = Secants(cfg.history, cfg.hessian)
+    secants = Secants(cfg.history, cfg.hessian, cfg.pooled)
     curve, replayed, corrected, capped = [], 0, 0, 0
     for stored in ctx.history.rounds:
         lr = lr_at(stored.round) if lr_at is not None else 1.0

@@ -57,8 +57,17 @@ class Config(RepairConfig):
 def unlearn(ctx: FedContext, cfg: Config) -> FedResult:
     reference = reference_state(ctx, cfg.reference)
     state, _, stats = ctx.run_task(server_repair, ctx.make_model, ctx.global_state, reference, ctx.num_classes,
-                                   ctx.input_shape, cfg, ctx.seed, remaining_locals(ctx, cfg))
+                                   ctx.input_shape, cfg, ctx.seed, remaining_locals(ctx, cfg), start_state(ctx, cfg))
     return FedResult(state, 0, [], stats)
+
+
+def start_state(ctx: FedContext, cfg: RepairConfig) -> State | None:
+    """With start = "recovered": the corrected replay (fedrecover.py, per-coordinate secants), where
+    the student starts; the reference keeps its other roles (generator judge, teacher blend,
+    trigger check), since a replay that kept some of the backdoor would hide the stamps."""
+    if cfg.start != "recovered":
+        return None
+    return reference_state(ctx, "recovered")
 
 
 def remaining_locals(ctx: FedContext, cfg: RepairConfig):
@@ -85,7 +94,8 @@ def warm_up(server, make_model, global_state: State, num_classes: int, input_sha
                    trigger=replace(cfg.trigger, steps=2), skip_agreement=2.0)
     locals_ = [(global_state, 1)] if cfg.teacher in ("remaining", "locals") else None
     server.run(server_repair, make_model, global_state, global_state, num_classes, input_shape,
-               RepairConfig(**{f.name: getattr(tiny, f.name) for f in fields(RepairConfig)}), seed, locals_)
+               RepairConfig(**{f.name: getattr(tiny, f.name) for f in fields(RepairConfig)}), seed, locals_,
+               global_state if cfg.start == "recovered" else None)
 
 
 def reference_state(ctx: FedContext, kind: str = "subtract") -> State:
@@ -111,18 +121,22 @@ def to_state(model: torch.nn.Module) -> State:
 
 
 def server_repair(make_model, global_state: State, reference_state: State, num_classes: int, input_shape,
-                  cfg: RepairConfig, seed: int, locals_=None):
+                  cfg: RepairConfig, seed: int, locals_=None, start: State | None = None):
     """The server task: models from states, `repair`; returns (state, generator on the CPU, stats)."""
     device = get_device("auto")  # on the server's Ray worker: the GPU Ray assigned, if any
     original, reference = make_model(), make_model()
     original.load_state_dict(global_state)
     reference.load_state_dict(reference_state)
+    start_model = None
+    if start is not None:
+        start_model = make_model()
+        start_model.load_state_dict(start)
     support_fn = ensemble = None
     if locals_:
         support_fn = lambda x, labels: class_support(make_model, locals_, x, labels, num_classes, device)  # noqa: E731
         if "locals" in (cfg.unsupported, cfg.teacher):
             ensemble = local_ensemble(make_model, locals_, device, cfg.consolidate.temperature)
     student, generator, stats = repair(original, reference, num_classes, input_shape, cfg, device, seed=seed,
-                                       support_fn=support_fn, ensemble=ensemble)
+                                       support_fn=support_fn, ensemble=ensemble, start_model=start_model)
     stats["threads"] = torch.get_num_threads()
     return to_state(student), generator.cpu(), stats

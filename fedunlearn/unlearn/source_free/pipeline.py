@@ -73,9 +73,11 @@ class RepairConfig:
                                  # clients' support (support.py); original: the global model as it is
     support_clients: int = 20    # the support is estimated from at most this many remaining clients (seeded sample)
     trigger: TriggerConfig = TriggerConfig()  # reverse-engineered triggers held in distillation (trigger.py)
-    start: Literal["reference", "original"] = "reference"  # the student's initial weights when the reference
-                                 # is not kept; "original" was better on the tuning cells' test accuracy,
-                                 # with the trigger block taking out what only the departing client taught
+    start: Literal["reference", "original", "recovered"] = "reference"  # the student's initial weights when the
+                                 # reference is not kept; "original" was better on the tuning cells' test accuracy,
+                                 # with the trigger block taking out what only the departing client taught;
+                                 # "recovered": a model the caller passes (repair's start_model; the federated
+                                 # methods pass fedrecover.py's corrected replay)
     start_step: float = 1.0      # with start = "reference": the student starts this far along the way from the
                                  # original to the reference (1: at the reference; see start_weights). Below 1
                                  # only with the trigger block on: without it the start keeps the backdoor
@@ -104,18 +106,23 @@ class RepairConfig:
             raise ValueError(f"teacher must be 'remaining', 'original' or 'locals', got {self.teacher!r}")
         if self.unsupported not in ("reference", "locals"):
             raise ValueError(f"unsupported must be 'reference' or 'locals', got {self.unsupported!r}")
-        if self.start not in ("reference", "original"):
-            raise ValueError(f"start must be 'reference' or 'original', got {self.start!r}")
+        if self.start not in ("reference", "original", "recovered"):
+            raise ValueError(f"start must be 'reference', 'original' or 'recovered', got {self.start!r}")
 
 
 def repair(original: nn.Module, reference: nn.Module, num_classes: int, input_shape, cfg: RepairConfig, device,
-           classes=None, seed: int = 0, support_fn=None, ensemble=None) -> tuple[nn.Module, Generator, dict]:
+           classes=None, seed: int = 0, support_fn=None, ensemble=None,
+           start_model: nn.Module | None = None) -> tuple[nn.Module, Generator, dict]:
     """Returns (student, generator, stats); `original` and `reference` are not modified.
 
     `support_fn(x, labels) -> per-class support in [0, 1]` (support.class_support over the
     remaining clients' local models) is needed for teacher = "remaining"; without it the
     original is the teacher. `ensemble(x) -> probabilities` (support.local_ensemble) is the
-    blend's other side with unsupported = "locals"."""
+    blend's other side with unsupported = "locals". `start_model` is the student's start with
+    start = "recovered" (start_step then moves from the original toward it); the reference keeps every
+    other role."""
+    if cfg.start == "recovered" and start_model is None:
+        raise ValueError("start = 'recovered' needs a start_model (the federated methods pass fedrecover's replay)")
     start = time.perf_counter()
     classes = list(range(num_classes)) if classes is None else list(classes)
     remaining = cfg.teacher == "remaining" and support_fn is not None
@@ -166,7 +173,8 @@ def repair(original: nn.Module, reference: nn.Module, num_classes: int, input_sh
                                                                  stats["trigger_patch_target"], x, cfg.stamp_share,
                                                                  device)
         stats["start_step"] = step
-        student, more = consolidate(start_weights(original, reference, replace(cfg, start_step=step)), teacher,
+        toward = start_model if cfg.start == "recovered" else reference
+        student, more = consolidate(start_weights(original, toward, replace(cfg, start_step=step)), teacher,
                                     generator, classes, cfg.consolidate, device, forget_term=term, seed=seed + 2)
         stats.update(more)
         stats["student_agreement"] = float((predicted(student, x, device) == said).float().mean())
