@@ -35,7 +35,7 @@ from fedunlearn.config import check_range
 from fedunlearn.errors import FedUnlearnError
 from fedunlearn.federated import fedavg
 from fedunlearn.federated.context import FedContext, FedResult
-from fedunlearn.federated.methods.subtract import keep_valid_batchnorm
+from fedunlearn.federated.methods.replay import finish
 from fedunlearn.federated.removal import weight_keys
 from fedunlearn.federated.rounds import round_lr
 from fedunlearn.lbfgs import LBFGS
@@ -123,41 +123,45 @@ def unlearn(ctx: FedContext, cfg: Config) -> FedResult:
     keys = weight_keys(ctx.initial_state)
     state = fedavg.copy_state(ctx.initial_state)
     secants = Secants(cfg.history, cfg.hessian, cfg.pooled)
-    curve, replayed, corrected, capped = [], 0, 0, 0
+    curve, replayed, counted = [], 0, {"corrected_updates": 0, "capped_corrections": 0}
     for stored in ctx.history.rounds:
-        lr = lr_at(stored.round) if lr_at is not None else 1.0
-        w_t = flat(stored.global_state, keys)
-        offset = flat(state, keys) - w_t  # where the recovered model is, against the one the clients saw
         counts = {cid: n for cid, n in stored.counts().items() if cid != ctx.departing}
-        total = sum(counts.values())
-        step = torch.zeros_like(w_t)
-        for cid, n in counts.items():
-            update, _ = stored.updates[cid]  # read one at a time from a disk store
-            u = flat(update, keys)
-            fix = secants.correction(cid, offset, lr)
-            if fix is not None and cfg.max_correction > 0:
-                fix = -fix
-                limit = cfg.max_correction * float(u.norm())
-                if float(fix.norm()) > limit:
-                    fix, capped = fix * (limit / float(fix.norm())), capped + 1
-                step += (n / total) * (u + fix)
-                corrected += 1
-            else:
-                step += (n / total) * u
-            secants.observe(cid, w_t, -u / lr)
-        if counts:
-            # the non-trained floats (BatchNorm statistics) as plain replay takes them
-            rest = [k for k in state if fedavg.is_float(state[k]) and k not in keys]
-            others = fedavg.weighted_sum((stored.updates[cid] for cid in counts), total) if rest else {}
-            moved = unflat(step * stored.span, state, keys)
-            state.update({k: state[k] + moved[k] for k in keys})
-            state.update({k: state[k] + stored.span * others[k] for k in rest})
-            replayed += 1
-            if cfg.keep_curve:
-                curve.append(fedavg.copy_state(state))
-    state.update({k: v.clone() for k, v in ctx.global_state.items() if not fedavg.is_float(v)})
-    kept = keep_valid_batchnorm(state, ctx.global_state)
-    if curve:
-        curve[-1] = state
-    return FedResult(state, 0, curve, {"replayed_rounds": replayed, "corrected_updates": corrected,
-                                       "capped_corrections": capped, "batchnorm_layers_kept": kept})
+        if not counts:  # only the departing client took part: retraining would not have had this round
+            continue
+        lr = lr_at(stored.round) if lr_at is not None else 1.0
+        moved = unflat(stored.span * corrected_mean(stored, counts, flat(state, keys), keys, lr, secants, cfg, counted),
+                       state, keys)
+        # the non-trained floats (BatchNorm statistics) as plain replay takes them
+        rest = [k for k in state if fedavg.is_float(state[k]) and k not in keys]
+        others = fedavg.weighted_sum((stored.updates[cid] for cid in counts), sum(counts.values())) if rest else {}
+        state.update({k: state[k] + moved[k] for k in keys})
+        state.update({k: state[k] + stored.span * others[k] for k in rest})
+        replayed += 1
+        if cfg.keep_curve:
+            curve.append(fedavg.copy_state(state))
+    kept = finish(state, ctx.global_state, curve)
+    return FedResult(state, 0, curve, {"replayed_rounds": replayed, **counted, "batchnorm_layers_kept": kept})
+
+
+def corrected_mean(stored, counts: dict[int, int], here: torch.Tensor, keys: list[str], lr: float, secants: Secants,
+                   cfg: Config, counted: dict) -> torch.Tensor:
+    """The sample-weighted mean of the remaining participants' updates, each corrected from the
+    model it was computed at (the stored global model) to `here`; every update then becomes a
+    secant pair for its client's later rounds."""
+    w_t = flat(stored.global_state, keys)
+    offset, total = here - w_t, sum(counts.values())
+    step = torch.zeros_like(w_t)
+    for cid, n in counts.items():
+        update, _ = stored.updates[cid]  # read one at a time from a disk store
+        raw = u = flat(update, keys)
+        fix = secants.correction(cid, offset, lr) if cfg.max_correction > 0 else None
+        if fix is not None:
+            limit = cfg.max_correction * float(u.norm())
+            if float(fix.norm()) > limit:
+                fix = fix * (limit / float(fix.norm()))
+                counted["capped_corrections"] += 1
+            u = u - fix
+            counted["corrected_updates"] += 1
+        step += (n / total) * u
+        secants.observe(cid, w_t, -raw / lr)
+    return step

@@ -44,9 +44,16 @@ def unlearn(ctx: FedContext, cfg: Config) -> FedResult:
         replayed += 1
         if cfg.keep_curve:
             curve.append(fedavg.copy_state(state))
-    # integer buffers (BatchNorm counters) come from the global model, not round 0
-    state.update({k: v.clone() for k, v in ctx.global_state.items() if not fedavg.is_float(v)})
-    kept = keep_valid_batchnorm(state, ctx.global_state)
+    kept = finish(state, ctx.global_state, curve)
+    return FedResult(state, 0, curve, {"replayed_rounds": replayed, "batchnorm_layers_kept": kept})
+
+
+def finish(state: fedavg.State, global_state: fedavg.State, curve: list) -> int:
+    """In place, for a model replayed from round 0: integer buffers (BatchNorm counters) from the
+    global model, valid BatchNorm statistics (subtract.py), the curve ending at the result.
+    Returns the number of BatchNorm layers whose statistics were taken from the global model."""
+    state.update({k: v.clone() for k, v in global_state.items() if not fedavg.is_float(v)})
+    kept = keep_valid_batchnorm(state, global_state)
     if curve:
         curve[-1] = state
-    return FedResult(state, 0, curve, {"replayed_rounds": replayed, "batchnorm_layers_kept": kept})
+    return kept
