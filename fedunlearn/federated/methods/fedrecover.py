@@ -22,6 +22,13 @@ schedule's shrinking steps out of y. A client's first stored round has no pair: 
 replayed as stored. As FedRecover's abnormality check does for its exact rounds, a correction is
 capped, at `max_correction` times the norm of the update it corrects: the linear model is
 trusted only near the original trajectory. No data, no messages.
+
+Measured (docs/findings.md, session 12): without exact rounds, L-BFGS's sigma * I gives every
+direction the curvature seen along the trajectory and pulls the replay back to the original,
+backdoor included (digits matrix: test 0.924, backdoor 77%). The per-coordinate secant
+(`hessian = "diagonal"`) leaves alone what the remaining clients never pushed on: it forgets, but
+keeps only part of the accuracy (0.14-0.20 below retrain on tuning cells), and the source-free
+repair starts there (`start = "recovered"`).
 """
 
 from __future__ import annotations
