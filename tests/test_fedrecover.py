@@ -106,3 +106,17 @@ def test_no_stored_rounds_is_a_clear_error():
     ctx.history = History(store_every=1)
     with pytest.raises(Exception, match="store_every"):
         load_method("fedrecover").unlearn(ctx, load_method("fedrecover").Config())
+
+
+def test_the_source_free_start_is_the_diagonal_replay_computed_once():
+    from fedunlearn.federated.methods import source_free_absent
+
+    ctx, _, _ = quadratic_federation()
+    replay = load_method("fedrecover").unlearn(ctx, load_method("fedrecover").Config(hessian="diagonal")).state
+    subtracted = source_free_absent.reference_state(ctx, "subtract")
+    start = source_free_absent.start_state(ctx, source_free_absent.Config(start="recovered"), subtracted)
+    assert torch.equal(start["w"], replay["w"])
+    as_reference = source_free_absent.reference_state(ctx, "recovered")
+    both = source_free_absent.Config(start="recovered", reference="recovered")
+    assert source_free_absent.start_state(ctx, both, as_reference) is as_reference  # not replayed twice
+    assert source_free_absent.start_state(ctx, source_free_absent.Config(), subtracted) is None

@@ -45,6 +45,7 @@ from fedunlearn.federated.context import FedContext, FedResult
 from fedunlearn.federated.methods.replay import finish
 from fedunlearn.federated.removal import weight_keys
 from fedunlearn.federated.rounds import round_lr
+from fedunlearn.influence import flat, unflat
 from fedunlearn.lbfgs import LBFGS
 
 
@@ -65,17 +66,13 @@ class Config:
             raise ValueError(f"hessian must be 'lbfgs', 'diagonal' or 'lbfgs_diagonal', got {self.hessian!r}")
 
 
-def flat(state: fedavg.State, keys: list[str]) -> torch.Tensor:
-    return torch.cat([state[k].detach().reshape(-1).double().cpu() for k in keys])
+def flat_weights(state: fedavg.State, keys: list[str]) -> torch.Tensor:
+    """The trained weights as one float64 vector (successive secant pairs nearly cancel in float32)."""
+    return flat([state[k].detach().double().cpu() for k in keys])
 
 
-def unflat(vector: torch.Tensor, like: fedavg.State, keys: list[str]) -> fedavg.State:
-    out, offset = {}, 0
-    for k in keys:
-        n = like[k].numel()
-        out[k] = vector[offset:offset + n].reshape(like[k].shape).to(like[k].dtype)
-        offset += n
-    return out
+def unflat_weights(vector: torch.Tensor, like: fedavg.State, keys: list[str]) -> fedavg.State:
+    return {k: v.to(like[k].dtype) for k, v in zip(keys, unflat(vector, [like[k] for k in keys]))}
 
 
 class Secants:
@@ -96,7 +93,7 @@ class Secants:
     def correction(self, cid: int, offset: torch.Tensor, lr: float) -> torch.Tensor | None:
         """lr * B_i offset, or None before the client has a pair."""
         if self.kind == "diagonal":
-            if (-1 if self.pooled else cid) not in self.sums:
+            if self.key(cid) not in self.sums:
                 return None
             return (lr * self.diagonal(cid)).clamp(0.0, 1.0) * offset
         model = self.models.get(cid)
@@ -107,19 +104,20 @@ class Secants:
             w0, g0 = self.last[cid]
             s, y = w - w0, g - g0
             if self.kind != "lbfgs":
-                key = -1 if self.pooled else cid
-                sy, ss = self.sums.get(key, (torch.zeros_like(s), torch.zeros_like(s)))
-                self.sums[key] = (sy + s * y, ss + s * s)
+                sy, ss = self.sums.get(self.key(cid), (torch.zeros_like(s), torch.zeros_like(s)))
+                self.sums[self.key(cid)] = (sy + s * y, ss + s * s)
             if self.kind != "diagonal":
                 model = self.models.setdefault(cid, LBFGS(self.history))
                 if self.kind == "lbfgs_diagonal":
-                    model.initial = self.diagonal(cid)  # built with the pair below (or now, if it is refused)
-                if not model.add_if_curved(s, y) and len(model) and self.kind == "lbfgs_diagonal":
                     model.set_initial(self.diagonal(cid))
+                model.add_if_curved(s, y)
         self.last[cid] = (w, g)
 
+    def key(self, cid: int) -> int:
+        return -1 if self.pooled else cid
+
     def diagonal(self, cid: int) -> torch.Tensor:
-        sy, ss = self.sums[-1 if self.pooled else cid]
+        sy, ss = self.sums[self.key(cid)]
         return (sy / ss.clamp(min=1e-30)).clamp(min=0.0)
 
 
@@ -128,6 +126,8 @@ def unlearn(ctx: FedContext, cfg: Config) -> FedResult:
         raise FedUnlearnError("fedrecover needs the stored client updates; set federation.store_every >= 1")
     lr_at = round_lr(ctx.fed_cfg) if ctx.fed_cfg is not None else None
     keys = weight_keys(ctx.initial_state)
+    # the non-trained floats (BatchNorm statistics) are replayed as plain replay does, uncorrected
+    rest = [k for k, v in ctx.initial_state.items() if fedavg.is_float(v) and k not in keys]
     state = fedavg.copy_state(ctx.initial_state)
     secants = Secants(cfg.history, cfg.hessian, cfg.pooled)
     curve, replayed, counted = [], 0, {"corrected_updates": 0, "capped_corrections": 0}
@@ -136,11 +136,8 @@ def unlearn(ctx: FedContext, cfg: Config) -> FedResult:
         if not counts:  # only the departing client took part: retraining would not have had this round
             continue
         lr = lr_at(stored.round) if lr_at is not None else 1.0
-        moved = unflat(stored.span * corrected_mean(stored, counts, flat(state, keys), keys, lr, secants, cfg, counted),
-                       state, keys)
-        # the non-trained floats (BatchNorm statistics) as plain replay takes them
-        rest = [k for k in state if fedavg.is_float(state[k]) and k not in keys]
-        others = fedavg.weighted_sum((stored.updates[cid] for cid in counts), sum(counts.values())) if rest else {}
+        step, others = corrected_mean(stored, counts, flat_weights(state, keys), keys, rest, lr, secants, cfg, counted)
+        moved = unflat_weights(stored.span * step, state, keys)
         state.update({k: state[k] + moved[k] for k in keys})
         state.update({k: state[k] + stored.span * others[k] for k in rest})
         replayed += 1
@@ -150,17 +147,18 @@ def unlearn(ctx: FedContext, cfg: Config) -> FedResult:
     return FedResult(state, 0, curve, {"replayed_rounds": replayed, **counted, "batchnorm_layers_kept": kept})
 
 
-def corrected_mean(stored, counts: dict[int, int], here: torch.Tensor, keys: list[str], lr: float, secants: Secants,
-                   cfg: Config, counted: dict) -> torch.Tensor:
+def corrected_mean(stored, counts: dict[int, int], here: torch.Tensor, keys: list[str], rest: list[str], lr: float,
+                   secants: Secants, cfg: Config, counted: dict) -> tuple[torch.Tensor, fedavg.State]:
     """The sample-weighted mean of the remaining participants' updates, each corrected from the
-    model it was computed at (the stored global model) to `here`; every update then becomes a
-    secant pair for its client's later rounds."""
-    w_t = flat(stored.global_state, keys)
+    model it was computed at (the stored global model) to `here`, and the plain mean of their
+    `rest` entries; every update then becomes a secant pair for its client's later rounds. Each
+    update is read once (one at a time from a disk store)."""
+    w_t = flat_weights(stored.global_state, keys)
     offset, total = here - w_t, sum(counts.values())
-    step = torch.zeros_like(w_t)
+    step, others = torch.zeros_like(w_t), {}
     for cid, n in counts.items():
-        update, _ = stored.updates[cid]  # read one at a time from a disk store
-        raw = u = flat(update, keys)
+        update, _ = stored.updates[cid]
+        raw = u = flat_weights(update, keys)
         fix = secants.correction(cid, offset, lr) if cfg.max_correction > 0 else None
         if fix is not None:
             limit = cfg.max_correction * float(u.norm())
@@ -170,5 +168,7 @@ def corrected_mean(stored, counts: dict[int, int], here: torch.Tensor, keys: lis
             u = u - fix
             counted["corrected_updates"] += 1
         step += (n / total) * u
+        for k in rest:
+            others[k] = others.get(k, 0.0) + (n / total) * update[k]
         secants.observe(cid, w_t, -raw / lr)
-    return step
+    return step, others

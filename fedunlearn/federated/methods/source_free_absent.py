@@ -57,17 +57,19 @@ class Config(RepairConfig):
 def unlearn(ctx: FedContext, cfg: Config) -> FedResult:
     reference = reference_state(ctx, cfg.reference)
     state, _, stats = ctx.run_task(server_repair, ctx.make_model, ctx.global_state, reference, ctx.num_classes,
-                                   ctx.input_shape, cfg, ctx.seed, remaining_locals(ctx, cfg), start_state(ctx, cfg))
+                                   ctx.input_shape, cfg, ctx.seed, remaining_locals(ctx, cfg),
+                                   start_state(ctx, cfg, reference))
     return FedResult(state, 0, [], stats)
 
 
-def start_state(ctx: FedContext, cfg: RepairConfig) -> State | None:
+def start_state(ctx: FedContext, cfg: Config, reference: State) -> State | None:
     """With start = "recovered": the corrected replay (fedrecover.py, per-coordinate secants), where
     the student starts; the reference keeps its other roles (generator judge, teacher blend,
-    trigger check), since a replay that kept some of the backdoor would hide the stamps."""
+    trigger check), since a replay that kept some of the backdoor would hide the stamps. When the
+    reference is that replay already (reference = "recovered"), it is not computed again."""
     if cfg.start != "recovered":
         return None
-    return reference_state(ctx, "recovered")
+    return reference if cfg.reference == "recovered" else reference_state(ctx, "recovered")
 
 
 def remaining_locals(ctx: FedContext, cfg: RepairConfig):
