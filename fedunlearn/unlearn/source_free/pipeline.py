@@ -160,7 +160,7 @@ def repair(original: nn.Module, reference: nn.Module, num_classes: int, input_sh
         term, generator.stamps = None, []
         if cfg.trigger.weight > 0:
             generator.stamps, found = find_triggers(original, reference, generator, classes, cfg.trigger, device,
-                                                    seed=seed + 5)
+                                                    seed=seed + 5, start=start_model if cfg.start == "recovered" else None)
             stats.update(found)
         if generator.stamps:
             term = weighted(invariance_term(generator.stamps, teacher, generator, classes,

@@ -58,7 +58,9 @@ class TriggerConfig:
                                # test accuracy (0/32 vs 1/32 cells within target) and found no blended trigger there
     search: str = "targeted"   # "targeted": Neural Cleanse's per-class search on the original alone, keeping
                                # the outlier target's stamps (targeted_triggers); "difference": stamps where the
-                               # original departs from the reference (useless where the reference is wrecked)
+                               # original departs from the reference (useless where the reference is wrecked);
+                               # "both": the targeted stamps plus a difference stamp against the student's start
+                               # (pipeline.repair passes it: the corrected replay, which is not wrecked)
 
     def __post_init__(self):
         check_range("trigger.weight", self.weight, 0.0)
@@ -68,8 +70,8 @@ class TriggerConfig:
         check_range("trigger.class_batch_size", self.class_batch_size, 1)
         check_range("trigger.mask_budget", self.mask_budget, 0.0, 1.0)
         check_range("trigger.blend_max", self.blend_max, 0.0, 1.0)
-        if self.search not in ("difference", "targeted"):
-            raise ValueError(f"trigger.search must be 'difference' or 'targeted', got {self.search!r}")
+        if self.search not in ("difference", "targeted", "both"):
+            raise ValueError(f"trigger.search must be 'difference', 'targeted' or 'both', got {self.search!r}")
 
 
 @dataclass
@@ -242,12 +244,25 @@ def _success(original, generator, classes, masks, patterns, n: int, device) -> t
 
 
 def find_triggers(original: nn.Module, reference: nn.Module, generator: Generator, classes, cfg: TriggerConfig,
-                  device, seed: int = 0) -> tuple[list[Stamp], dict]:
-    """The stamps to hold invariant, by cfg.search."""
-    if cfg.search == "targeted":
-        stamps, stats = targeted_triggers(original, generator, classes, cfg, device, seed)
-        return only_what_the_client_taught(original, reference, generator, classes, stamps, stats, device)
-    return reverse_triggers(original, reference, generator, classes, cfg, device, seed)
+                  device, seed: int = 0, start: nn.Module | None = None) -> tuple[list[Stamp], dict]:
+    """The stamps to hold invariant, by cfg.search. With "both", the difference stamp is searched
+    against `start` (the student's start; the reference when none is given).
+
+    Why "both": where the targeted search names no class (a weak outlier on synthetic samples), a
+    start that has shed the backdoor is taught it again by distilling from the original; the
+    stamp on which the original departs most from that start is what the distillation would
+    carry back (docs/findings.md, session 13)."""
+    if cfg.search == "difference":
+        return reverse_triggers(original, reference, generator, classes, cfg, device, seed)
+    stamps, stats = targeted_triggers(original, generator, classes, cfg, device, seed)
+    stamps, stats = only_what_the_client_taught(original, reference, generator, classes, stamps, stats, device)
+    if cfg.search == "both":
+        more, found = reverse_triggers(original, reference if start is None else start, generator, classes, cfg,
+                                       device, seed + 1)
+        stamps = stamps + more
+        stats.update({f"{k}_start" if k.startswith("trigger_patch") else k: v for k, v in found.items()})
+        stats["trigger_stamps"] = len(stamps)
+    return stamps, stats
 
 
 def only_what_the_client_taught(original, reference, generator, classes, stamps: list[Stamp], stats: dict,
