@@ -190,13 +190,13 @@ def test_record_names_the_altered_entry(tmp_path, capsys):
 
 
 def test_a_hanging_client_ends_its_round_by_timeout(tmp_path):
-    cfg = config(tmp_path, "disk", hang_client=1, hang_round=2, hang_s=120.0, round_timeout_s=20.0)
+    cfg = config(tmp_path, "disk", hang_client=1, hang_round=2, hang_s=120.0, round_timeout_s=8.0)
     start = time.perf_counter()
     report = serve(cfg, LocalTransport(cfg), tmp_path / "run", progress=False)
     assert time.perf_counter() - start < 120.0
     log = report["round_log"]
     assert [(r["round"], r["sent"], r["used"]) for r in log] == [(1, 3, 3), (2, 3, 2)]
-    assert "did not reply within 20 s" in log[1]["failed"]["1"]
+    assert "did not reply within 8 s" in log[1]["failed"]["1"]
     assert "client 1: RoundTimeout" in (tmp_path / "run" / "report.md").read_text()
 
 
