@@ -271,11 +271,8 @@ AS_OTHER_SIDE, AS_TEACHER = {"unsupported": "locals"}, {"teacher": "locals", "st
 @pytest.mark.parametrize("options", [({}, {}), ({**AS_OTHER_SIDE, "start": "recovered"}, AS_TEACHER),
                                      ({**AS_TEACHER, "reference": "recovered"}, {**AS_OTHER_SIDE, "start": "recovered"})],
                          ids=["defaults", "locals-absent-blend-recovered-start", "locals-absent-teacher-recovered"])
-def test_both_modes_end_to_end_without_messages_to_the_remaining_clients(local_ray, tmp_path_factory, options):
-    # one results folder for the three option sets: the federation and retraining, keyed on what
-    # trains them, are trained once and reused from their checkpoints (as a user's rerun would)
-    out = tmp_path_factory.getbasetemp() / "source-free-end-to-end"
-    report = experiment.run(build(FedConfig, federation(*options)), out, progress=False)
+def test_both_modes_end_to_end_without_messages_to_the_remaining_clients(local_ray, tmp_path, options):
+    report = experiment.run(build(FedConfig, federation(*options)), tmp_path, progress=False)
     rows = {r["method"]: r for r in report["results"]}
     assert list(rows) == ["original", *SOURCE_FREE]
     for name in ("source_free_absent", "source_free_cooperative"):
