@@ -22,7 +22,9 @@ The repair works without any training data:
    send inputs to the backdoor's target must not change the student's class. They come from
    Neural Cleanse's per-class search on the original alone (`trigger.search = "targeted"`: it
    needs no usable reference);
-   "difference" searches where the original departs from the reference. teacher = "original"
+   "difference" searches where the original departs from the reference; "both" adds to the
+   targeted stamps the one where the original departs from the student's start (a start that had
+   shed the backdoor is otherwise taught it back). teacher = "original"
    is the plain variant: the original as the teacher and the generator's only judge.
    Measured on tuning cells outside the reported matrix (benchmarks/withdrawal_repair_tuning.py,
    docs/findings.md): the targeted search names the real target in 30 of 32 cells and takes
