@@ -62,16 +62,20 @@ def _rows(report_path):
     return {(r["method"], r.get("forget", "")): r for r in json.loads(Path(report_path).read_text())["results"]}
 
 
+def _shard_tasks(c, filters=()) -> list:
+    """The fan-out's shard tasks Ray knows of (any job), by the state API's filters."""
+    from ray.util.state import list_tasks
+
+    tasks = list_tasks(address=c.address, filters=list(filters), limit=10000, raise_on_missing_output=False)
+    return [t for t in tasks if "_call" in t.name]
+
+
 def _task_nodes(c, want: int = 2, wait_s: float = 20.0):
     """Node ids of the finished fan-out tasks. Workers report task events to the GCS in batches
     (about every second), so a node's events can arrive after the job ends: poll a little."""
-    from ray.util.state import list_tasks
-
     deadline = time.monotonic() + wait_s
     while True:
-        tasks = list_tasks(address=c.address, filters=[("state", "=", "FINISHED")], limit=10000,
-                           raise_on_missing_output=False)
-        nodes = {t.node_id for t in tasks if "_call" in t.name}
+        nodes = {t.node_id for t in _shard_tasks(c, [("state", "=", "FINISHED")])}
         if len(nodes) >= want or time.monotonic() > deadline:
             return nodes
         time.sleep(0.5)
@@ -108,15 +112,11 @@ def test_job_runs_across_both_nodes_and_report_is_fetched(cluster, tmp_path_fact
 def test_losing_a_worker_node_mid_run_gives_the_same_result(cluster, tmp_path_factory):
     from concurrent.futures import ThreadPoolExecutor
 
-    from ray.util.state import list_tasks
-
     c, worker = cluster
     storage, local = tmp_path_factory.mktemp("storage2"), tmp_path_factory.mktemp("fetched2")
-    def shard_jobs() -> set:
-        """The Ray jobs that have submitted shard tasks (by job, so a late event of the first job's
-        tasks is not taken for this one's)."""
-        tasks = list_tasks(address=c.address, limit=10000, raise_on_missing_output=False)
-        return {t.job_id for t in tasks if "_call" in t.name}
+
+    def shard_jobs() -> set:  # by Ray job, so a late event of the first job's tasks is not taken for this one's
+        return {t.job_id for t in _shard_tasks(c)}
 
     earlier = shard_jobs()  # the first job's
     # The job is watched from a thread; the node is removed and replaced from the main thread,

@@ -20,7 +20,8 @@ from fedunlearn.cli import main as cli_main
 from flower_deployment import deployment, processes_with
 
 APP = Path(__file__).parent / "flower_user_app"
-HANG_S, TIMEOUT_S = 900.0, 60.0  # the round timeout is most of this test's time; honest nodes answer round 2 in seconds
+# the round timeout is most of this test's time; the honest nodes answer round 2 in seconds
+HANG_S, TIMEOUT_S = 900.0, 60.0
 
 
 @pytest.mark.slow

@@ -260,7 +260,7 @@ def find_triggers(original: nn.Module, reference: nn.Module, generator: Generato
         more, found = reverse_triggers(original, reference if start is None else start, generator, classes, cfg,
                                        device, seed + 1)
         stamps = stamps + more
-        stats.update({f"{k}_start" if k.startswith("trigger_patch") else k: v for k, v in found.items()})
+        stats.update({f"{k}_start": v for k, v in found.items()})  # beside the targeted search's own
         stats["trigger_stamps"] = len(stamps)
     return stamps, stats
 
