@@ -14,7 +14,8 @@ from fedunlearn.models import ModelConfig, build_model
 from fedunlearn.training import TrainConfig, seed_everything, train
 from fedunlearn.unlearn.source_free import GeneratorConfig, train_generator
 from fedunlearn.unlearn.source_free.pipeline import RepairConfig
-from fedunlearn.unlearn.source_free.trigger import (TriggerConfig, find_triggers, flip_rate,
+from fedunlearn.unlearn.source_free.hold import flip_rate
+from fedunlearn.unlearn.source_free.trigger import (TriggerConfig, find_triggers,
                                                     only_what_the_client_taught, reverse_triggers, targeted_triggers)
 
 CPU = torch.device("cpu")

@@ -53,8 +53,8 @@ from fedunlearn.unlearn.source_free.forget import fisher_penalty
 from fedunlearn.unlearn.source_free.generator import Generator, GeneratorConfig, sample, train_generator
 from fedunlearn.unlearn.source_free.inference import logits
 from fedunlearn.unlearn.source_free.support import blend, blend_probs, blended_teacher
-from fedunlearn.unlearn.source_free.trigger import (TriggerConfig, find_triggers, invariance_term, patch_stamps,
-                                                   stamp_success)
+from fedunlearn.unlearn.source_free.hold import invariance_term
+from fedunlearn.unlearn.source_free.trigger import TriggerConfig, find_triggers, patch_stamps, stamp_success
 
 
 @dataclass(frozen=True)
@@ -166,7 +166,7 @@ def repair(original: nn.Module, reference: nn.Module, num_classes: int, input_sh
             stats.update(found)
         if generator.stamps:
             term = weighted(invariance_term(generator.stamps, teacher, generator, classes,
-                                            cfg.consolidate.batch_size, device), cfg.trigger.weight)
+                                            cfg.consolidate.batch_size, device, cfg.trigger.hold), cfg.trigger.weight)
         # --- end trigger block ---
         step = 0.0 if cfg.start == "original" else cfg.start_step
         if cfg.start == "reference" and cfg.start_rule == "stamps" and stats.get("trigger_patch_kept"):
@@ -262,17 +262,19 @@ def weighted(term, weight: float):
 
 
 def refine(student: nn.Module, original: nn.Module, generator: Generator, fisher: dict, cfg: ConsolidateConfig,
-           device, classes=None, seed: int = 0, teacher=None, trigger_weight: float = 0.0) -> tuple[nn.Module, dict]:
+           device, classes=None, seed: int = 0, teacher=None, trigger_weight: float = 0.0,
+           trigger_hold: str = "invariant") -> tuple[nn.Module, dict]:
     """Distil further from the original, holding the student near its current weights where the
     Fisher statistics `fisher` (from the departing client's flagged samples) say it matters, and,
-    with trigger_weight > 0, invariant to the stamps the repair found (generator.stamps)."""
+    with trigger_weight > 0, against the stamps the repair found (generator.stamps; hold.py)."""
     classes = list(range(generator.num_classes)) if classes is None else list(classes)
     term = fisher_penalty(student.to(device), fisher)
     teacher = teacher or model_teacher(original, cfg.temperature)
     stamps = getattr(generator, "stamps", [])
     if trigger_weight > 0 and stamps:
-        # --- trigger block: the repair's stamps, held invariant during refinement too ---
-        fisher_term, held = term, invariance_term(stamps, teacher, generator, classes, cfg.batch_size, device)
+        # --- trigger block: the repair's stamps, held during refinement too ---
+        fisher_term, held = term, invariance_term(stamps, teacher, generator, classes, cfg.batch_size, device,
+                                                  trigger_hold)
         term = lambda s: fisher_term(s) + (trigger_weight / max(cfg.forget_weight, 1e-12)) * held(s)  # noqa: E731
     refined, stats = consolidate(student, teacher, generator, classes, cfg, device, forget_term=term, seed=seed + 3)
     return refined, {f"refine_{k.removeprefix('consolidate_')}": v for k, v in stats.items()}

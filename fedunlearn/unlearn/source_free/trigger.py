@@ -16,12 +16,9 @@ pattern) and for a full-image blend
 (m = alpha everywhere, alpha <= blend_max: blended triggers, Chen et al. 2017). The inputs x are
 generator samples (the generator of pipeline.repair), so no data is used.
 
-`invariance_term` is then a forget term for `consolidate`: on fresh synthetic samples x, the
-student's prediction on each stamped x' is held to the teacher's prediction on the clean x
-(KL), the classic "unlearn the reversed trigger" mitigation (Neural Cleanse section VI): the
-stamp must not change the class. A stamp that found real knowledge instead of a trigger (a
-stroke of a class only the client held) only teaches that a small stamp does not change the
-class, which retraining without the client would not contradict.
+The stamps are then held in distillation (hold.py's `invariance_term`, a forget term for
+`consolidate`): the classic "unlearn the reversed trigger" mitigation (Neural Cleanse section VI),
+or, with hold = "target", only the way to the stamp's target is taken away.
 """
 
 from __future__ import annotations
@@ -35,6 +32,7 @@ from torch import nn
 from fedunlearn.config import check_range
 from fedunlearn.training import frozen, seed_everything
 from fedunlearn.unlearn.source_free.generator import Generator, draw
+from fedunlearn.unlearn.source_free.hold import HOLDS, departs_to
 
 
 @dataclass(frozen=True)
@@ -62,6 +60,9 @@ class TriggerConfig:
                                # "both": the targeted stamps plus a difference stamp against the student's start
                                # (pipeline.repair passes it: the corrected replay, which is not wrecked)
 
+    hold: str = "invariant"    # what a stamp may not change (hold.py): "invariant": the class at all;
+                               # "target": only whether inputs go to the stamp's target
+
     def __post_init__(self):
         check_range("trigger.weight", self.weight, 0.0)
         check_range("trigger.steps", self.steps, 0)
@@ -72,6 +73,8 @@ class TriggerConfig:
         check_range("trigger.blend_max", self.blend_max, 0.0, 1.0)
         if self.search not in ("difference", "targeted", "both"):
             raise ValueError(f"trigger.search must be 'difference', 'targeted' or 'both', got {self.search!r}")
+        if self.hold not in HOLDS:
+            raise ValueError(f"trigger.hold must be one of {', '.join(HOLDS)}, got {self.hold!r}")
 
 
 @dataclass
@@ -80,6 +83,7 @@ class Stamp:
 
     mask: torch.Tensor     # (1, 1, H, W) in [0, 1]
     pattern: torch.Tensor  # (1, C, H, W) in [0, 1]
+    target: int | None = None  # the class the stamp sends inputs to (hold.py's "target" hold); None: unknown
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         m, p = self.mask.to(x.device), self.pattern.to(x.device)
@@ -137,8 +141,11 @@ def reverse_triggers(original: nn.Module, reference: nn.Module, generator: Gener
         stats["trigger_clean_divergence"] = float(clean)
         for blend in ([False, True] if cfg.blend else [False]):
             stamp, div = _search(original, reference, generator, classes, cfg, device, blend)
-            stamps.append(stamp)
             name = "blend" if blend else "patch"
+            with torch.no_grad():
+                stamp.target = departs_to(original, reference, stamp, draw(generator, classes, 256, device))
+            stamps.append(stamp)
+            stats[f"trigger_{name}_departs_to"] = stamp.target
             stats[f"trigger_{name}_divergence"] = div
             stats[f"trigger_{name}_mask_mean"] = float(stamp.mask.mean())
             if not blend:  # where the patch sits: its mask-weighted centre, rows and columns in [0, 1]
@@ -185,10 +192,10 @@ def targeted_triggers(original: nn.Module, generator: Generator, classes, cfg: T
             # found at the smallest area where it stands out; on real images a stamp that small may not
             # work yet (measured), so the target's stamps of every larger rung are held too
             target = classes[i:i + 1]
-            stamps.append(_stamp(masks[i:i + 1], patterns[i:i + 1]))
+            stamps.append(_stamp(masks[i:i + 1], patterns[i:i + 1], int(target)))
             for larger in range(rung - 1, -1, -1):
                 stamps.append(_stamp(*_targeted_search(original, generator, classes, target, _rung(cfg, larger),
-                                                       device, blend)))
+                                                       device, blend), int(target)))
             stats.update({f"trigger_{name}_target": int(target), f"trigger_{name}_success": float(success[i]),
                           f"trigger_{name}_anomaly": float(anomaly[i]), f"trigger_{name}_rung": rung})
     stats["trigger_stamps"] = len(stamps)
@@ -202,8 +209,8 @@ def _rung(cfg: TriggerConfig, rung: int) -> TriggerConfig:
     return replace(cfg, mask_budget=cfg.mask_budget / 2 ** rung, blend_max=cfg.blend_max / 2 ** rung)
 
 
-def _stamp(mask: torch.Tensor, pattern: torch.Tensor) -> Stamp:
-    return Stamp(mask.expand(1, 1, *pattern.shape[-2:]).cpu().clone(), pattern.cpu())
+def _stamp(mask: torch.Tensor, pattern: torch.Tensor, target: int | None = None) -> Stamp:
+    return Stamp(mask.expand(1, 1, *pattern.shape[-2:]).cpu().clone(), pattern.cpu(), target)
 
 
 def _targeted_search(original, generator, classes, targets, cfg: TriggerConfig, device, blend: bool):
@@ -301,28 +308,3 @@ def stamp_success(model: nn.Module, stamp: Stamp, target: int, x: torch.Tensor, 
     clean = model(x).argmax(1) if clean is None else clean
     others = x[clean != target]
     return float((model(stamp(others)).argmax(1) == target).float().mean()) if len(others) else 0.0
-
-
-def invariance_term(stamps: list[Stamp], teacher, generator: Generator, classes, batch_size: int, device):
-    """A forget term for `consolidate`: mean over stamps of KL(teacher(x) || student(stamp(x))) on
-    fresh synthetic samples x; teacher is a probabilities function (consolidate.model_teacher)."""
-    classes = torch.as_tensor(list(classes), dtype=torch.long)
-
-    def term(student: nn.Module) -> torch.Tensor:
-        with torch.no_grad():
-            x = draw(generator, classes, batch_size, device)
-            target = teacher(x)
-        # every stamp's inputs in one batch: the mean over stamps of each batch-mean KL, in one pass
-        # (BatchNorm is frozen in distillation, so the batch's make-up changes no output)
-        log_s = F.log_softmax(student(torch.cat([stamp(x) for stamp in stamps])), dim=1)
-        return F.kl_div(log_s, target.repeat(len(stamps), 1), reduction="batchmean")
-
-    return term
-
-
-
-@torch.no_grad()
-def flip_rate(model: nn.Module, stamps: list[Stamp], x: torch.Tensor) -> float:
-    """Share of inputs whose predicted class a stamp changes (mean over stamps)."""
-    clean = model(x).argmax(1)
-    return float(sum(float((model(s(x)).argmax(1) != clean).float().mean()) for s in stamps) / max(1, len(stamps)))
