@@ -14,7 +14,8 @@ from fedunlearn.models import ModelConfig, build_model
 from fedunlearn.training import TrainConfig, seed_everything, train
 from fedunlearn.unlearn.source_free import GeneratorConfig, train_generator
 from fedunlearn.unlearn.source_free.pipeline import RepairConfig
-from fedunlearn.unlearn.source_free.hold import flip_rate
+from fedunlearn.unlearn.source_free.consolidate import ConsolidateConfig, consolidate, model_teacher
+from fedunlearn.unlearn.source_free.hold import flip_rate, invariance_term
 from fedunlearn.unlearn.source_free.trigger import (TriggerConfig, find_triggers,
                                                     only_what_the_client_taught, reverse_triggers, targeted_triggers)
 
@@ -70,6 +71,7 @@ def test_the_targeted_search_names_the_backdoor_target_from_the_original_alone(p
     generator, _ = train_generator(original, (1, 8, 8), 10, GeneratorConfig(), CPU)
     stamps, stats = targeted_triggers(original, generator, range(10), cfg, CPU)
     assert stats["trigger_patch_target"] == backdoor.target
+    assert {stamp.target for stamp in stamps} == {backdoor.target}  # what hold = "target" pushes away from
     with torch.no_grad():  # the largest held stamp works on real test images as the real trigger does
         found = float((original(stamps[-1](test.x[keep])).argmax(1) == backdoor.target).float().mean())
     assert found > 0.5
@@ -99,6 +101,7 @@ def test_both_searches_add_the_stamp_where_the_original_departs_from_the_start(p
     stamps, stats = find_triggers(original, original, generator, range(10), cfg, CPU, start=clean)
     assert not stats["trigger_patch_kept"] and stats["trigger_stamps"] == len(stamps) == 1
     assert stats["trigger_patch_row_start"] < 0.5 and stats["trigger_patch_col_start"] < 0.5
+    assert stamps[0].target == stats["trigger_patch_departs_to_start"] == backdoor.target
     real, _ = triggered_test(test.x, test.y, backdoor)
     with torch.no_grad():
         real_asr = float((original(real).argmax(1) == backdoor.target).float().mean())
@@ -109,6 +112,39 @@ def test_both_searches_add_the_stamp_where_the_original_departs_from_the_start(p
     assert real_asr > 0.5 and found > 0.25 and by_start < 0.2 * found
 
 
+@pytest.mark.slow
+def test_the_target_hold_takes_away_the_way_to_the_target(planted):
+    """Distilling the backdoored original into itself on synthetic samples, with the targeted
+    search's stamps held: hold = "target" (the stamps may not send inputs to their target) takes
+    the real trigger's success down as the invariant hold does. Measured here: original 1.000
+    success / 0.989 test accuracy, target hold 0.027 / 0.925, invariant 0.030 / 0.936: on this
+    one planted trigger the two holds cost about the same accuracy (the tuning cells, where they
+    do not, are in docs/findings.md, session 14)."""
+    original, backdoor, test = planted["original"], planted["backdoor"], planted["data"].test
+    real, _ = triggered_test(test.x, test.y, backdoor)
+    generator, _ = train_generator(original, (1, 8, 8), 10, GeneratorConfig(), CPU)
+    stamps, _ = targeted_triggers(original, generator, range(10), TriggerConfig(weight=1.0, search="targeted"), CPU)
+    assert stamps
+    teacher = model_teacher(original)
+
+    def held(hold: str):
+        term = invariance_term(stamps, teacher, generator, range(10), 32, CPU, hold)
+        student, _ = consolidate(original, teacher, generator, range(10), ConsolidateConfig(), CPU, forget_term=term)
+        with torch.no_grad():
+            return (float((student(real).argmax(1) == backdoor.target).float().mean()),
+                    float((student(test.x).argmax(1) == test.y).float().mean()))
+
+    with torch.no_grad():
+        asr = float((original(real).argmax(1) == backdoor.target).float().mean())
+        acc = float((original(test.x).argmax(1) == test.y).float().mean())
+    target_asr, target_acc = held("target")
+    invariant_asr, invariant_acc = held("invariant")
+    print(f"original {asr:.3f} / {acc:.3f}; target {target_asr:.3f} / {target_acc:.3f}; "
+          f"invariant {invariant_asr:.3f} / {invariant_acc:.3f}")
+    assert asr > 0.5 and target_asr < 0.2 * asr and invariant_asr < 0.2 * asr
+    assert target_acc > acc - 0.1 and invariant_acc > acc - 0.1  # the clean task survives either hold
+
+
 def test_bad_trigger_settings_are_a_clear_error():
     with pytest.raises(ConfigError, match="trigger.mask_budget"):
         build(RepairConfig, {"trigger": {"mask_budget": 2.0}})
@@ -116,5 +152,7 @@ def test_bad_trigger_settings_are_a_clear_error():
         build(RepairConfig, {"trigger": {"steps": -1}})
     with pytest.raises(ConfigError, match="trigger.search"):
         build(RepairConfig, {"trigger": {"search": "guess"}})
+    with pytest.raises(ConfigError, match="trigger.hold"):
+        build(RepairConfig, {"trigger": {"hold": "everything"}})
     with pytest.raises(ConfigError, match="trigger.class_batch_size"):
         build(RepairConfig, {"trigger": {"class_batch_size": 0}})
