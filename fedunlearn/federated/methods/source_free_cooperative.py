@@ -60,12 +60,9 @@ class Config(RepairConfig):
 
 def unlearn(ctx: FedContext, cfg: Config) -> FedResult:
     reference = reference_state(ctx, cfg.reference)
-    start = start_state(ctx, cfg, reference)
     state, generator, stats = ctx.run_task(server_repair, ctx.make_model, ctx.global_state, reference,
                                            ctx.num_classes, ctx.input_shape, cfg, ctx.seed, remaining_locals(ctx, cfg),
-                                           start)
-    if cfg.unsupported == "start":  # the refinement's teacher blends with the same model as the repair's
-        reference = start
+                                           start_state(ctx, cfg, reference))
     stats["client_asked"] = bool(stats["consolidated"])
     if stats["consolidated"]:  # nothing was distilled, so nothing can have been re-taught
         fisher, metrics = ctx.query(ctx.departing, "source_free_forget", state,

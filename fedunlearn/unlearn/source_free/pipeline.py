@@ -89,10 +89,9 @@ class RepairConfig:
     stamp_share: float = 0.25    # stamp_step's bar: the stamps' success down to this share of the way from the
                                  # original's to the reference's (0.5 / 0.25 / 0.1 on the tuning cells: 3, 1, 1
                                  # of 32 digits cells within target; 0, 1, 0 of 6 Fashion-MNIST ones)
-    unsupported: Literal["reference", "locals", "start"] = "reference"  # the blend's other side, on classes the
-                                 # remaining clients do not support: the reference, their local models' ensemble
-                                 # (support.local_ensemble), which does not collapse with a wrecked reference, or
-                                 # with start = "recovered" the corrected replay (not wrecked either)
+    unsupported: Literal["reference", "locals"] = "reference"  # the blend's other side, on classes the remaining
+                                 # clients do not support: the reference, or their local models' ensemble
+                                 # (support.local_ensemble), which does not collapse with a wrecked reference
     support_relative: bool = False  # support_c / median support (capped at 1): local models recall synthetic samples
                                  # worse than the global model on every class, so raw support blends the
                                  # reference into classes the remaining clients do hold
@@ -107,10 +106,8 @@ class RepairConfig:
             raise ValueError(f"start_rule must be 'fixed' or 'stamps', got {self.start_rule!r}")
         if self.teacher not in ("remaining", "original", "locals"):
             raise ValueError(f"teacher must be 'remaining', 'original' or 'locals', got {self.teacher!r}")
-        if self.unsupported not in ("reference", "locals", "start"):
-            raise ValueError(f"unsupported must be 'reference', 'locals' or 'start', got {self.unsupported!r}")
-        if self.unsupported == "start" and self.start != "recovered":
-            raise ValueError("unsupported = 'start' needs start = 'recovered' (other starts are the reference's line)")
+        if self.unsupported not in ("reference", "locals"):
+            raise ValueError(f"unsupported must be 'reference' or 'locals', got {self.unsupported!r}")
         if self.start not in ("reference", "original", "recovered"):
             raise ValueError(f"start must be 'reference', 'original' or 'recovered', got {self.start!r}")
 
@@ -146,16 +143,13 @@ def repair(original: nn.Module, reference: nn.Module, num_classes: int, input_sh
             support = (support / support.median().clamp(min=1e-6)).clamp(max=1.0)
         temp = cfg.consolidate.temperature
         other = ensemble if cfg.unsupported == "locals" and ensemble is not None else reference.to(device)
-        if cfg.unsupported == "start" and start_model is not None:
-            other = start_model.to(device)
         teacher = blended_teacher(original.to(device), other, support, temp)
         stats["support_min"], stats["support_mean"] = float(support.min()), float(support.mean())
         if other is ensemble:
             taught = blend_probs(F.softmax(original_logits / temp, dim=1), on_batches(ensemble, x, device),
                                  support).argmax(1)
         else:
-            other_logits = reference_logits if other is reference else logits(other, x, device)
-            taught = blend(original_logits, other_logits, support, temp).argmax(1)
+            taught = blend(original_logits, reference_logits, support, temp).argmax(1)
     elif cfg.teacher == "locals" and ensemble is not None:
         teacher = ensemble
         taught = on_batches(ensemble, x, device).argmax(1)
