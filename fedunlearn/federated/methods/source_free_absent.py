@@ -12,7 +12,8 @@ reference already agrees with that teacher on most synthetic samples of every cl
 kept; otherwise a student starting at the reference (`start = "original"`: the global model)
 is distilled from the teacher, and stamps that turn inputs into the backdoor's target class
 (trigger.py: Neural Cleanse's per-class search on the global model alone, no data, no target
-assumed; on with `trigger.weight > 0`, off by default) are held unable to change its class.
+assumed; on with `trigger.weight > 0`, off by default) are held unable to change its class (with
+`trigger.hold = "target"`: unable to send inputs to the target, hold.py).
 The remaining clients get no message and the departing client is not asked
 anything. Generator and distillation run on the server's Ray worker (a GPU fraction when the
 cluster has one). What it reaches on the scenario matrix (with and without those options) and

@@ -19,7 +19,8 @@ The repair works without any training data:
    point between the original and the reference) is distilled from
    the teacher for a short, fixed budget, and the trigger block (trigger.py) holds it against
    what only the departing client taught (`trigger.weight > 0`; off by default): stamps that
-   send inputs to the backdoor's target must not change the student's class. They come from
+   send inputs to the backdoor's target must not change the student's class (hold.py; with
+   `trigger.hold = "target"` they must only not send inputs to that target). They come from
    Neural Cleanse's per-class search on the original alone (`trigger.search = "targeted"`: it
    needs no usable reference);
    "difference" searches where the original departs from the reference; "both" adds to the
