@@ -36,8 +36,13 @@ def _free_port() -> int:
 
 
 def _node_args(num_cpus: int) -> dict:
-    # Every node on one machine needs its own agent port (a second node on 52365 loses its job agent).
-    return {"num_cpus": num_cpus, "dashboard_agent_listen_port": _free_port()}
+    # Every node on one machine needs its own agent port (a second node on 52365 loses its job agent)
+    # and its own runtime-env folder: nodes share the session folder, and a node setting up the job's
+    # working_dir deletes and unpacks it again (Ray's working_dir plugin overwrites), which removed the
+    # head's copy under the running job (getcwd() failed in the entrypoint, twice in CI rehearsals).
+    port = _free_port()
+    return {"num_cpus": num_cpus, "dashboard_agent_listen_port": port,
+            "runtime_env_dir_name": f"runtime_resources_{port}"}
 
 
 @pytest.fixture(scope="module")
