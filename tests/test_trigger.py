@@ -15,7 +15,7 @@ from fedunlearn.training import TrainConfig, seed_everything, train
 from fedunlearn.unlearn.source_free import GeneratorConfig, train_generator
 from fedunlearn.unlearn.source_free.pipeline import RepairConfig
 from fedunlearn.unlearn.source_free.consolidate import ConsolidateConfig, consolidate, model_teacher
-from fedunlearn.unlearn.source_free.hold import flip_rate, invariance_term
+from fedunlearn.unlearn.source_free.hold import flip_rate, hold_term
 from fedunlearn.unlearn.source_free.trigger import (TriggerConfig, find_triggers,
                                                     only_what_the_client_taught, reverse_triggers, targeted_triggers)
 
@@ -128,7 +128,7 @@ def test_the_target_hold_takes_away_the_way_to_the_target(planted):
     teacher = model_teacher(original)
 
     def held(hold: str):
-        term = invariance_term(stamps, teacher, generator, range(10), 32, CPU, hold)
+        term = hold_term(stamps, teacher, generator, range(10), 32, CPU, hold)
         student, _ = consolidate(original, teacher, generator, range(10), ConsolidateConfig(), CPU, forget_term=term)
         with torch.no_grad():
             return (float((student(real).argmax(1) == backdoor.target).float().mean()),

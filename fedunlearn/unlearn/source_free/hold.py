@@ -13,7 +13,7 @@ Two holds, by TriggerConfig.hold:
 
 Why "target": the found stamps cover up to 8% of the pixels; on an 8x8 digit that is five pixels,
 enough to be a real stroke. Holding the whole prediction invariant to them taught the student to
-ignore those pixels for every class, and cost up to 16 points of test accuracy when distilling the
+ignore those pixels for every class, and cost up to 22 points of test accuracy when distilling the
 original into itself (docs/findings.md, session 14: mean |test gap| to retrain 0.051 without the
 term, 0.091 with it, on the validation-split tuning cells). What only the departing client taught
 is the way to t; the other ways a stroke changes a digit were taught by everyone.
@@ -30,7 +30,7 @@ from fedunlearn.unlearn.source_free.generator import Generator, draw
 HOLDS = ("invariant", "target")
 
 
-def invariance_term(stamps: list, teacher, generator: Generator, classes, batch_size: int, device,
+def hold_term(stamps: list, teacher, generator: Generator, classes, batch_size: int, device,
                     hold: str = "invariant"):
     """A forget term for `consolidate` (a function of the student): the mean over stamps of the
     hold's loss on fresh synthetic samples; teacher is a probabilities function

@@ -54,7 +54,7 @@ from fedunlearn.unlearn.source_free.forget import fisher_penalty
 from fedunlearn.unlearn.source_free.generator import Generator, GeneratorConfig, sample, train_generator
 from fedunlearn.unlearn.source_free.inference import logits
 from fedunlearn.unlearn.source_free.support import blend, blend_probs, blended_teacher
-from fedunlearn.unlearn.source_free.hold import invariance_term
+from fedunlearn.unlearn.source_free.hold import hold_term
 from fedunlearn.unlearn.source_free.trigger import TriggerConfig, find_triggers, patch_stamps, stamp_success
 
 
@@ -166,8 +166,8 @@ def repair(original: nn.Module, reference: nn.Module, num_classes: int, input_sh
                                                     seed=seed + 5, start=start_model if cfg.start == "recovered" else None)
             stats.update(found)
         if generator.stamps:
-            term = weighted(invariance_term(generator.stamps, teacher, generator, classes,
-                                            cfg.consolidate.batch_size, device, cfg.trigger.hold), cfg.trigger.weight)
+            term = weighted(hold_term(generator.stamps, teacher, generator, classes, cfg.consolidate.batch_size,
+                                      device, cfg.trigger.hold), cfg.trigger.weight)
         # --- end trigger block ---
         step = 0.0 if cfg.start == "original" else cfg.start_step
         if cfg.start == "reference" and cfg.start_rule == "stamps" and stats.get("trigger_patch_kept"):
@@ -274,8 +274,8 @@ def refine(student: nn.Module, original: nn.Module, generator: Generator, fisher
     stamps = getattr(generator, "stamps", [])
     if trigger_weight > 0 and stamps:
         # --- trigger block: the repair's stamps, held during refinement too ---
-        fisher_term, held = term, invariance_term(stamps, teacher, generator, classes, cfg.batch_size, device,
-                                                  trigger_hold)
+        fisher_term, held = term, hold_term(stamps, teacher, generator, classes, cfg.batch_size, device,
+                                            trigger_hold)
         term = lambda s: fisher_term(s) + (trigger_weight / max(cfg.forget_weight, 1e-12)) * held(s)  # noqa: E731
     refined, stats = consolidate(student, teacher, generator, classes, cfg, device, forget_term=term, seed=seed + 3)
     return refined, {f"refine_{k.removeprefix('consolidate_')}": v for k, v in stats.items()}

@@ -16,7 +16,7 @@ pattern) and for a full-image blend
 (m = alpha everywhere, alpha <= blend_max: blended triggers, Chen et al. 2017). The inputs x are
 generator samples (the generator of pipeline.repair), so no data is used.
 
-The stamps are then held in distillation (hold.py's `invariance_term`, a forget term for
+The stamps are then held in distillation (hold.py's `hold_term`, a forget term for
 `consolidate`): the classic "unlearn the reversed trigger" mitigation (Neural Cleanse section VI),
 or, with hold = "target", only the way to the stamp's target is taken away.
 """
