@@ -30,13 +30,17 @@ from fedunlearn.unlearn.source_free.generator import Generator, draw
 HOLDS = ("invariant", "target")
 
 
+def check_hold(hold: str) -> None:
+    if hold not in HOLDS:
+        raise ValueError(f"trigger.hold must be one of {', '.join(HOLDS)}, got {hold!r}")
+
+
 def hold_term(stamps: list, teacher, generator: Generator, classes, batch_size: int, device,
-                    hold: str = "invariant"):
+              hold: str = "invariant"):
     """A forget term for `consolidate` (a function of the student): the mean over stamps of the
     hold's loss on fresh synthetic samples; teacher is a probabilities function
     (consolidate.model_teacher)."""
-    if hold not in HOLDS:
-        raise ValueError(f"trigger.hold must be one of {', '.join(HOLDS)}, got {hold!r}")
+    check_hold(hold)
     classes = torch.as_tensor(list(classes), dtype=torch.long)
 
     def term(student: nn.Module) -> torch.Tensor:
@@ -65,10 +69,10 @@ def away_from(log_p: torch.Tensor, teacher_probs: torch.Tensor, target: int) -> 
 @torch.no_grad()
 def departs_to(original: nn.Module, other: nn.Module, stamp, x: torch.Tensor) -> int:
     """The class the original sends stamped inputs to more often than `other` does."""
-    num_classes = original(x[:1]).shape[1]
     stamped = stamp(x)
-    ours = torch.bincount(original(stamped).argmax(1), minlength=num_classes)
-    theirs = torch.bincount(other(stamped).argmax(1), minlength=num_classes)
+    out = original(stamped)
+    ours = torch.bincount(out.argmax(1), minlength=out.shape[1])
+    theirs = torch.bincount(other(stamped).argmax(1), minlength=out.shape[1])
     return int((ours - theirs).argmax())
 
 

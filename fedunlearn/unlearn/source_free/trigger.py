@@ -32,7 +32,7 @@ from torch import nn
 from fedunlearn.config import check_range
 from fedunlearn.training import frozen, seed_everything
 from fedunlearn.unlearn.source_free.generator import Generator, draw
-from fedunlearn.unlearn.source_free.hold import HOLDS, departs_to
+from fedunlearn.unlearn.source_free.hold import check_hold, departs_to
 
 
 @dataclass(frozen=True)
@@ -73,8 +73,7 @@ class TriggerConfig:
         check_range("trigger.blend_max", self.blend_max, 0.0, 1.0)
         if self.search not in ("difference", "targeted", "both"):
             raise ValueError(f"trigger.search must be 'difference', 'targeted' or 'both', got {self.search!r}")
-        if self.hold not in HOLDS:
-            raise ValueError(f"trigger.hold must be one of {', '.join(HOLDS)}, got {self.hold!r}")
+        check_hold(self.hold)
 
 
 @dataclass
