@@ -154,5 +154,7 @@ def test_bad_trigger_settings_are_a_clear_error():
         build(RepairConfig, {"trigger": {"search": "guess"}})
     with pytest.raises(ConfigError, match="trigger.hold"):
         build(RepairConfig, {"trigger": {"hold": "everything"}})
+    with pytest.raises(ConfigError, match="trigger.restarts"):
+        build(RepairConfig, {"trigger": {"restarts": 0}})
     with pytest.raises(ConfigError, match="trigger.class_batch_size"):
         build(RepairConfig, {"trigger": {"class_batch_size": 0}})
