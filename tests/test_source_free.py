@@ -179,7 +179,7 @@ def test_the_start_is_where_the_stamps_stop_working(backdoored):
     """stamp_step on the planted trigger itself (2x2 bottom-right, target 0): the chosen step is the
     first on the grid where the trigger's success has fallen to the bar between the original's and
     the reference's; one step earlier it had not."""
-    from fedunlearn.unlearn.source_free.trigger import Stamp, stamp_success
+    from fedunlearn.unlearn.source_free.stamps import Stamp, stamp_success
 
     original, reference = backdoored["original"], backdoored["reference"]
     mask = torch.zeros(1, 1, 8, 8)
@@ -205,7 +205,7 @@ def test_the_repair_chooses_its_start_from_the_stamps(backdoored):
     """start_rule = "stamps": the repair starts where its own stamps (the targeted search's, on
     synthetic samples) stop working, between the original and the reference, and the student it
     distils keeps less than half of the original's backdoor."""
-    from fedunlearn.unlearn.source_free.trigger import TriggerConfig
+    from fedunlearn.unlearn.source_free.stamps import TriggerConfig
 
     original, reference, trig = backdoored["original"], backdoored["reference"], backdoored["trig"]
     cfg = RepairConfig(generator=GeneratorConfig(steps=60), consolidate=ConsolidateConfig(steps=100),
@@ -370,7 +370,7 @@ def test_the_trigger_block_runs_inside_the_repair_and_takes_out_backdoor(backdoo
     """Starting at the original, with reverse-engineered stamps held (invariant, or only away from
     the class each stamp sends inputs to), on a planted backdoor: the stamps are searched (either
     search) and the student keeps less of the backdoor than the original it started from."""
-    from fedunlearn.unlearn.source_free.trigger import TriggerConfig
+    from fedunlearn.unlearn.source_free.stamps import TriggerConfig
 
     original, reference, trig = backdoored["original"], backdoored["reference"], backdoored["trig"]
     cfg = RepairConfig(generator=GeneratorConfig(steps=60), consolidate=ConsolidateConfig(steps=100, lr=3e-4),

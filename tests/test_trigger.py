@@ -1,4 +1,4 @@
-"""Server-side trigger reverse-engineering (fedunlearn/unlearn/source_free/trigger.py) on digits: the
+"""Server-side trigger reverse-engineering (fedunlearn/unlearn/source_free/trigger.py and its searches) on digits: the
 search is told neither the target class nor where the trigger sits, only the two models."""
 
 from __future__ import annotations
@@ -16,8 +16,10 @@ from fedunlearn.unlearn.source_free import GeneratorConfig, train_generator
 from fedunlearn.unlearn.source_free.pipeline import RepairConfig
 from fedunlearn.unlearn.source_free.consolidate import ConsolidateConfig, consolidate, model_teacher
 from fedunlearn.unlearn.source_free.hold import flip_rate, hold_term
-from fedunlearn.unlearn.source_free.trigger import (TriggerConfig, find_triggers,
-                                                    only_what_the_client_taught, reverse_triggers, targeted_triggers)
+from fedunlearn.unlearn.source_free.difference import reverse_triggers
+from fedunlearn.unlearn.source_free.stamps import TriggerConfig
+from fedunlearn.unlearn.source_free.targeted import only_what_the_client_taught, targeted_triggers
+from fedunlearn.unlearn.source_free.trigger import find_triggers
 
 CPU = torch.device("cpu")
 RECIPE = TrainConfig(epochs=8, batch_size=32, lr=0.05, schedule="constant")

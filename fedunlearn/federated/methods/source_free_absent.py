@@ -11,7 +11,7 @@ plus their stored update, from the last round they took part in) recognise that 
 reference already agrees with that teacher on most synthetic samples of every class it is
 kept; otherwise a student starting at the reference (`start = "original"`: the global model)
 is distilled from the teacher, and stamps that turn inputs into the backdoor's target class
-(trigger.py: Neural Cleanse's per-class search on the global model alone, no data, no target
+(targeted.py: Neural Cleanse's per-class search on the global model alone, no data, no target
 assumed; on with `trigger.weight > 0`, off by default) are held unable to change its class (with
 `trigger.hold = "target"`: unable to send inputs to the target, hold.py).
 The remaining clients get no message and the departing client is not asked

@@ -55,14 +55,16 @@ from fedunlearn.unlearn.source_free.generator import Generator, GeneratorConfig,
 from fedunlearn.unlearn.source_free.inference import logits
 from fedunlearn.unlearn.source_free.support import blend, blend_probs, blended_teacher
 from fedunlearn.unlearn.source_free.hold import hold_term
-from fedunlearn.unlearn.source_free.trigger import TriggerConfig, find_triggers, patch_stamps, stamp_success
+from fedunlearn.unlearn.source_free.stamps import TriggerConfig, stamp_success
+from fedunlearn.unlearn.source_free.targeted import patch_stamps
+from fedunlearn.unlearn.source_free.trigger import find_triggers
 
 
 @dataclass(frozen=True)
 class RepairConfig:
     generator: GeneratorConfig = GeneratorConfig()
     # The defaults: subtract reference, start at it, raw support, lr 1e-3, no trigger block
-    # (trigger.weight = 0; with it on, the targeted search of trigger.py). On 32 tuning cells (the
+    # (trigger.weight = 0; with it on, the targeted search of targeted.py). On 32 tuning cells (the
     # matrix's scenarios at seeds 7 and 8; docs/findings.md) start = "original" took the mean |test
     # gap| to retrain from 0.42 to 0.19, but on withdrawal_quickstart.toml it kept test accuracy 2.3
     # points above retrain (cooperative 4.5), where starting at the reference stays within 1.2: an
