@@ -42,7 +42,7 @@ class TriggerConfig:
     restarts: int = 4          # difference search: this many starts (the first spread evenly, the others at random
                                # spots), keeping the stamp the two models part on most; the objective is not convex.
                                # Validation split (docs/findings.md, session 15): 1 vs 4 identical on 16 matrix tuning
-                               # cells; on a centred-checkerboard cell the backdoor left 41.5% -> 25.0%
+                               # cells; on a centred-checkerboard cell the backdoor left 43.8% -> 27.2%
     hold: str = "invariant"    # what a stamp may not change (hold.py): "invariant": the class at all;
                                # "target": only whether inputs go to the stamp's target
 
