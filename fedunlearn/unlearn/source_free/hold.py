@@ -6,7 +6,7 @@ Two holds, by TriggerConfig.hold:
   on fresh synthetic samples x, the student's prediction on each stamped x' is held to the
   teacher's prediction on the clean x (KL): the stamp must not change the class at all.
 - "target": the stamp must not send inputs to its target, and nothing more. For each stamp whose
-  target t is known (trigger.py sets it: the targeted search's class; for a difference stamp, the
+  target t is known (the searches set it: the targeted search's class; for a difference stamp, the
   class the original sends stamped inputs to more often than the model it was searched against),
   on the inputs the teacher does not put in t, the loss is -log(1 - p_student(t | x')). Stamps
   with no target keep the invariant hold.
