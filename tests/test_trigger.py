@@ -3,6 +3,8 @@ search is told neither the target class nor where the trigger sits, only the two
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -16,7 +18,8 @@ from fedunlearn.unlearn.source_free import GeneratorConfig, train_generator
 from fedunlearn.unlearn.source_free.pipeline import RepairConfig
 from fedunlearn.unlearn.source_free.consolidate import ConsolidateConfig, consolidate, model_teacher
 from fedunlearn.unlearn.source_free.hold import flip_rate, hold_term
-from fedunlearn.unlearn.source_free.difference import reverse_triggers
+from fedunlearn.unlearn.source_free.difference import _search, _search_from, divergence, reverse_triggers
+from fedunlearn.unlearn.source_free.generator import Generator, draw
 from fedunlearn.unlearn.source_free.stamps import TriggerConfig
 from fedunlearn.unlearn.source_free.targeted import only_what_the_client_taught, targeted_triggers
 from fedunlearn.unlearn.source_free.trigger import find_triggers
@@ -145,6 +148,32 @@ def test_the_target_hold_takes_away_the_way_to_the_target(planted):
           f"invariant {invariant_asr:.3f} / {invariant_acc:.3f}")
     assert asr > 0.5 and target_asr < 0.2 * asr and invariant_asr < 0.2 * asr
     assert target_acc > acc - 0.1 and invariant_acc > acc - 0.1  # the clean task survives either hold
+
+
+def test_restarts_keep_the_stamp_the_two_models_part_on_most():
+    """The difference search's first start is the single search (the same stamp, bit for bit); with
+    more starts it keeps the one whose stamp parts the two models most on one fresh batch."""
+    torch.set_num_threads(1)
+    models = []
+    for seed in range(2):
+        torch.manual_seed(seed)
+        models.append(build_model(ModelConfig("cnn", hidden=8), (1, 8, 8), 10).eval())
+    original, other = models
+    generator = Generator((1, 8, 8), 10, width=8).eval()
+    classes = torch.arange(10)
+    cfg = TriggerConfig(weight=1.0, steps=20, restarts=4)
+    seed_everything(0)
+    kept, _ = _search(original, other, generator, classes, cfg, CPU, blend=False)
+    seed_everything(0)  # the same draws, each start on its own
+    starts = [_search_from(original, other, generator, classes, cfg, CPU, False, start)[0] for start in range(4)]
+    with torch.no_grad():
+        x = draw(generator, classes, 4 * cfg.batch_size, CPU)
+        scores = [float(divergence(original, other, stamp(x))) for stamp in starts]
+    assert len(set(scores)) > 1  # the starts end at different stamps
+    assert torch.equal(kept.mask, starts[scores.index(max(scores))].mask)
+    seed_everything(0)
+    single, _ = _search(original, other, generator, classes, replace(cfg, restarts=1), CPU, blend=False)
+    assert torch.equal(single.mask, starts[0].mask)
 
 
 def test_bad_trigger_settings_are_a_clear_error():
