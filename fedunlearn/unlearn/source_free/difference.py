@@ -23,7 +23,7 @@ from torch import nn
 from fedunlearn.training import frozen, seed_everything
 from fedunlearn.unlearn.source_free.generator import Generator, draw
 from fedunlearn.unlearn.source_free.hold import departs_to
-from fedunlearn.unlearn.source_free.stamps import Stamp, TriggerConfig, make_stamp
+from fedunlearn.unlearn.source_free.stamps import Stamp, TriggerConfig, make_stamp, stamp_mask
 
 
 def divergence(original: nn.Module, reference: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -49,33 +49,24 @@ def _search_from(original, reference, generator, classes, cfg: TriggerConfig, de
                  start: int) -> tuple[Stamp, float]:
     channels, height, width = generator.input_shape
     pattern_logit = torch.zeros(1, channels, height, width, device=device, requires_grad=True)
-    # blend: one mixing weight for the whole image. patch: a fixed area (mask_budget of the pixels)
-    # spread over the pixels by a softmax, each pixel capped at 1: the search moves the area to
-    # where it shows most, instead of trading area against the objective (a penalty on the area
-    # shrank every pixel alike and found nothing, measured on the tuning cells). The first start
-    # spreads it evenly; a later one piles it at random spots (seeded by seed_everything's caller)
+    # the first start spreads the patch's area evenly (stamp_mask); a later one piles it at random
+    # spots (seeded by seed_everything's caller)
     shape = (1, 1, 1, 1) if blend else (1, 1, height, width)
     init = torch.zeros(shape) if start == 0 else 3.0 * torch.randn(shape)
     mask_logit = init.to(device).requires_grad_(True)
     opt = torch.optim.Adam([pattern_logit, mask_logit], lr=cfg.lr)
-    area = cfg.mask_budget * height * width
-
-    def mask_of(logit):
-        if blend:
-            return cfg.blend_max * torch.sigmoid(logit)
-        return (area * torch.softmax(logit.flatten(), 0)).clamp(max=1.0).view_as(logit)
-
     div = torch.zeros(())
     for _ in range(cfg.steps):
         with torch.no_grad():
             x = draw(generator, classes, cfg.batch_size, device)
-        mask = mask_of(mask_logit)
+        mask = stamp_mask(mask_logit, cfg, blend)
         stamped = (1.0 - mask) * x + mask * torch.sigmoid(pattern_logit)
         div = divergence(original, reference, stamped)
         opt.zero_grad(set_to_none=True)
         (-div).backward()
         opt.step()
-    return make_stamp(mask_of(mask_logit).detach(), torch.sigmoid(pattern_logit).detach()), float(div.detach())
+    stamp = make_stamp(stamp_mask(mask_logit, cfg, blend).detach(), torch.sigmoid(pattern_logit).detach())
+    return stamp, float(div.detach())
 
 
 def reverse_triggers(original: nn.Module, reference: nn.Module, generator: Generator, classes, cfg: TriggerConfig,

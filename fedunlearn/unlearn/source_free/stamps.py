@@ -22,7 +22,7 @@ class TriggerConfig:
     # mean backdoor gap to retrain from +0.152 to +0.026 (docs/findings.md), and the quickstart's
     # backdoor from 3.7% to 0.8%; but on withdrawal_noniid.toml, whose backdoor is weak (9.2%), it named
     # a wrong class and cost 2.8 points of test accuracy. withdrawal_matrix.toml turns it on.
-    weight: float = 0.0        # weight of the invariance term in distillation; 0 = no search, no term.
+    weight: float = 0.0        # weight of the hold term (hold.py) in distillation; 0 = no search, no term.
                                # 1 vs 5 (difference search): 5 cost test accuracy, removed no more backdoor
     steps: int = 60            # Adam steps of each search
     lr: float = 0.1
@@ -71,6 +71,18 @@ class Stamp:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         m, p = self.mask.to(x.device), self.pattern.to(x.device)
         return (1.0 - m) * x + m * p
+
+
+def stamp_mask(logit: torch.Tensor, cfg: TriggerConfig, blend: bool) -> torch.Tensor:
+    """The masks (K, 1, H, W), or (K, 1, 1, 1) for a blend, that a search's logits stand for. Blend:
+    one mixing weight for the whole image, up to cfg.blend_max. Patch: a fixed area (mask_budget of
+    the pixels) spread over the pixels by a softmax, each pixel capped at 1: the search moves the area
+    to where it shows most, instead of trading area against the objective (a penalty on the area
+    shrank every pixel alike and found nothing, measured on the tuning cells)."""
+    if blend:
+        return cfg.blend_max * torch.sigmoid(logit)
+    area = cfg.mask_budget * logit.shape[-2] * logit.shape[-1]
+    return (area * torch.softmax(logit.flatten(1), 1)).clamp(max=1.0).view_as(logit)
 
 
 def make_stamp(mask: torch.Tensor, pattern: torch.Tensor, target: int | None = None) -> Stamp:

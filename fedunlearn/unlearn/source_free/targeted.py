@@ -11,7 +11,7 @@ from torch import nn
 
 from fedunlearn.training import frozen, seed_everything
 from fedunlearn.unlearn.source_free.generator import Generator, draw
-from fedunlearn.unlearn.source_free.stamps import Stamp, TriggerConfig, make_stamp, stamp_success
+from fedunlearn.unlearn.source_free.stamps import Stamp, TriggerConfig, make_stamp, stamp_mask, stamp_success
 
 
 def targeted_triggers(original: nn.Module, generator: Generator, classes, cfg: TriggerConfig, device,
@@ -75,24 +75,17 @@ def _targeted_search(original, generator, classes, targets, cfg: TriggerConfig, 
     pattern_logit = torch.zeros(k, channels, height, width, device=device, requires_grad=True)
     mask_logit = torch.zeros((k, 1, 1, 1) if blend else (k, 1, height, width), device=device, requires_grad=True)
     opt = torch.optim.Adam([pattern_logit, mask_logit], lr=cfg.lr)
-    area = cfg.mask_budget * height * width
     target = targets.to(device).repeat_interleave(cfg.class_batch_size)
-
-    def mask_of(logit):
-        if blend:
-            return cfg.blend_max * torch.sigmoid(logit)
-        return (area * torch.softmax(logit.flatten(1), 1)).clamp(max=1.0).view_as(logit)
-
     for _ in range(cfg.steps):
         with torch.no_grad():
             x = draw(generator, classes, cfg.class_batch_size, device)
-        mask = mask_of(mask_logit).unsqueeze(1)                        # (K, 1, 1, H, W)
+        mask = stamp_mask(mask_logit, cfg, blend).unsqueeze(1)                        # (K, 1, 1, H, W)
         stamped = (1.0 - mask) * x.unsqueeze(0) + mask * torch.sigmoid(pattern_logit).unsqueeze(1)
         loss = F.cross_entropy(original(stamped.flatten(0, 1)), target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    return mask_of(mask_logit).detach(), torch.sigmoid(pattern_logit).detach()
+    return stamp_mask(mask_logit, cfg, blend).detach(), torch.sigmoid(pattern_logit).detach()
 
 
 @torch.no_grad()
