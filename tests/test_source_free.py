@@ -175,6 +175,23 @@ def test_a_recovered_start_moves_only_the_student(backdoored):
         repair(original, reference, 10, (1, 8, 8), cfg, CPU)
 
 
+def test_the_generator_judge_is_the_model_the_config_names(backdoored):
+    """judge = "start": the generator's samples must earn their label from the recovered start as
+    well as the original (the same generator, bit for bit, as one trained against that pair);
+    judge = "none": against the original alone. Needs teacher = "remaining" (a support function)."""
+    original, reference, clean = backdoored["original"], backdoored["reference"], backdoored["clean"]
+    uniform = lambda x, labels: torch.ones(10)  # noqa: E731  every class fully supported
+    gen_cfg = GeneratorConfig(steps=3)
+    for judge, expected in (("start", clean), ("none", None), ("reference", reference)):
+        cfg = RepairConfig(generator=gen_cfg, consolidate=ConsolidateConfig(steps=0), skip_agreement=2.0,
+                           start="recovered", judge=judge)
+        _, generator, _ = repair(original, reference, 10, (1, 8, 8), cfg, CPU, seed=3, support_fn=uniform,
+                                 start_model=clean)
+        alone, _ = train_generator(original, (1, 8, 8), 10, gen_cfg, CPU, seed=3, judge=expected)
+        for a, b in zip(generator.state_dict().values(), alone.state_dict().values()):
+            assert torch.equal(a, b), judge
+
+
 def test_the_start_is_where_the_stamps_stop_working(backdoored):
     """stamp_step on the planted trigger itself (2x2 bottom-right, target 0): the chosen step is the
     first on the grid where the trigger's success has fallen to the bar between the original's and
@@ -236,6 +253,10 @@ def test_bad_input_is_a_clear_error(backdoored):
         build(RepairConfig, {"teacher": "everyone"})
     with pytest.raises(ConfigError, match="unsupported"):
         build(RepairConfig, {"unsupported": "original"})
+    with pytest.raises(ConfigError, match="judge"):
+        build(RepairConfig, {"judge": "everyone"})
+    with pytest.raises(ConfigError, match="judge = 'start' needs start = 'recovered'"):
+        build(RepairConfig, {"judge": "start"})
     with pytest.raises(ConfigError, match="trigger.weight"):
         build(RepairConfig, {"trigger": {"weight": -1.0}})
     from fedunlearn.federated.methods import source_free_absent

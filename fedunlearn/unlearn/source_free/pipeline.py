@@ -95,6 +95,9 @@ class RepairConfig:
     unsupported: Literal["reference", "locals"] = "reference"  # the blend's other side, on classes the remaining
                                  # clients do not support: the reference, or their local models' ensemble
                                  # (support.local_ensemble), which does not collapse with a wrecked reference
+    judge: Literal["reference", "start", "none"] = "reference"  # the generator's second judge with teacher =
+                                 # "remaining" (its samples must earn their label from it too): the reference,
+                                 # the student's start (start = "recovered"), or none (the original alone)
     support_relative: bool = False  # support_c / median support (capped at 1): local models recall synthetic samples
                                  # worse than the global model on every class, so raw support blends the
                                  # reference into classes the remaining clients do hold
@@ -111,6 +114,10 @@ class RepairConfig:
             raise ValueError(f"teacher must be 'remaining', 'original' or 'locals', got {self.teacher!r}")
         if self.unsupported not in ("reference", "locals"):
             raise ValueError(f"unsupported must be 'reference' or 'locals', got {self.unsupported!r}")
+        if self.judge not in ("reference", "start", "none"):
+            raise ValueError(f"judge must be 'reference', 'start' or 'none', got {self.judge!r}")
+        if self.judge == "start" and self.start != "recovered":
+            raise ValueError("judge = 'start' needs start = 'recovered' (the corrected replay judges the samples)")
         if self.start not in ("reference", "original", "recovered"):
             raise ValueError(f"start must be 'reference', 'original' or 'recovered', got {self.start!r}")
 
@@ -132,8 +139,9 @@ def repair(original: nn.Module, reference: nn.Module, num_classes: int, input_sh
     classes = list(range(num_classes)) if classes is None else list(classes)
     remaining = cfg.teacher == "remaining" and support_fn is not None
     # the reference judges the samples too: they show what the federation without the client knows
+    judge = {"reference": reference, "start": start_model, "none": None}[cfg.judge] if remaining else None
     generator, stats = train_generator(original, input_shape, num_classes, cfg.generator, device,
-                                       classes=classes, seed=seed, judge=reference if remaining else None)
+                                       classes=classes, seed=seed, judge=judge)
     x, y = sample(generator, classes, cfg.check_samples, device, seed=seed + 1)
     # each model's logits on the check samples, computed once (inference.py) and reused below
     original_logits, reference_logits = logits(original, x, device), logits(reference, x, device)
