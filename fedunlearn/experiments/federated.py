@@ -13,6 +13,7 @@ instead of when the hung call returns.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from pathlib import Path
 
@@ -62,7 +63,7 @@ def run(cfg: Config, out_dir: str | Path, progress: bool = True) -> dict:
     try:
         run_simulation(server_app=make_server_app(mapping, str(out), progress, on_exit=server_exit),
                        client_app=make_client_app(mapping), num_supernodes=cfg.federation.num_clients,
-                       backend_config={"client_resources": resources, "init_args": {"include_dashboard": False}})
+                       backend_config={"client_resources": resources, "init_args": ray_init_args()})
     finally:
         engine_done.set()
         server_done.set()  # the watcher returns even when the ServerApp never ran
@@ -71,6 +72,13 @@ def run(cfg: Config, out_dir: str | Path, progress: bool = True) -> dict:
     report = load_report(out)
     columns = ["request", "round", "client", *COLUMNS] if cfg.withdrawal.requests else COLUMNS
     return {"results": report["results"], "config": report["config"], "columns": columns}
+
+
+def ray_init_args() -> dict:
+    """Flower's `ray.init` arguments when it starts Ray itself: the cluster RAY_ADDRESS names, else a
+    private local Ray (address "local", as cluster/ray_env.py does). Left to Ray's default, a run
+    would join whatever cluster `ray start` (or ray.cluster_utils) last recorded on this machine."""
+    return {"include_dashboard": False, "address": os.environ.get("RAY_ADDRESS") or "local"}
 
 
 def _end_hung_clients(server_done: threading.Event, engine_done: threading.Event, unanswered: list[int]) -> None:
