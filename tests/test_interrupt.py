@@ -35,7 +35,8 @@ mia_max_samples = 300
 """
 
 
-def _stopped_cleanly(result, within_s=10.0):
+def _stopped_cleanly(result, within_s=30.0):
+    # seconds, not the minutes a hang would take; CI runs another test file beside this one
     assert result["rc"] == 130, result["output"][-3000:]
     assert result["seconds"] < within_s, result["seconds"]
     assert MESSAGE in result["after"]
