@@ -155,3 +155,15 @@ def test_methods_over_the_in_process_transport():
     assert result.rounds == 2 and len(result.curve) == 2
     with pytest.raises(WithdrawalError, match="offline"):
         load_method("pga").unlearn(context(False), load_method("pga").Config())
+
+
+def test_flowers_ray_is_private_unless_ray_address_names_a_cluster(monkeypatch):
+    """Left to Ray's default (no address), `ray.init` joins the cluster `ray start` last recorded on
+    the machine (checked by hand: it connected to a `ray start --head` started beside it); the
+    simulation's Ray is a private local one unless RAY_ADDRESS names a cluster."""
+    from fedunlearn.experiments.federated import ray_init_args
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert ray_init_args() == {"include_dashboard": False, "address": "local"}
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
+    assert ray_init_args()["address"] == "10.0.0.5:6379"
