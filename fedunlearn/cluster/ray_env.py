@@ -47,6 +47,12 @@ class ClusterConfig:
             raise ValueError(f"'cluster.gpus_per_task' above 1 must be a whole number, got {self.gpus_per_task}")
 
 
+def ray_address(address: str = "") -> str:
+    """The cluster to attach to: `address`, else RAY_ADDRESS, else "local" (a private local Ray;
+    Ray's own default, no address, would join whatever cluster `ray start` last recorded here)."""
+    return address or os.environ.get("RAY_ADDRESS") or "local"
+
+
 def ensure_ray(cfg: ClusterConfig = ClusterConfig()) -> bool:
     """The one way the package starts Ray: attach or start unless Ray runs in this process
     already. Returns True when this call started (or joined) a cluster."""
@@ -54,8 +60,8 @@ def ensure_ray(cfg: ClusterConfig = ClusterConfig()) -> bool:
 
     if ray.is_initialized():
         return False
-    address = cfg.address or os.environ.get("RAY_ADDRESS", "")
-    if address and address != "local":
+    address = ray_address(cfg.address)
+    if address != "local":
         log.info("attaching to the Ray cluster at %s", address)
         ray.init(address=address, log_to_driver=False)
     else:

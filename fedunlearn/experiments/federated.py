@@ -13,10 +13,10 @@ instead of when the hung call returns.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from pathlib import Path
 
+from fedunlearn.cluster.ray_env import ray_address
 from fedunlearn.config import to_dict
 from fedunlearn.federated.config import Config
 from fedunlearn.federated.report import COLUMNS
@@ -76,9 +76,9 @@ def run(cfg: Config, out_dir: str | Path, progress: bool = True) -> dict:
 
 def ray_init_args() -> dict:
     """Flower's `ray.init` arguments when it starts Ray itself: the cluster RAY_ADDRESS names, else a
-    private local Ray (address "local", as cluster/ray_env.py does). Left to Ray's default, a run
-    would join whatever cluster `ray start` (or ray.cluster_utils) last recorded on this machine."""
-    return {"include_dashboard": False, "address": os.environ.get("RAY_ADDRESS") or "local"}
+    private local Ray, as ensure_ray chooses (cluster/ray_env.py). Left to Ray's default, a run would
+    join whatever cluster `ray start` (or ray.cluster_utils) last recorded on this machine."""
+    return {"include_dashboard": False, "address": ray_address()}
 
 
 def _end_hung_clients(server_done: threading.Event, engine_done: threading.Event, unanswered: list[int]) -> None:
