@@ -138,7 +138,8 @@ def repair(original: nn.Module, reference: nn.Module, num_classes: int, input_sh
     start = time.perf_counter()
     classes = list(range(num_classes)) if classes is None else list(classes)
     remaining = cfg.teacher == "remaining" and support_fn is not None
-    # the reference judges the samples too: they show what the federation without the client knows
+    # a second model judges the samples too (cfg.judge; the reference by default): they show what the
+    # federation without the client knows
     judge = {"reference": reference, "start": start_model, "none": None}[cfg.judge] if remaining else None
     generator, stats = train_generator(original, input_shape, num_classes, cfg.generator, device,
                                        classes=classes, seed=seed, judge=judge)

@@ -79,7 +79,7 @@ def _targeted_search(original, generator, classes, targets, cfg: TriggerConfig, 
     for _ in range(cfg.steps):
         with torch.no_grad():
             x = draw(generator, classes, cfg.class_batch_size, device)
-        mask = stamp_mask(mask_logit, cfg, blend).unsqueeze(1)                        # (K, 1, 1, H, W)
+        mask = stamp_mask(mask_logit, cfg, blend).unsqueeze(1)  # (K, 1, 1, H, W)
         stamped = (1.0 - mask) * x.unsqueeze(0) + mask * torch.sigmoid(pattern_logit).unsqueeze(1)
         loss = F.cross_entropy(original(stamped.flatten(0, 1)), target)
         opt.zero_grad(set_to_none=True)
