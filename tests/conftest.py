@@ -9,14 +9,39 @@ from pathlib import Path
 import pytest
 
 
+# Seconds each test file took in a full run (tests/durations.json; written by a run with
+# FEDUNLEARN_TEST_DURATIONS=tests/durations.json). CI runs each file on one of two workers (pytest -n 2
+# --dist loadfile), which take files in collection order: longest first, the long ones start together and
+# the short ones fill in, instead of one long file running alone at the end.
+DURATIONS = Path(__file__).with_name("durations.json")
+
+
 def pytest_collection_modifyitems(config, items):
-    """Files with the most slow tests first (the order inside a file is kept). CI runs each file on
-    one of two workers (pytest -n 2 --dist loadfile), which take files in this order: the long ones
-    start together and the short ones fill in, instead of one long file running alone at the end."""
+    """Files longest first (the order inside a file is kept). A file the record does not know yet
+    is placed by its slow tests, at about a minute each."""
+    import json
     from collections import Counter
 
+    known = json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}
     slow = Counter(item.path for item in items if item.get_closest_marker("slow"))
-    items.sort(key=lambda item: -slow[item.path])  # a stable sort: every file stays one block
+    items.sort(key=lambda item: -known.get(item.path.name, 60.0 * slow[item.path]))  # stable: files stay blocks
+
+
+_seconds = {}
+
+
+def pytest_runtest_logreport(report):
+    name = report.nodeid.split("::")[0].rsplit("/", 1)[-1]
+    _seconds[name] = _seconds.get(name, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session):
+    """With FEDUNLEARN_TEST_DURATIONS=path: each file's seconds (setup, call, teardown), for the order above."""
+    import json
+
+    path = os.environ.get("FEDUNLEARN_TEST_DURATIONS")
+    if path and not hasattr(session.config, "workerinput") and _seconds:  # the xdist controller, or a plain run
+        Path(path).write_text(json.dumps({k: round(v, 1) for k, v in sorted(_seconds.items())}, indent=1) + "\n")
 
 
 @pytest.fixture(scope="module")
