@@ -100,7 +100,8 @@ def cell_config(base: dict, over: dict) -> FedConfig:
     return dataclasses.replace(cfg, withdrawal=dataclasses.replace(cfg.withdrawal, client=departing_client(cfg)))
 
 
-def run_cell(name: str, cfg: FedConfig, variants, cache: Path, tol=(0.02, 0.03, 0.03)) -> list[dict]:
+def run_cell(name: str, cfg: FedConfig, variants, cache: Path, tol=(0.02, 0.03, 0.03),
+             per_class: bool = False) -> list[dict]:
     seed = cfg.experiment.seed
     transport = LocalTransport(cfg)
     data, _ = federation_data(cfg)
@@ -133,6 +134,15 @@ def run_cell(name: str, cfg: FedConfig, variants, cache: Path, tol=(0.02, 0.03, 
         model.load_state_dict(state)
         return accuracy(model, held, cpu), accuracy(model, forget, cpu), accuracy(model, trig, cpu)
 
+    def classes(label, state):  # --per-class: each class's accuracy on the judged split (a class the start lost)
+        if per_class:
+            model = make_model()
+            model.load_state_dict(state)
+            with torch.no_grad():
+                said = model.eval()(held.x).argmax(1)
+            print(f"{'':36s} {label[-60:]:60s} per class " + " ".join(
+                f"{float((said[held.y == c] == c).float().mean()):.2f}" for c in range(data.num_classes)), flush=True)
+
     ref = judge(ret["state"])
     rows = []
 
@@ -150,11 +160,14 @@ def run_cell(name: str, cfg: FedConfig, variants, cache: Path, tol=(0.02, 0.03, 
     orig = judge(trained["global_state"])
     print(f"{name:36s} {'original':60s} test {orig[0]:.3f} forget {orig[1]:.3f} backdoor {orig[2]:.3f} | retrain test "
           f"{ref[0]:.3f} forget {ref[1]:.3f} backdoor {ref[2]:.3f} {ret['wall_s']:.1f}s", flush=True)
+    classes("original", trained["global_state"])
+    classes("retrain", ret["state"])
     for label, method, mcfg in variants:
         ctx = FedContext.create(cfg, transport, trained, make_model, server=InlineServer())
         start = time.perf_counter()
         result = method.unlearn(ctx, mcfg)
         row = show(label, result.state, time.perf_counter() - start)
+        classes(label, result.state)
         row["stats"] = {k: v for k, v in result.stats.items() if isinstance(v, (int, float, bool))}
     return rows
 
@@ -169,6 +182,7 @@ def main():
     ap.add_argument("--set", action="append", default=[], help="base override key=value (dotted), e.g. backdoor.fraction=0.5")
     ap.add_argument("--cache", default="/tmp/s6d-tune")
     ap.add_argument("--json", default="", help="write the rows here")
+    ap.add_argument("--per-class", action="store_true", help="also print each class's accuracy per model")
     args = ap.parse_args()
     torch.set_num_threads(1)
     matrix = load_toml(args.matrix)
@@ -181,7 +195,7 @@ def main():
     names = list(cells) if args.cells == "all" else args.cells.split(",")
     rows = []
     for name in names:
-        rows += run_cell(name, cell_config(base, cells[name]), variants, Path(args.cache))
+        rows += run_cell(name, cell_config(base, cells[name]), variants, Path(args.cache), per_class=args.per_class)
     print("\nper variant: cells within target, mean |test gap|, mean forget gap, mean backdoor gap, median speedup")
     for label, *_ in variants:
         mine = [r for r in rows if r["variant"] == label]
