@@ -97,24 +97,34 @@ def test_the_targeted_search_names_the_backdoor_target_from_the_original_alone(p
 def test_both_searches_add_the_stamp_where_the_original_departs_from_the_start(planted):
     """search = "both": where the targeted stamps are dropped (here the reference holds the same
     backdoor, as a replay that kept it would), the difference stamp against a start without the
-    backdoor still finds the trigger: it sits top-left and sends real test images to the target."""
+    backdoor still finds the trigger: it departs to the hidden target and sends real test images
+    there in the backdoored model only.
+
+    Over four seeds (generator and search), with eight starts of the non-convex search: one seed's
+    stamp is a platform's luck, not the method (seed 0 sent 43% of real images to the target on one
+    machine and 19% on another; with the default four starts seed 1 settled on a stamp departing to
+    another class there). Measured with eight starts (2026-12-02): 0.19 / 0.74 / 0.95 / 0.72 of real
+    images, the start without the backdoor at most 0.009."""
     original, clean, backdoor = planted["original"], planted["reference"], planted["backdoor"]
     test = planted["data"].test
     keep = test.y != backdoor.target
-    generator, _ = train_generator(original, (1, 8, 8), 10, GeneratorConfig(), CPU)
-    cfg = TriggerConfig(weight=1.0, search="both")
-    stamps, stats = find_triggers(original, original, generator, range(10), cfg, CPU, start=clean)
-    assert not stats["trigger_patch_kept"] and stats["trigger_stamps"] == len(stamps) == 1
-    assert stats["trigger_patch_row_start"] < 0.5 and stats["trigger_patch_col_start"] < 0.5
-    assert stamps[0].target == stats["trigger_patch_departs_to_start"] == backdoor.target
     real, _ = triggered_test(test.x, test.y, backdoor)
     with torch.no_grad():
-        real_asr = float((original(real).argmax(1) == backdoor.target).float().mean())
-        found = float((original(stamps[0](test.x[keep])).argmax(1) == backdoor.target).float().mean())
-        by_start = float((clean(stamps[0](test.x[keep])).argmax(1) == backdoor.target).float().mean())
-    # measured 1.00 / 0.43 / 0.00: a reverse-engineered 8%-area stamp, not the real trigger, that moves a
-    # large share of real images to the hidden target, and only in the model that holds the backdoor
-    assert real_asr > 0.5 and found > 0.25 and by_start < 0.2 * found
+        assert float((original(real).argmax(1) == backdoor.target).float().mean()) > 0.5  # the backdoor took
+    cfg = TriggerConfig(weight=1.0, search="both", restarts=8)
+    found = []
+    for seed in range(4):
+        generator, _ = train_generator(original, (1, 8, 8), 10, GeneratorConfig(), CPU, seed=seed)
+        stamps, stats = find_triggers(original, original, generator, range(10), cfg, CPU, seed=seed, start=clean)
+        assert not stats["trigger_patch_kept"] and stats["trigger_stamps"] == len(stamps) == 1
+        with torch.no_grad():
+            share = float((original(stamps[0](test.x[keep])).argmax(1) == backdoor.target).float().mean())
+            by_start = float((clean(stamps[0](test.x[keep])).argmax(1) == backdoor.target).float().mean())
+        found.append(stamps[0].target == stats["trigger_patch_departs_to_start"] == backdoor.target
+                     and share > 0.15 and by_start < 0.2 * share)
+    # a reverse-engineered 8%-area stamp, not the real trigger, that moves a share of real images to the
+    # hidden target, and only in the model that holds the backdoor
+    assert sum(found) >= 3, found
 
 
 @pytest.mark.slow
