@@ -402,3 +402,54 @@ def test_the_trigger_block_runs_inside_the_repair_and_takes_out_backdoor(backdoo
     assert stats["consolidated"] and searched in stats and generator.stamps
     asr = lambda m: float((predict_probs(m, trig, CPU).argmax(1) == 0).float().mean())  # noqa: E731
     assert asr(student) < asr(original)
+
+
+def test_off_target_samples_leaves_out_what_the_teacher_sends_to_a_stamps_target():
+    """A sample drawn as another class that the teacher puts in a stamp's target is left out;
+    samples drawn as the target, and samples the teacher puts elsewhere, stay. No stamp with a
+    target: no filter at all."""
+    from fedunlearn.unlearn.source_free.hold import off_target_samples
+    from fedunlearn.unlearn.source_free.stamps import Stamp
+
+    mask, pattern = torch.zeros(1, 1, 8, 8), torch.ones(1, 1, 8, 8)
+    assert off_target_samples([]) is None and off_target_samples([Stamp(mask, pattern, None)]) is None
+    keep = off_target_samples([Stamp(mask, pattern, 0), Stamp(mask, pattern, None), Stamp(mask, pattern, 0)])
+    labels = torch.tensor([0, 1, 2, 1])
+    teacher = torch.tensor([[0.9, 0.1, 0.0], [0.8, 0.2, 0.0], [0.0, 0.1, 0.9], [0.0, 0.9, 0.1]])
+    assert keep(labels, teacher).tolist() == [True, False, True, True]
+
+
+def test_consolidation_distils_only_on_the_samples_kept(backdoored):
+    """keep = all: the same student as without a filter, bit for bit (the same draws); keep = none:
+    nothing to learn from, the student stays its start; the share left out is reported."""
+    original, reference = backdoored["original"], backdoored["reference"]
+    generator, _ = train_generator(original, (1, 8, 8), 10, GeneratorConfig(steps=20), CPU)
+    teacher, cfg = model_teacher(original), ConsolidateConfig(steps=20)
+    plain, stats = consolidate(reference, teacher, generator, range(10), cfg, CPU, seed=4)
+    every, kept_all = consolidate(reference, teacher, generator, range(10), cfg, CPU, seed=4,
+                                  keep=lambda labels, probs: torch.ones(len(labels), dtype=torch.bool))
+    none, kept_none = consolidate(reference, teacher, generator, range(10), cfg, CPU, seed=4,
+                                  keep=lambda labels, probs: torch.zeros(len(labels), dtype=torch.bool))
+    for a, b, start in zip(plain.state_dict().values(), every.state_dict().values(), reference.state_dict().values()):
+        assert torch.equal(a, b) and not torch.equal(a, start)
+    for a, start in zip(none.state_dict().values(), reference.state_dict().values()):
+        assert torch.equal(a, start)
+    assert "consolidate_dropped" not in stats
+    assert kept_all["consolidate_dropped"] == 0.0 and kept_none["consolidate_dropped"] == 1.0
+
+
+def test_the_repair_drops_off_target_samples_only_when_asked(backdoored):
+    """trigger.drop_to_target with the targeted search: the distillation reports the share it left
+    out; without it, no filter ran."""
+    from fedunlearn.unlearn.source_free.stamps import TriggerConfig
+
+    original, reference = backdoored["original"], backdoored["reference"]
+    for drop in (False, True):
+        cfg = RepairConfig(generator=GeneratorConfig(steps=30), consolidate=ConsolidateConfig(steps=20),
+                           skip_agreement=2.0, teacher="original",
+                           trigger=TriggerConfig(weight=1.0, search="targeted", hold="target", drop_to_target=drop))
+        _, generator, stats = repair(original, reference, 10, (1, 8, 8), cfg, CPU, seed=0)
+        assert any(stamp.target is not None for stamp in generator.stamps)  # the planted target, found
+        assert ("consolidate_dropped" in stats) == drop
+        if drop:
+            assert 0.0 <= stats["consolidate_dropped"] < 0.5

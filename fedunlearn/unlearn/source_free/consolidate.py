@@ -24,10 +24,11 @@ from torch import nn
 
 from fedunlearn.config import check_range
 from fedunlearn.training import clone, seed_everything
-from fedunlearn.unlearn.source_free.generator import Generator, draw
+from fedunlearn.unlearn.source_free.generator import Generator, draw_labels
 
 Teacher = Callable[[torch.Tensor], torch.Tensor]   # inputs -> probabilities
 ForgetTerm = Callable[[nn.Module], torch.Tensor]   # student -> scalar loss
+SampleFilter = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (labels, teacher probs) -> bool mask
 
 
 @dataclass(frozen=True)
@@ -70,8 +71,12 @@ def freeze_batchnorm(model: nn.Module) -> nn.Module:
 
 
 def consolidate(start: nn.Module, teacher: Teacher, generator: Generator, classes, cfg: ConsolidateConfig,
-                device, forget_term: ForgetTerm | None = None, seed: int = 0) -> tuple[nn.Module, dict]:
+                device, forget_term: ForgetTerm | None = None, seed: int = 0,
+                keep: SampleFilter | None = None) -> tuple[nn.Module, dict]:
     """Distil `teacher` into a copy of `start` on generator samples of `classes`.
+
+    `keep(labels, teacher_probs) -> bool mask` leaves the other samples of each batch out of the KL
+    (the batch's mean is still over all of them, so a step's scale does not depend on how many).
 
     The teacher must already include cfg.temperature (see `model_teacher`); the student's
     logits are divided by the same temperature and the KL is scaled by T^2 as usual.
@@ -88,12 +93,19 @@ def consolidate(start: nn.Module, teacher: Teacher, generator: Generator, classe
     temp = cfg.temperature
     stats = {"consolidate_steps": cfg.steps}
     kl = forget = torch.zeros(())
+    dropped = torch.zeros(())
     for _ in range(cfg.steps):
         with torch.no_grad():
-            x = draw(generator, classes, cfg.batch_size, device)
+            y = draw_labels(classes, cfg.batch_size).to(device)
+            x = generator(torch.randn(len(y), generator.noise_dim, device=device), y)
             target = teacher(x)
         log_student = F.log_softmax(student(x) / temp, dim=1)
-        kl = F.kl_div(log_student, target, reduction="batchmean") * temp * temp
+        if keep is None:
+            kl = F.kl_div(log_student, target, reduction="batchmean") * temp * temp
+        else:
+            kept = keep(y, target)
+            dropped = dropped + (~kept).sum()
+            kl = F.kl_div(log_student[kept], target[kept], reduction="sum") / len(x) * temp * temp
         loss = kl
         if forget_term is not None and cfg.forget_weight > 0:
             forget = forget_term(student)
@@ -103,6 +115,8 @@ def consolidate(start: nn.Module, teacher: Teacher, generator: Generator, classe
         opt.step()
     stats.update(consolidate_kl=float(kl.detach()), consolidate_forget=float(forget.detach()),
                  consolidate_s=time.perf_counter() - started)
+    if keep is not None:
+        stats["consolidate_dropped"] = float(dropped) / max(1, cfg.steps * cfg.batch_size)
     return student.eval(), stats
 
 

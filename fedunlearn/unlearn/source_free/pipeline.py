@@ -54,7 +54,7 @@ from fedunlearn.unlearn.source_free.forget import fisher_penalty
 from fedunlearn.unlearn.source_free.generator import Generator, GeneratorConfig, sample, train_generator
 from fedunlearn.unlearn.source_free.inference import logits
 from fedunlearn.unlearn.source_free.support import blend, blend_probs, blended_teacher
-from fedunlearn.unlearn.source_free.hold import hold_term
+from fedunlearn.unlearn.source_free.hold import hold_term, off_target_samples
 from fedunlearn.unlearn.source_free.stamps import TriggerConfig, stamp_success
 from fedunlearn.unlearn.source_free.targeted import patch_stamps
 from fedunlearn.unlearn.source_free.trigger import find_triggers
@@ -188,8 +188,10 @@ def repair(original: nn.Module, reference: nn.Module, num_classes: int, input_sh
                                                                  device)
         stats["start_step"] = step
         toward = start_model if cfg.start == "recovered" else reference
+        keep = off_target_samples(generator.stamps) if cfg.trigger.drop_to_target else None
         student, more = consolidate(start_weights(original, toward, replace(cfg, start_step=step)), teacher,
-                                    generator, classes, cfg.consolidate, device, forget_term=term, seed=seed + 2)
+                                    generator, classes, cfg.consolidate, device, forget_term=term, seed=seed + 2,
+                                    keep=keep)
         stats.update(more)
         stats["student_agreement"] = float((predicted(student, x, device) == said).float().mean())
     else:
@@ -275,10 +277,11 @@ def weighted(term, weight: float):
 
 def refine(student: nn.Module, original: nn.Module, generator: Generator, fisher: dict, cfg: ConsolidateConfig,
            device, classes=None, seed: int = 0, teacher=None, trigger_weight: float = 0.0,
-           trigger_hold: str = "invariant") -> tuple[nn.Module, dict]:
+           trigger_hold: str = "invariant", drop_to_target: bool = False) -> tuple[nn.Module, dict]:
     """Distil further from the original, holding the student near its current weights where the
     Fisher statistics `fisher` (from the departing client's flagged samples) say it matters, and,
-    with trigger_weight > 0, against the stamps the repair found (generator.stamps; hold.py)."""
+    with trigger_weight > 0, against the stamps the repair found (generator.stamps; hold.py), on
+    the samples hold.off_target_samples keeps with drop_to_target, as the repair did."""
     classes = list(range(generator.num_classes)) if classes is None else list(classes)
     term = fisher_penalty(student.to(device), fisher)
     teacher = teacher or model_teacher(original, cfg.temperature)
@@ -288,5 +291,7 @@ def refine(student: nn.Module, original: nn.Module, generator: Generator, fisher
         fisher_term, held = term, hold_term(stamps, teacher, generator, classes, cfg.batch_size, device,
                                             trigger_hold)
         term = lambda s: fisher_term(s) + (trigger_weight / max(cfg.forget_weight, 1e-12)) * held(s)  # noqa: E731
-    refined, stats = consolidate(student, teacher, generator, classes, cfg, device, forget_term=term, seed=seed + 3)
+    keep = off_target_samples(stamps) if trigger_weight > 0 and drop_to_target else None
+    refined, stats = consolidate(student, teacher, generator, classes, cfg, device, forget_term=term, seed=seed + 3,
+                                 keep=keep)
     return refined, {f"refine_{k.removeprefix('consolidate_')}": v for k, v in stats.items()}
