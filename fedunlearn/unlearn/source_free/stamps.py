@@ -48,7 +48,8 @@ class TriggerConfig:
     drop_to_target: bool = False  # distillation leaves out the synthetic samples of another class that the teacher
                                # puts in a stamp's target (hold.off_target_samples): on them the teacher shows the way
                                # to the target that only the departing client taught. Validation split (docs/findings.md,
-                               # session 18): the backdoor re-taught in two cells 22-24% -> 4-6%, test accuracy unchanged
+                               # session 18): the backdoor re-taught in two cells 22-24% -> 4-6%, test accuracy unchanged;
+                               # on the reported digits matrix it lost two cells at the test-accuracy margin (11 -> 9/32)
 
     def __post_init__(self):
         check_range("trigger.weight", self.weight, 0.0)
