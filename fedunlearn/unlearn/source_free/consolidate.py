@@ -24,7 +24,7 @@ from torch import nn
 
 from fedunlearn.config import check_range
 from fedunlearn.training import clone, seed_everything
-from fedunlearn.unlearn.source_free.generator import Generator, draw_labels
+from fedunlearn.unlearn.source_free.generator import Generator, draw_labelled
 
 Teacher = Callable[[torch.Tensor], torch.Tensor]   # inputs -> probabilities
 ForgetTerm = Callable[[nn.Module], torch.Tensor]   # student -> scalar loss
@@ -96,8 +96,7 @@ def consolidate(start: nn.Module, teacher: Teacher, generator: Generator, classe
     dropped = torch.zeros(())
     for _ in range(cfg.steps):
         with torch.no_grad():
-            y = draw_labels(classes, cfg.batch_size).to(device)
-            x = generator(torch.randn(len(y), generator.noise_dim, device=device), y)
+            x, y = draw_labelled(generator, classes, cfg.batch_size, device)
             target = teacher(x)
         log_student = F.log_softmax(student(x) / temp, dim=1)
         if keep is None:

@@ -104,8 +104,13 @@ def draw_labels(classes: torch.Tensor, n: int, gen: torch.Generator | None = Non
 def draw(generator: Generator, classes: torch.Tensor, n: int, device) -> torch.Tensor:
     """A fresh batch of n synthetic inputs with balanced labels, on `device` (global RNG; for
     training loops: `sample` is the seeded, reproducible set)."""
+    return draw_labelled(generator, classes, n, device)[0]
+
+
+def draw_labelled(generator: Generator, classes: torch.Tensor, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """`draw`'s batch and the labels it was drawn as."""
     y = draw_labels(classes, n).to(device)
-    return generator(torch.randn(n, generator.noise_dim, device=device), y)
+    return generator(torch.randn(n, generator.noise_dim, device=device), y), y
 
 
 @torch.no_grad()
