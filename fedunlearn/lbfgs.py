@@ -12,12 +12,14 @@ class LBFGS:
     Schnabel 1994), B = sigma I - W M^-1 W^T with W = [Y, sigma S].
 
     In float64, because successive dw are nearly parallel and M is ill-conditioned; M is inverted
-    only when a pair is added, so a product costs two thin matrix-vector products.
+    only when a pair is added, so a product costs two thin matrix-vector products. W is never
+    formed: its columns are the pairs' y and B0 s, so a product reads S and Y and the model holds
+    2 x history vectors (FedRecover keeps one model per client).
     """
 
     def __init__(self, history: int):
         self.pairs: deque = deque(maxlen=history)
-        self.sigma, self.w, self.m_inv = 0.0, None, None
+        self.sigma, self.s, self.y, self.m_inv = 0.0, None, None, None
         self.initial: torch.Tensor | None = None  # B0 = diag(initial) instead of sigma * I, when set
 
     def __len__(self) -> int:
@@ -35,20 +37,28 @@ class LBFGS:
 
     def _build(self) -> None:
         s, y = (torch.stack(list(col), dim=1) for col in zip(*self.pairs))
+        self.pairs = deque(zip(s.unbind(1), y.unbind(1)), maxlen=self.pairs.maxlen)  # views: one copy of S, Y
         sy = s.T @ y
         self.sigma = float(y[:, -1] @ s[:, -1]) / float(s[:, -1] @ s[:, -1])
-        b0s = self.sigma * s if self.initial is None else self.initial[:, None] * s
         lower = torch.tril(sy, diagonal=-1)
         middle = torch.cat([torch.cat([-torch.diag(torch.diag(sy)), lower.T], 1),
-                            torch.cat([lower, s.T @ b0s], 1)], 0)
+                            torch.cat([lower, s.T @ self.b0(s)], 1)], 0)
         # a diagonal B0 with zeros can make S' B0 S singular; the pseudo-inverse then drops that direction
         invert = torch.linalg.inv if self.initial is None else torch.linalg.pinv
-        self.w, self.m_inv = torch.cat([y, b0s], 1), invert(middle)
+        self.s, self.y, self.m_inv = s, y, invert(middle)
+
+    def b0(self, v: torch.Tensor) -> torch.Tensor:
+        """B0 v (v a vector, or a matrix of column vectors)."""
+        if self.initial is None:
+            return self.sigma * v
+        return (self.initial[:, None] if v.dim() == 2 else self.initial) * v
 
     def product(self, v: torch.Tensor) -> torch.Tensor:
-        v = v.double()
-        first = self.sigma * v if self.initial is None else self.initial * v
-        return (first - self.w @ (self.m_inv @ (self.w.T @ v))).float()
+        v, k = v.double(), self.s.shape[1]
+        first = self.b0(v)
+        # W' v and W z with W = [Y, B0 S], without W: B0 is diagonal, so (B0 S)' v = S' (B0 v)
+        z = self.m_inv @ torch.cat([self.y.T @ v, self.s.T @ first])
+        return (first - self.y @ z[:k] - self.b0(self.s @ z[k:])).float()
 
     def add_if_curved(self, dw: torch.Tensor, dg: torch.Tensor) -> bool:
         """Add the pair only where its curvature dw . dg is positive (else B stops being positive definite)."""

@@ -120,3 +120,15 @@ def test_the_source_free_start_is_the_diagonal_replay_computed_once():
     both = source_free_absent.Config(start="recovered", reference="recovered")
     assert source_free_absent.start_state(ctx, both, as_reference) is as_reference  # not replayed twice
     assert source_free_absent.start_state(ctx, source_free_absent.Config(), subtracted) is None
+
+
+@pytest.mark.parametrize("kind, pooled, per_weight", [("diagonal", False, 3 * (8 + 16)), ("diagonal", True, 3 * 8 + 16),
+                                                      ("lbfgs", False, 3 * (8 + 16 * 3))])
+def test_the_secant_state_is_the_last_round_in_float32_plus_the_curvature_model(kind, pooled, per_weight):
+    """Per remaining client (3 here) a float32 copy of its last round (model and update: 8 bytes a
+    weight) and either the float64 sums (16, one set when pooled) or the L-BFGS pairs (16 per
+    pair, history 3): the figure that decides whether a federation's replay fits in memory."""
+    ctx, _, _ = quadratic_federation(rounds=12, diagonal=kind == "diagonal")
+    method = load_method("fedrecover")
+    result = method.unlearn(ctx, method.Config(hessian=kind, history=3, pooled=pooled, keep_curve=False))
+    assert result.stats["secant_mib"] * 2**20 == per_weight * 4  # 4 weights

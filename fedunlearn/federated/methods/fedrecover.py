@@ -23,6 +23,13 @@ replayed as stored. As FedRecover's abnormality check does for its exact rounds,
 capped, at `max_correction` times the norm of the update it corrects: the linear model is
 trusted only near the original trajectory. No data, no messages.
 
+Memory: per remaining client, its last round in float32 (8 bytes a weight) and its curvature model,
+float64: the diagonal's two sums (16 bytes a weight; one set for all clients with `pooled`) or
+`history` L-BFGS pairs (16 bytes a weight each). Reported as `secant_mib`. For 100 clients of an
+11M-weight ResNet-18 that is 27 GB (diagonal), 45 GB (L-BFGS, history 2) or 9 GB (pooled diagonal),
+against the stored history's 4 bytes a weight per client and round; pooled is the choice for big
+models.
+
 Measured (docs/findings.md, session 12): without exact rounds, L-BFGS's sigma * I gives every
 direction the curvature seen along the trajectory and pulls the replay back to the original,
 backdoor included (digits matrix: test 0.924, backdoor 77%). The per-coordinate secant
@@ -88,7 +95,7 @@ class Secants:
         self.history, self.kind, self.pooled = history, kind, pooled
         self.models: dict[int, LBFGS] = {}
         self.sums: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.last: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.last: dict[int, tuple[torch.Tensor, torch.Tensor, float]] = {}
 
     def correction(self, cid: int, offset: torch.Tensor, lr: float) -> torch.Tensor | None:
         """lr * B_i offset, or None before the client has a pair."""
@@ -99,10 +106,14 @@ class Secants:
         model = self.models.get(cid)
         return lr * model.product(offset).double() if model is not None and len(model) else None
 
-    def observe(self, cid: int, w: torch.Tensor, g: torch.Tensor) -> None:
+    def observe(self, cid: int, w: torch.Tensor, update: torch.Tensor, lr: float) -> None:
+        """Client `cid` sent `update` from the global model `w` at a round with client lr `lr`; its
+        pseudo-gradient there is -update / lr. Both are kept in float32 until the client's next
+        round, as the store holds them (the float64 difference of two float32 values is exact, so
+        this is the pair a float64 copy would give, at half the memory)."""
         if cid in self.last:
-            w0, g0 = self.last[cid]
-            s, y = w - w0, g - g0
+            (w0, u0, lr0), w64 = self.last[cid], w.double()
+            s, y = w64 - w0.double(), -update.double() / lr + u0.double() / lr0
             if self.kind != "lbfgs":
                 sy, ss = self.sums.get(self.key(cid), (torch.zeros_like(s), torch.zeros_like(s)))
                 self.sums[self.key(cid)] = (sy + s * y, ss + s * s)
@@ -111,7 +122,16 @@ class Secants:
                 if self.kind == "lbfgs_diagonal":
                     model.set_initial(self.diagonal(cid))
                 model.add_if_curved(s, y)
-        self.last[cid] = (w, g)
+        self.last[cid] = (w.float(), update.float(), lr)
+
+    def nbytes(self) -> int:
+        """What the secant state holds: per client, its last round in float32 (8 bytes a weight) and,
+        per model kind, the float64 sums (16, shared with `pooled`) or 2 x history float64 pairs."""
+        tensors = [t for w, u, _ in self.last.values() for t in (w, u)]
+        tensors += [t for pair in self.sums.values() for t in pair]
+        for model in self.models.values():
+            tensors += [t for t in (model.s, model.y, model.initial) if t is not None]
+        return sum(t.numel() * t.element_size() for t in tensors)
 
     def key(self, cid: int) -> int:
         return -1 if self.pooled else cid
@@ -144,7 +164,8 @@ def unlearn(ctx: FedContext, cfg: Config) -> FedResult:
         if cfg.keep_curve:
             curve.append(fedavg.copy_state(state))
     kept = finish(state, ctx.global_state, curve)
-    return FedResult(state, 0, curve, {"replayed_rounds": replayed, **counted, "batchnorm_layers_kept": kept})
+    return FedResult(state, 0, curve, {"replayed_rounds": replayed, **counted, "batchnorm_layers_kept": kept,
+                                       "secant_mib": secants.nbytes() / 2**20})
 
 
 def corrected_mean(stored, counts: dict[int, int], here: torch.Tensor, keys: list[str], rest: list[str], lr: float,
@@ -170,5 +191,5 @@ def corrected_mean(stored, counts: dict[int, int], here: torch.Tensor, keys: lis
         step += (n / total) * u
         for k in rest:
             others[k] = others.get(k, 0.0) + (n / total) * update[k]
-        secants.observe(cid, w_t, -raw / lr)
+        secants.observe(cid, w_t, raw, lr)
     return step, others
