@@ -453,3 +453,38 @@ def test_the_repair_drops_off_target_samples_only_when_asked(backdoored):
         assert ("consolidate_dropped" in stats) == drop
         if drop:
             assert 0.0 <= stats["consolidate_dropped"] < 0.5
+
+
+def test_mixed_samples_are_convex_mixes_labelled_by_their_larger_part():
+    """Black images labelled 0 and white ones labelled 1: every mix is a grey level in [0, 1], and it
+    is labelled 1 exactly where white is the larger part (grey > 0.5), whatever the pairing."""
+    from fedunlearn.unlearn.source_free.consolidate import mixed
+
+    torch.manual_seed(0)
+    labels = torch.arange(64) % 2
+    x = labels.float().view(-1, 1, 1, 1).expand(64, 1, 8, 8).clone()
+    out, out_labels = mixed(x, labels, alpha=1.0)
+    grey = out.flatten(1)
+    assert torch.equal(grey.min(1).values, grey.max(1).values)  # each mix is one grey level
+    level = grey[:, 0]
+    assert float(level.min()) >= 0.0 and float(level.max()) <= 1.0
+    assert 0.05 < float(((level > 0.01) & (level < 0.99)).float().mean())  # real mixes, not only copies
+    assert torch.equal(out_labels, (level > 0.5).long())
+
+
+def test_shifted_and_mixed_distillation_still_restores_two_lost_classes(backdoored):
+    """The same check as plain distillation above, with the batch shifted and mixed."""
+    teacher_model, test = backdoored["clean"], backdoored["data"].test
+    generator, _ = train_generator(teacher_model, (1, 8, 8), 10, GeneratorConfig(steps=150), CPU)
+    teacher, damaged = model_teacher(teacher_model), backdoored["lost_two"]
+    before = agreement(damaged, teacher, test.x, CPU)
+    student, _ = consolidate(damaged, teacher, generator, range(10), ConsolidateConfig(steps=300, shift=0.15, mix=1.0),
+                             CPU)
+    assert agreement(student, teacher, test.x, CPU) >= before + 0.03
+    assert accuracy(student, test, CPU) >= accuracy(damaged, test, CPU) + 0.03
+
+
+@pytest.mark.parametrize("bad", [{"shift": 0.6}, {"shift": -0.1}, {"mix": -1.0}])
+def test_bad_augmentation_settings_are_refused(bad):
+    with pytest.raises(ValueError, match="consolidate"):
+        ConsolidateConfig(**bad)

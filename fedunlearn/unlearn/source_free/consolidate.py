@@ -1,7 +1,8 @@
 """Phase 2 of source-free unlearning (Ahmed et al., "Towards Source-Free Machine Unlearning", CVPR 2025):
 consolidation. A student, initialised from a start model, is distilled from a teacher on
 synthetic samples of the retained classes, minimising KL(p_teacher || p_student), plus an
-optional lambda * forget term supplied by the caller.
+optional lambda * forget term supplied by the caller. Optionally both see the batch shifted
+(`shift`) and mixed (`mix`), as distillation on real data does with augmentations.
 
 The teacher is any function from inputs to probabilities (`model_teacher` wraps a frozen
 model). The forget term is any function of the student returning a scalar; it is where
@@ -24,7 +25,7 @@ from torch import nn
 
 from fedunlearn.config import check_range
 from fedunlearn.training import clone, seed_everything
-from fedunlearn.unlearn.source_free.generator import Generator, draw_labelled
+from fedunlearn.unlearn.source_free.generator import Generator, draw_labelled, random_view
 
 Teacher = Callable[[torch.Tensor], torch.Tensor]   # inputs -> probabilities
 ForgetTerm = Callable[[nn.Module], torch.Tensor]   # student -> scalar loss
@@ -40,6 +41,12 @@ class ConsolidateConfig:
     temperature: float = 1.0     # higher passes more of the teacher's small probabilities, backdoor included
     forget_weight: float = 1.0   # lambda in KL + lambda * forget term
     last_layers: int = 0         # train only the last this many layers with weights (0 = all of them)
+    shift: float = 0.0           # teacher and student see each batch translated by a random offset of up to
+                                 # this fraction of the side (generator.random_view): the synthetic samples of a
+                                 # class are a narrow mode, and shifted copies cover more of its real images
+    mix: float = 0.0             # mixup alpha (0: off): teacher and student see the same convex mix of two
+                                 # synthetic samples, weight ~ Beta(mix, mix) per sample (function matching,
+                                 # Beyer et al., CVPR 2022); a mix is labelled by its larger part
 
     def __post_init__(self):
         check_range("consolidate.steps", self.steps, 0)
@@ -48,6 +55,8 @@ class ConsolidateConfig:
         check_range("consolidate.temperature", self.temperature, 1e-3)
         check_range("consolidate.forget_weight", self.forget_weight, 0.0)
         check_range("consolidate.last_layers", self.last_layers, 0)
+        check_range("consolidate.shift", self.shift, 0.0, 0.5)
+        check_range("consolidate.mix", self.mix, 0.0)
 
 
 def model_teacher(model: nn.Module, temperature: float = 1.0) -> Teacher:
@@ -97,6 +106,10 @@ def consolidate(start: nn.Module, teacher: Teacher, generator: Generator, classe
     for _ in range(cfg.steps):
         with torch.no_grad():
             x, y = draw_labelled(generator, classes, cfg.batch_size, device)
+            if cfg.shift > 0:
+                x = random_view(x, cfg.shift, flip=False)
+            if cfg.mix > 0:
+                x, y = mixed(x, y, cfg.mix)
             target = teacher(x)
         log_student = F.log_softmax(student(x) / temp, dim=1)
         if keep is None:
@@ -117,6 +130,15 @@ def consolidate(start: nn.Module, teacher: Teacher, generator: Generator, classe
     if keep is not None:
         stats["consolidate_dropped"] = float(dropped) / max(1, cfg.steps * cfg.batch_size)
     return student.eval(), stats
+
+
+def mixed(x: torch.Tensor, labels: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each sample mixed with another of the batch (a random pairing), lam * x_i + (1 - lam) * x_j with
+    lam ~ Beta(alpha, alpha) per sample, and labelled as x_i where lam >= 0.5, else as x_j (global RNG)."""
+    lam = torch.distributions.Beta(alpha, alpha).sample((len(x),)).to(x.device)
+    partner = torch.randperm(len(x), device=x.device)
+    weight = lam.view(-1, *[1] * (x.dim() - 1))
+    return weight * x + (1 - weight) * x[partner], torch.where(lam >= 0.5, labels, labels[partner])
 
 
 @torch.no_grad()
