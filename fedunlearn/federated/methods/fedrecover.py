@@ -126,7 +126,7 @@ class Secants:
 
     def nbytes(self) -> int:
         """What the secant state holds: per client, its last round in float32 (8 bytes a weight) and,
-        per model kind, the float64 sums (16, shared with `pooled`) or 2 x history float64 pairs."""
+        per model kind, the float64 sums (16, shared with `pooled`) or `history` float64 (s, y) pairs (16 each)."""
         tensors = [t for w, u, _ in self.last.values() for t in (w, u)]
         tensors += [t for pair in self.sums.values() for t in pair]
         for model in self.models.values():
