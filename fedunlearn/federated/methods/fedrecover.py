@@ -25,10 +25,10 @@ trusted only near the original trajectory. No data, no messages.
 
 Memory: per remaining client, its last round in float32 (8 bytes a weight) and its curvature model,
 float64: the diagonal's two sums (16 bytes a weight; one set for all clients with `pooled`) or
-`history` L-BFGS pairs (16 bytes a weight each). Reported as `secant_mib`. For 100 clients of an
-11M-weight ResNet-18 that is 27 GB (diagonal), 45 GB (L-BFGS, history 2) or 9 GB (pooled diagonal),
-against the stored history's 4 bytes a weight per client and round; pooled is the choice for big
-models.
+`history` L-BFGS pairs (16 bytes a weight each; lbfgs_diagonal holds both, and its B0, 8 more).
+Reported as `secant_mib`. For 100 clients of an 11M-weight ResNet-18 that is 27 GB (diagonal), 45 GB
+(L-BFGS, history 2) or 9 GB (pooled diagonal), against the stored history's 4 bytes a weight per
+client and round; pooled is the choice for big models.
 
 Measured (docs/findings.md, session 12): without exact rounds, L-BFGS's sigma * I gives every
 direction the curvature seen along the trajectory and pulls the replay back to the original,
@@ -126,7 +126,8 @@ class Secants:
 
     def nbytes(self) -> int:
         """What the secant state holds: per client, its last round in float32 (8 bytes a weight) and,
-        per model kind, the float64 sums (16, shared with `pooled`) or `history` float64 (s, y) pairs (16 each)."""
+        per model kind, the float64 sums (16, shared with `pooled`), `history` float64 (s, y) pairs (16 each),
+        or with lbfgs_diagonal both and the pairs' B0 (8)."""
         tensors = [t for w, u, _ in self.last.values() for t in (w, u)]
         tensors += [t for pair in self.sums.values() for t in pair]
         for model in self.models.values():
