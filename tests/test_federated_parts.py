@@ -167,3 +167,36 @@ def test_flowers_ray_is_private_unless_ray_address_names_a_cluster(monkeypatch):
     assert ray_init_args() == {"include_dashboard": False, "address": "local"}
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
     assert ray_init_args()["address"] == "10.0.0.5:6379"
+
+
+def test_both_source_free_modes_share_one_repair():
+    """source_free_cooperative starts with source_free_absent's repair: with one `reuse` dict per
+    withdrawal it is done once, the second mode reports the seconds it took, and the result is
+    the one it computes alone; other repair settings are not reused."""
+    from fedunlearn.experiments.federated_matrix import InlineServer
+
+    cfg = build(Config, {"kind": "federated", "data": {"name": "digits"}, "model": {"name": "mlp", "hidden": 32},
+                         "federation": {"num_clients": 3, "rounds": 2}, "backdoor": {"fraction": 0.3}})
+    transport = LocalTransport(cfg)
+    local = local_data(cfg, 0)
+    make = lambda: build_model(cfg.model, local.input_shape, local.num_classes)  # noqa: E731
+    init = make().state_dict()
+    fit = lambda ids, s, c: aggregate_replies(s, transport.train(ids, s, {**c, "phase": "train"}))  # noqa: E731
+    state, history, _, _ = run_fedavg(fit, [0, 1, 2], init, 2, store_every=1)
+    trained = {"global_state": state, "initial_state": init, "history": history}
+    absent, coop = load_method("source_free_absent"), load_method("source_free_cooperative")
+    small = {"generator": {"steps": 5}, "consolidate": {"steps": 5}, "skip_agreement": 2.0}
+    absent_cfg, coop_cfg = build(absent.Config, small), build(coop.Config, {**small, "refine_steps": 5})
+
+    def run(method, method_cfg, reuse):
+        ctx = FedContext.create(cfg, transport, trained, make, server=InlineServer(), reuse=reuse)
+        return method.unlearn(ctx, method_cfg)
+
+    reuse = {}
+    first, shared = run(absent, absent_cfg, reuse), run(coop, coop_cfg, reuse)
+    alone = run(coop, coop_cfg, None)
+    assert "reused_s" not in first.stats and "reused_s" not in alone.stats
+    assert shared.stats["reused_s"] > 0 and len(reuse) == 1
+    assert all(torch.equal(shared.state[k], alone.state[k]) for k in alone.state)
+    other = run(coop, build(coop.Config, {**small, "refine_steps": 5, "consolidate": {"steps": 6}}), reuse)
+    assert "reused_s" not in other.stats and len(reuse) == 2

@@ -307,6 +307,9 @@ def test_both_modes_end_to_end_without_messages_to_the_remaining_clients(local_r
     coop = rows["source_free_cooperative"]
     assert coop["messages_to_departing"] == 1 and coop["client_asked"]
     assert 0 <= coop["client_flagged"] <= coop["client_samples"] and coop["refine_steps"] == 20
+    # the same repair settings in both modes: the repair ran once and is counted in both wall times
+    assert bool(coop.get("reused_s")) == (options[0] == options[1])
+    assert coop["wall_s"] >= coop.get("reused_s", 0.0)
 
 
 @pytest.mark.slow

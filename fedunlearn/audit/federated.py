@@ -150,7 +150,7 @@ def fed_member(job: FedJob, mapping: dict, methods: list[str]) -> list[Member]:
         trained = train_federation(run_cfg, transport, make_model, Path(tmp) / "history")
         members = [probe(cfg, ORIGINAL, job.index, trained["global_state"], make_model, trained["wall_s"],
                           {"rounds": cfg.train_rounds})]
-        server, warmed = InlineServer(), []
+        server, warmed, reuse = InlineServer(), [], {}  # reuse: server work the methods share (FedContext.reused)
         for name in methods:
             warm_up, method_cfg = hook(run_cfg.method(name), "warm_up"), run_cfg.method_config(name)
             try:
@@ -159,7 +159,7 @@ def fed_member(job: FedJob, mapping: dict, methods: list[str]) -> list[Member]:
                             job.seed, cfg=method_cfg)
                     warmed.append((warm_up, method_cfg))
                 res = timed_method(run_cfg, run_cfg.method(name), method_cfg, name, transport, trained, make_model,
-                                    server)
+                                    server, reuse=reuse)
             except Exception as err:  # noqa: BLE001 -- one broken method must not cost every other row
                 members.append(Member(name, job.index, {}, float("nan"), skipped=f"failed: {type(err).__name__}: {err}"))
                 continue

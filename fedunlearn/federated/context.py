@@ -11,6 +11,7 @@ The oracle that evaluates models for the report is not part of the context.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
@@ -75,16 +76,18 @@ class FedContext:
     seed: int = 0
     traffic: Traffic = field(default_factory=Traffic)
     server: ServerWorker | None = None   # the server's Ray worker, shared by the methods of a run
+    reuse: dict | None = None            # server work shared by the methods of one withdrawal (see `reused`)
     _round: int = 0
 
     @classmethod
     def create(cls, cfg: Config, transport: Transport, trained: dict, make_model: Callable[[], nn.Module],
                server: ServerWorker | None = None, departing_online: bool | None = None,
-               withdrawn=()) -> "FedContext":
+               withdrawn=(), reuse: dict | None = None) -> "FedContext":
         """The context one method gets: the experiment `cfg`, the transport (its handshake gives
         the task's shape and the clients' sample counts) and the trained federation `trained`
         ({"global_state", "initial_state", "history"}, as driver.train_federation returns it).
-        `withdrawn`: clients gone at earlier requests, neither remaining nor reachable."""
+        `withdrawn`: clients gone at earlier requests, neither remaining nor reachable. `reuse`: one
+        dict per withdrawal, shared by the contexts of its methods (None: nothing is reused)."""
         from fedunlearn.training import get_device
 
         info = transport.info
@@ -99,7 +102,7 @@ class FedContext:
                    make_model=make_model, fed_cfg=fed, device=get_device(cfg.experiment.device), transport=transport,
                    departing_online=online, train_rounds=cfg.train_rounds,
                    sample_counts={c: int(v["num_examples"]) for c, v in info.items()}, seed=cfg.experiment.seed,
-                   server=server)
+                   server=server, reuse=reuse)
 
     def model(self, state: State | None = None) -> nn.Module:
         """A fresh model loaded with `state` (default: the global model at withdrawal)."""
@@ -144,6 +147,22 @@ class FedContext:
         if self.server is None:  # a context built by hand (tests): a worker of its own
             self.server = ServerWorker(getattr(self.fed_cfg, "server_gpus", 0.1))
         return self.server.run(fn, *args, **kwargs)
+
+    def reused(self, key: str, compute: Callable[[], object]) -> tuple[object, float, bool]:
+        """(compute()'s value, the seconds computing it took, whether it was reused): server work that
+        two methods of one withdrawal both start with (source_free_cooperative is source_free_absent's
+        repair plus one exchange) is done once. The seconds are those of the run that did the work,
+        so a method that reuses it still reports them (driver.timed_method adds "reused_s" to its
+        wall time). `key` must name everything the value depends on besides the withdrawal itself."""
+        if self.reuse is not None and key in self.reuse:
+            value, seconds = self.reuse[key]
+            return value, seconds, True
+        start = time.perf_counter()
+        value = compute()
+        seconds = time.perf_counter() - start
+        if self.reuse is not None:
+            self.reuse[key] = (value, seconds)
+        return value, seconds, False
 
     def _check_reachable(self, client_id: int) -> None:
         if client_id == self.departing and not self.departing_online:

@@ -66,12 +66,14 @@ def serve(cfg, transport, out_dir: str | Path, progress: bool = True, server=Non
     results = {}
     with (server or ServerWorker(fed.server_gpus, fed.server_cpus)) as server:
         warm_up_methods(cfg, server, run, trained["global_state"], warmed=[])
+        reuse = {}  # server work the methods of this withdrawal share (FedContext.reused)
         for name in cfg.method_names():
             method, method_cfg = cfg.method(name), cfg.method_config(name)
             key = config_hash([base_key, name, method_cfg, cfg.withdrawal.departing_online])
             results[name] = cached(ckpt / f"method-{name}-{key}",
                                    lambda method=method, method_cfg=method_cfg, name=name: timed_method(
-                                       cfg, method, method_cfg, name, transport, trained, make_model, server))
+                                       cfg, method, method_cfg, name, transport, trained, make_model, server,
+                                       reuse=reuse))
 
     purge = purge_client(cfg, trained, ckpt / f"federation-{base_key}") if cfg.withdrawal.purge else {"purged": False}
     trained = {**trained, "purge": purge, "unlearn_log": [r for r in transport.rounds if r["phase"] != "train"]}
@@ -127,15 +129,21 @@ def warm_up_methods(cfg, server, run: ServeSetup, global_state, warmed: list) ->
             warmed.append((warm_up, method_cfg))
 
 
-def timed_method(cfg, method, method_cfg, name, transport, trained, make_model, server, withdrawn=()) -> dict:
+def timed_method(cfg, method, method_cfg, name, transport, trained, make_model, server, withdrawn=(),
+                 reuse: dict | None = None) -> dict:
     """One method on a fresh context; a method faster than experiment.repeat_below_s runs again
     (up to experiment.timing_repeats times, each on a fresh context) and reports the median wall
     time with its spread: a single short timing on a shared machine is mostly noise. `withdrawn`:
-    clients that left at earlier requests (a stream), not part of the federation any more."""
+    clients that left at earlier requests (a stream), not part of the federation any more.
+    `reuse`: the withdrawal's dict of shared server work (FedContext.reused); what a method took
+    from it is counted in its wall time at the seconds it took to do."""
 
     def once():
-        ctx = FedContext.create(cfg, transport, trained, make_model, server=server, withdrawn=withdrawn)
-        return run_method(method, ctx, method_cfg, measure=lambda res: {"rounds": res.rounds, **vars(ctx.traffic)})
+        ctx = FedContext.create(cfg, transport, trained, make_model, server=server, withdrawn=withdrawn, reuse=reuse)
+        result, row = run_method(method, ctx, method_cfg,
+                                 measure=lambda res: {"rounds": res.rounds, **vars(ctx.traffic)})
+        row["wall_s"] += row.get("reused_s", 0.0)
+        return result, row
 
     result, row = once()
     walls = [row["wall_s"]]

@@ -113,6 +113,10 @@ def write_federated_report(cfg, out: Path, trained: dict, results: dict, make_mo
     if repeated:  # one short timing on a shared machine is mostly noise (driver.timed_method)
         notes.append(f"wall_s of a method faster than {cfg.experiment.repeat_below_s:g} s is the median of repeated "
                      "runs, each on a fresh context: " + "; ".join(repeated))
+    reused = [f"{r['method']} ({r['reused_s']:.2f} s)" for r in rows if r.get("reused_s")]
+    if reused:  # FedContext.reused: both source-free modes start with the same repair
+        notes.append("server work done once for this withdrawal and reused, its time counted in each wall_s: "
+                     + "; ".join(reused))
     if trained["failures"]:
         notes.append(f"client failures during training (round, client), left out of those rounds: {trained['failures']}")
     for row in trained.get("round_log", []) + trained.get("unlearn_log", []):

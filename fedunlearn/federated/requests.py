@@ -61,13 +61,14 @@ def serve_stream(cfg, transport, out_dir: str | Path, progress: bool = True, ser
             log.info("request %d: client %d withdraws after round %d; %d clients were in, %d remain", k, client, rnd,
                      len(clients), len(clients) - 1)
             warm_up_methods(cfg, server, run, trained["global_state"], warmed)  # once per method config
-            results = {}
+            results, reuse = {}, {}  # reuse: server work this request's methods share (FedContext.reused)
             for name in cfg.method_names():
                 method, method_cfg = cfg.method(name), cfg.method_config(name)
                 mkey = config_hash([key, name, method_cfg, cfg.withdrawal.departing_online])
                 results[name] = cached(ckpt / f"method-{name}-{mkey}", lambda method=method, method_cfg=method_cfg,
                                        name=name: timed_method(cfg_k, method, method_cfg, name, transport, trained,
-                                                               make_model, server, withdrawn=tuple(withdrawn)))
+                                                               make_model, server, withdrawn=tuple(withdrawn),
+                                                               reuse=reuse))
             rows = report.add_request(k, cfg_k, trained, results, withdrawn=[*withdrawn, client])
             purge = purge_everywhere(client, held) if cfg.withdrawal.purge else {"purged": False}
             record.append(out / "deletions.jsonl", client, "+".join(cfg.method_names()),

@@ -29,8 +29,9 @@ from typing import Literal
 import numpy as np
 import torch
 
+from fedunlearn.config import config_hash
 from fedunlearn.federated.context import FedContext, FedResult
-from fedunlearn.federated.fedavg import State
+from fedunlearn.federated.fedavg import State, copy_state
 from fedunlearn.federated.methods import fedrecover, subtract
 from fedunlearn.federated.methods.subtract import keep_valid_batchnorm
 from fedunlearn.federated.removal import surviving_removal
@@ -56,11 +57,33 @@ class Config(RepairConfig):
 
 
 def unlearn(ctx: FedContext, cfg: Config) -> FedResult:
-    reference = reference_state(ctx, cfg.reference)
-    state, _, stats = ctx.run_task(server_repair, ctx.make_model, ctx.global_state, reference, ctx.num_classes,
-                                   ctx.input_shape, cfg, ctx.seed, remaining_locals(ctx, cfg),
-                                   start_state(ctx, cfg, reference))
+    state, _, stats, _ = repaired(ctx, cfg)
     return FedResult(state, 0, [], stats)
+
+
+def repaired(ctx: FedContext, cfg: Config) -> tuple[State, object, dict, State]:
+    """(repaired state, generator, stats, reference): the reference, then `repair` on the server's
+    worker. Done once per withdrawal for both modes when they share the repair's settings
+    (ctx.reused): source_free_cooperative starts with exactly this work, and a matrix that reports
+    both would otherwise pay for it twice. Where it was reused, stats["reused_s"] is the time it took
+    when it was done, counted in the method's wall time."""
+
+    def compute():
+        reference = reference_state(ctx, cfg.reference)
+        state, generator, stats = ctx.run_task(server_repair, ctx.make_model, ctx.global_state, reference,
+                                               ctx.num_classes, ctx.input_shape, cfg, ctx.seed,
+                                               remaining_locals(ctx, cfg), start_state(ctx, cfg, reference))
+        return state, generator, stats, reference
+
+    key = config_hash(["source_free_repair", repair_settings(cfg), cfg.reference])
+    (state, generator, stats, reference), seconds, reused = ctx.reused(key, compute)
+    stats = {**stats, **({"reused_s": seconds} if reused else {})}
+    return copy_state(state), generator, stats, reference
+
+
+def repair_settings(cfg: RepairConfig) -> RepairConfig:
+    """The RepairConfig inside a method's Config (which may add fields of its own)."""
+    return RepairConfig(**{f.name: getattr(cfg, f.name) for f in fields(RepairConfig)})
 
 
 def start_state(ctx: FedContext, cfg: Config, reference: State) -> State | None:
@@ -97,7 +120,7 @@ def warm_up(server, make_model, global_state: State, num_classes: int, input_sha
                    trigger=replace(cfg.trigger, steps=2), skip_agreement=2.0)
     locals_ = [(global_state, 1)] if cfg.teacher in ("remaining", "locals") else None
     server.run(server_repair, make_model, global_state, global_state, num_classes, input_shape,
-               RepairConfig(**{f.name: getattr(tiny, f.name) for f in fields(RepairConfig)}), seed, locals_,
+               repair_settings(tiny), seed, locals_,
                global_state if cfg.start == "recovered" else None)
 
 

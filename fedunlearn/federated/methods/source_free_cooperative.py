@@ -24,8 +24,7 @@ from fedunlearn.config import check_range
 from fedunlearn.federated.context import FedContext, FedResult
 from fedunlearn.federated.fedavg import State
 from fedunlearn.federated.methods import source_free_absent
-from fedunlearn.federated.methods.source_free_absent import (check_reference, reference_state, remaining_locals,
-                                                            server_repair, start_state, to_state)
+from fedunlearn.federated.methods.source_free_absent import check_reference, remaining_locals, repaired, to_state
 from fedunlearn.training import get_device
 from fedunlearn.unlearn.source_free.consolidate import ConsolidateConfig
 from fedunlearn.unlearn.source_free.forget import flag_unknown, local_fisher
@@ -59,10 +58,7 @@ class Config(RepairConfig):
 
 
 def unlearn(ctx: FedContext, cfg: Config) -> FedResult:
-    reference = reference_state(ctx, cfg.reference)
-    state, generator, stats = ctx.run_task(server_repair, ctx.make_model, ctx.global_state, reference,
-                                           ctx.num_classes, ctx.input_shape, cfg, ctx.seed, remaining_locals(ctx, cfg),
-                                           start_state(ctx, cfg, reference))
+    state, generator, stats, reference = repaired(ctx, cfg)  # source_free_absent's repair (done once for both)
     stats["client_asked"] = bool(stats["consolidated"])
     if stats["consolidated"]:  # nothing was distilled, so nothing can have been re-taught
         fisher, metrics = ctx.query(ctx.departing, "source_free_forget", state,
