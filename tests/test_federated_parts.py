@@ -174,9 +174,11 @@ def test_both_source_free_modes_share_one_repair():
     withdrawal it is done once, the second mode reports the seconds it took, and the result is
     the one it computes alone; other repair settings are not reused."""
     from fedunlearn.experiments.federated_matrix import InlineServer
+    from fedunlearn.federated.driver import timed_method
 
-    cfg = build(Config, {"kind": "federated", "data": {"name": "digits"}, "model": {"name": "mlp", "hidden": 32},
-                         "federation": {"num_clients": 3, "rounds": 2}, "backdoor": {"fraction": 0.3}})
+    cfg_mapping = {"kind": "federated", "data": {"name": "digits"}, "model": {"name": "mlp", "hidden": 32},
+                   "federation": {"num_clients": 3, "rounds": 2}, "backdoor": {"fraction": 0.3}}
+    cfg = build(Config, cfg_mapping)
     transport = LocalTransport(cfg)
     local = local_data(cfg, 0)
     make = lambda: build_model(cfg.model, local.input_shape, local.num_classes)  # noqa: E731
@@ -200,3 +202,16 @@ def test_both_source_free_modes_share_one_repair():
     assert all(torch.equal(shared.state[k], alone.state[k]) for k in alone.state)
     other = run(coop, build(coop.Config, {**small, "refine_steps": 5, "consolidate": {"steps": 6}}), reuse)
     assert "reused_s" not in other.stats and len(reuse) == 2
+
+    # timed repeats (a method under experiment.repeat_below_s) do the work again: three runs, three repairs
+    class CountingServer(InlineServer):
+        tasks = 0
+
+        def run(self, fn, *args, **kwargs):
+            self.tasks += 1
+            return super().run(fn, *args, **kwargs)
+
+    server, timed_cfg = CountingServer(), build(Config, {**cfg_mapping, "experiment": {"repeat_below_s": 1e9}})
+    row = timed_method(timed_cfg, absent, absent_cfg, "source_free_absent", transport, trained, make, server,
+                       reuse={})["row"]
+    assert row["wall_repeats"] == 3 and server.tasks == 3

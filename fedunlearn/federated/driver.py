@@ -136,19 +136,20 @@ def timed_method(cfg, method, method_cfg, name, transport, trained, make_model, 
     time with its spread: a single short timing on a shared machine is mostly noise. `withdrawn`:
     clients that left at earlier requests (a stream), not part of the federation any more.
     `reuse`: the withdrawal's dict of shared server work (FedContext.reused); what a method took
-    from it is counted in its wall time at the seconds it took to do."""
+    from it is counted in its wall time at the seconds it took to do. The repeats do all their work
+    again (no reuse): a repeat that found its own first run's work would time nothing."""
 
-    def once():
+    def once(reuse):
         ctx = FedContext.create(cfg, transport, trained, make_model, server=server, withdrawn=withdrawn, reuse=reuse)
         result, row = run_method(method, ctx, method_cfg,
                                  measure=lambda res: {"rounds": res.rounds, **vars(ctx.traffic)})
         row["wall_s"] += row.get("reused_s", 0.0)
         return result, row
 
-    result, row = once()
+    result, row = once(reuse)
     walls = [row["wall_s"]]
     while walls[0] < cfg.experiment.repeat_below_s and len(walls) < cfg.experiment.timing_repeats:
-        walls.append(once()[1]["wall_s"])
+        walls.append(once(None)[1]["wall_s"])
     row.update(wall_s=float(np.median(walls)), wall_s_spread=max(walls) - min(walls), wall_repeats=len(walls),
                server_reserved_cpus=float(getattr(server, "reserved_cpus", 0.0)))
     log.info("%s: %.2f s (median of %d), %d rounds, %d messages to remaining clients", name, row["wall_s"],
