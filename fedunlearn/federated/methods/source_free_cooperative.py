@@ -66,7 +66,8 @@ def unlearn(ctx: FedContext, cfg: Config) -> FedResult:
         state, more = ctx.run_task(server_refine, ctx.make_model, ctx.global_state, state, generator, fisher,
                                    replace(cfg.consolidate, steps=cfg.refine_steps, forget_weight=cfg.forget_weight),
                                    ctx.seed, reference, remaining_locals(ctx, cfg), cfg.check_samples, cfg.trigger.weight,
-                                   cfg.teacher, cfg.unsupported, cfg.trigger.hold, cfg.trigger.drop_to_target)
+                                   cfg.teacher, cfg.unsupported, cfg.trigger.hold, cfg.trigger.drop_to_target,
+                                   cfg.trigger.hold_shift)
         stats.update(more)
         stats.update({f"client_{k}": v for k, v in metrics.items()})
     return FedResult(state, 0, [], stats)
@@ -75,7 +76,8 @@ def unlearn(ctx: FedContext, cfg: Config) -> FedResult:
 def server_refine(make_model, global_state: State, student_state: State, generator, fisher: dict,
                   cfg: ConsolidateConfig, seed: int, reference_state: State | None = None, locals_=None,
                   check_samples: int = 1000, trigger_weight: float = 0.0, teacher_kind: str = "remaining",
-                  unsupported: str = "reference", trigger_hold: str = "invariant", drop_to_target: bool = False):
+                  unsupported: str = "reference", trigger_hold: str = "invariant", drop_to_target: bool = False,
+                  hold_shift: float = 0.0):
     """The second server task: `refine` with the client's Fisher statistics; returns (state, stats).
     With the remaining clients' local models, the teacher is the repair's: their ensemble alone
     (teacher_kind = "locals") or the same per-class blend."""
@@ -95,7 +97,8 @@ def server_refine(make_model, global_state: State, student_state: State, generat
                  else reference.to(device))
         teacher = blended_teacher(original.to(device), other, support, cfg.temperature)
     refined, stats = refine(student, original, generator.to(device), fisher, cfg, device, seed=seed, teacher=teacher,
-                            trigger_weight=trigger_weight, trigger_hold=trigger_hold, drop_to_target=drop_to_target)
+                            trigger_weight=trigger_weight, trigger_hold=trigger_hold, drop_to_target=drop_to_target,
+                            hold_shift=hold_shift)
     return to_state(refined), stats
 
 

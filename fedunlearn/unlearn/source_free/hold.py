@@ -36,22 +36,26 @@ def check_hold(hold: str) -> None:
 
 
 def hold_term(stamps: list, teacher, generator: Generator, classes, batch_size: int, device,
-              hold: str = "invariant"):
+              hold: str = "invariant", shift: float = 0.0):
     """A forget term for `consolidate` (a function of the student): the mean over stamps of the
     hold's loss on fresh synthetic samples; teacher is a probabilities function
-    (consolidate.model_teacher)."""
+    (consolidate.model_teacher). With shift > 0 each call moves every stamp by a random offset of
+    up to that fraction of the side (TriggerConfig.hold_shift; global RNG)."""
     check_hold(hold)
     classes = torch.as_tensor(list(classes), dtype=torch.long)
+    reach = max(1, round(shift * generator.input_shape[-2])) if shift > 0 else 0
 
     def term(student: nn.Module) -> torch.Tensor:
         with torch.no_grad():
             x = draw(generator, classes, batch_size, device)
             target = teacher(x)
+        held = [stamp.moved(*(int(v) for v in torch.randint(-reach, reach + 1, (2,)))) if reach else stamp
+                for stamp in stamps]
         # every stamp's inputs in one batch (BatchNorm is frozen in distillation, so the batch's
         # make-up changes no output)
-        log_s = F.log_softmax(student(torch.cat([stamp(x) for stamp in stamps])), dim=1).split(len(x))
+        log_s = F.log_softmax(student(torch.cat([stamp(x) for stamp in held])), dim=1).split(len(x))
         losses = [away_from(log_p, target, stamp.target) if hold == "target" and stamp.target is not None
-                  else F.kl_div(log_p, target, reduction="batchmean") for log_p, stamp in zip(log_s, stamps)]
+                  else F.kl_div(log_p, target, reduction="batchmean") for log_p, stamp in zip(log_s, held)]
         return torch.stack(losses).mean()
 
     return term

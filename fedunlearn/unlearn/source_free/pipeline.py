@@ -178,7 +178,7 @@ def repair(original: nn.Module, reference: nn.Module, num_classes: int, input_sh
             stats.update(found)
         if generator.stamps:
             term = weighted(hold_term(generator.stamps, teacher, generator, classes, cfg.consolidate.batch_size,
-                                      device, cfg.trigger.hold), cfg.trigger.weight)
+                                      device, cfg.trigger.hold, cfg.trigger.hold_shift), cfg.trigger.weight)
         # --- end trigger block ---
         step = 0.0 if cfg.start == "original" else cfg.start_step
         if cfg.start == "reference" and cfg.start_rule == "stamps" and stats.get("trigger_patch_kept"):
@@ -277,7 +277,8 @@ def weighted(term, weight: float):
 
 def refine(student: nn.Module, original: nn.Module, generator: Generator, fisher: dict, cfg: ConsolidateConfig,
            device, classes=None, seed: int = 0, teacher=None, trigger_weight: float = 0.0,
-           trigger_hold: str = "invariant", drop_to_target: bool = False) -> tuple[nn.Module, dict]:
+           trigger_hold: str = "invariant", drop_to_target: bool = False,
+           hold_shift: float = 0.0) -> tuple[nn.Module, dict]:
     """Distil further from the original, holding the student near its current weights where the
     Fisher statistics `fisher` (from the departing client's flagged samples) say it matters, and,
     with trigger_weight > 0, against the stamps the repair found (generator.stamps; hold.py), on
@@ -289,7 +290,7 @@ def refine(student: nn.Module, original: nn.Module, generator: Generator, fisher
     if trigger_weight > 0 and stamps:
         # --- trigger block: the repair's stamps, held during refinement too ---
         fisher_term, held = term, hold_term(stamps, teacher, generator, classes, cfg.batch_size, device,
-                                            trigger_hold)
+                                            trigger_hold, hold_shift)
         term = lambda s: fisher_term(s) + (trigger_weight / max(cfg.forget_weight, 1e-12)) * held(s)  # noqa: E731
     keep = off_target_samples(stamps) if trigger_weight > 0 and drop_to_target else None
     refined, stats = consolidate(student, teacher, generator, classes, cfg, device, forget_term=term, seed=seed + 3,

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fedunlearn.config import check_range
@@ -50,6 +51,10 @@ class TriggerConfig:
                                # to the target that only the departing client taught. Validation split (docs/findings.md,
                                # session 18): the backdoor re-taught in two cells 22-24% -> 4-6%, test accuracy unchanged;
                                # on the reported digits matrix it lost two cells at the test-accuracy margin (11 -> 9/32)
+    hold_shift: float = 0.0    # each hold step moves every stamp by a random offset of up to this fraction of the side
+                               # (zero-filled; hold.hold_term): a reverse-engineered stamp sits near the trigger, not on
+                               # it (a centred checkerboard's stamp found 2 pixels above it), and held in one place it
+                               # leaves the trigger's own place open (docs/findings.md, session 20)
 
     def __post_init__(self):
         check_range("trigger.weight", self.weight, 0.0)
@@ -58,6 +63,7 @@ class TriggerConfig:
         check_range("trigger.batch_size", self.batch_size, 1)
         check_range("trigger.class_batch_size", self.class_batch_size, 1)
         check_range("trigger.restarts", self.restarts, 1)
+        check_range("trigger.hold_shift", self.hold_shift, 0.0, 0.5)
         check_range("trigger.mask_budget", self.mask_budget, 0.0, 1.0)
         check_range("trigger.blend_max", self.blend_max, 0.0, 1.0)
         if self.search not in ("difference", "targeted", "both"):
@@ -76,6 +82,20 @@ class Stamp:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         m, p = self.mask.to(x.device), self.pattern.to(x.device)
         return (1.0 - m) * x + m * p
+
+    def moved(self, rows: int, cols: int) -> "Stamp":
+        """The same stamp `rows` down and `cols` right; what leaves the image is cut, the rest is unstamped."""
+        return Stamp(translated(self.mask, rows, cols), translated(self.pattern, rows, cols), self.target)
+
+
+def translated(t: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """t (..., H, W) moved by (rows, cols), zero-filled."""
+    k = max(abs(rows), abs(cols))
+    if k == 0:
+        return t
+    h, w = t.shape[-2:]
+    padded = F.pad(t, (k, k, k, k))
+    return padded[..., k - rows:k - rows + h, k - cols:k - cols + w]
 
 
 def stamp_mask(logit: torch.Tensor, cfg: TriggerConfig, blend: bool) -> torch.Tensor:
