@@ -88,11 +88,23 @@ def random_view(x: torch.Tensor, shift: float, flip: bool) -> torch.Tensor:
     pad = round(shift * x.shape[-1])
     if pad > 0:
         dx, dy = torch.randint(-pad, pad + 1, (2,)).tolist()
-        height, width = x.shape[-2:]
-        x = F.pad(x, (pad, pad, pad, pad))[..., pad + dy: pad + dy + height, pad + dx: pad + dx + width]
+        x = translated(x, -dy, -dx, pad)
     if flip and torch.rand(()) < 0.5:
         x = x.flip(-1)
     return x
+
+
+def translated(t: torch.Tensor, rows: int, cols: int, pad: int | None = None) -> torch.Tensor:
+    """t (..., H, W) moved `rows` down and `cols` right, zero-filled (what leaves the image is cut).
+
+    `pad` (at least the offset) fixes the padding, and so the result's memory strides: the convolutions
+    a padded-and-cut batch goes through round differently with other strides, so random_view pads by
+    its largest offset every time, as it always has (bit-for-bit the same samples)."""
+    k = max(abs(rows), abs(cols)) if pad is None else pad
+    if k == 0:
+        return t
+    h, w = t.shape[-2:]
+    return F.pad(t, (k, k, k, k))[..., k - rows:k - rows + h, k - cols:k - cols + w]
 
 
 def draw_labels(classes: torch.Tensor, n: int, gen: torch.Generator | None = None) -> torch.Tensor:

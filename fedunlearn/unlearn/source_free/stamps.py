@@ -8,10 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fedunlearn.config import check_range
+from fedunlearn.unlearn.source_free.generator import translated
 from fedunlearn.unlearn.source_free.hold import check_hold
 
 
@@ -86,16 +86,6 @@ class Stamp:
     def moved(self, rows: int, cols: int) -> "Stamp":
         """The same stamp `rows` down and `cols` right; what leaves the image is cut, the rest is unstamped."""
         return Stamp(translated(self.mask, rows, cols), translated(self.pattern, rows, cols), self.target)
-
-
-def translated(t: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
-    """t (..., H, W) moved by (rows, cols), zero-filled."""
-    k = max(abs(rows), abs(cols))
-    if k == 0:
-        return t
-    h, w = t.shape[-2:]
-    padded = F.pad(t, (k, k, k, k))
-    return padded[..., k - rows:k - rows + h, k - cols:k - cols + w]
 
 
 def stamp_mask(logit: torch.Tensor, cfg: TriggerConfig, blend: bool) -> torch.Tensor:
