@@ -33,7 +33,7 @@ from fedunlearn.config import build, check_range, to_dict
 from fedunlearn.errors import ConfigError
 from fedunlearn.experiments.matrix_floor import FLOOR_COLUMNS, NAME as RETRAIN_ALT, floor_note, floor_rows, noise_floor
 from fedunlearn.experiments.matrix_summary import (ROW_COLUMNS, SUMMARY_COLUMNS, cell_rows, original_asr, pareto_plot,
-                                                  signal_note, summarize)
+                                                  reach_note, signal_note, summarize)
 from fedunlearn.metrics.report import markdown_table, write_report
 
 log = logging.getLogger("fedunlearn")
@@ -197,6 +197,7 @@ def run(cfg: Config, out_dir: str | Path, progress: bool = True) -> dict:
         "gaps are method - retrain of the same cell (signed for forget and backdoor, absolute for test), then averaged; "
         "`_std` is the spread over the cells",
         signal_note(rows, m),
+        reach_note(rows, m),
         floor_note(floor, m),
     ]
     if floor:

@@ -5,8 +5,10 @@ judges the second retraining).
 A row is within target when its test accuracy is within matrix.test_tolerance of retrain's, its
 forget accuracy and backdoor success at most retrain's plus their margins, and it sent nothing to
 the remaining clients. The summary gives, per method, the mean and `_std` spread over the cells,
-the share of cells within target, that share where `subtract` misses the test target, and (with a
-second retraining) the share where retrain_alt meets the targets and within the noise floor.
+the share of cells within target, that share where `subtract` misses the test target, that share
+where the original's test accuracy reaches retrain's less the tolerance (elsewhere a method must know
+the clean task better than the model it starts from), and (with a second retraining) the share where
+retrain_alt meets the targets and within the noise floor.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ ROW_COLUMNS = ["scenario", "seed", "method", "test_acc", "forget_acc", "backdoor
 SUMMARY_COLUMNS = ["method", "cells", "test_acc", "test_acc_std", "forget_acc", "backdoor_asr", "backdoor_asr_std",
                    "backdoor_asr_min", "test_gap", "test_gap_std", "forget_gap", "forget_gap_std", "backdoor_gap",
                    "backdoor_gap_std", "speedup", "within_target", "within_target_where_subtract_misses",
-                   "within_target_where_retrain_alt_meets", "within_noise_floor"]
+                   "within_target_where_original_reaches", "within_target_where_retrain_alt_meets",
+                   "within_noise_floor"]
 # summarized as mean and `_std` (spread over the cells); speedup as the median, with its `_std`
 SUMMARY_FIELDS = ["test_acc", "forget_acc", "backdoor_asr", "mia_efficacy", "wall_s", "test_gap", "forget_gap",
                   "backdoor_gap"]
@@ -81,6 +84,7 @@ def summarize(cfg: Config, rows: list[dict]) -> list[dict]:
     subtract_misses = {(r["scenario"], r["seed"]) for r in rows
                        if r["method"] == "subtract" and r["test_gap"] > cfg.matrix.test_tolerance}
     meetable = {(r["scenario"], r["seed"]) for r in rows if r["method"] == RETRAIN_ALT and r["within_target"]}
+    reached = reaching_cells(rows, cfg.matrix)
     floored = any(r["method"] == RETRAIN_ALT for r in rows)
     out = []
     for method in dict.fromkeys(r["method"] for r in rows):
@@ -100,6 +104,9 @@ def summarize(cfg: Config, rows: list[dict]) -> list[dict]:
                        within_target_where_subtract_misses=(float(np.mean([r["within_target"] for r in hard]))
                                                             if hard else float("nan")),
                        cells_where_subtract_misses=len(hard))
+            mine_reached = [r["within_target"] for r in mine if (r["scenario"], r["seed"]) in reached]
+            row.update(within_target_where_original_reaches=float(np.mean(mine_reached)) if mine_reached else None,
+                       cells_where_original_reaches=len(mine_reached))
             if floored and method != RETRAIN_ALT:  # share over the cells whose targets retrain_alt meets (None: none)
                 ok = [r["within_target"] for r in mine if (r["scenario"], r["seed"]) in meetable]
                 row.update(within_target_where_retrain_alt_meets=float(np.mean(ok)) if ok else None,
@@ -107,6 +114,24 @@ def summarize(cfg: Config, rows: list[dict]) -> list[dict]:
                            within_noise_floor=float(np.mean([r["within_noise_floor"] for r in mine])))
         out.append(row)
     return out
+
+
+def reaching_cells(rows: list[dict], m: MatrixSection) -> set:
+    """The cells whose original's test accuracy is at least retrain's less the tolerance. In the
+    others the attacker's steps cost the original clean accuracy that retraining does not lose, and
+    a method that starts from the original and distils from it (as every source-free one does) is
+    asked to know the clean task better than any model the server holds at the end."""
+    test = {(r["scenario"], r["seed"], r["method"]): r["test_acc"] for r in rows if r["method"] in ("original", "retrain")}
+    return {(s, seed) for s, seed, method in test if method == "original" and (s, seed, "retrain") in test
+            and test[(s, seed, "original")] >= test[(s, seed, "retrain")] - m.test_tolerance}
+
+
+def reach_note(rows: list[dict], m: MatrixSection) -> str:
+    cells = {(r["scenario"], r["seed"]) for r in rows if r["method"] == "original"}
+    short = sorted(f"{s}/seed{seed}" for s, seed in cells - reaching_cells(rows, m))
+    return (f"the original's test accuracy is more than {m.test_tolerance} below retrain's in {len(short)}/{len(cells)} "
+            "cells" + (f" ({', '.join(short)})" if short else "") + ": there a method must know the clean task better "
+            "than the model it starts from; within_target_where_original_reaches is each method's share over the others")
 
 
 def original_asr(rows: list[dict], m: MatrixSection) -> dict:
