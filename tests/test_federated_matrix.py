@@ -172,6 +172,8 @@ def test_summary_gives_mean_spread_shares_and_the_forgetting_signal():
     # only skew's original reaches its retrain; subtract misses there
     assert sub["within_target_where_original_reaches"] == 0.0 and sub["cells_where_original_reaches"] == 1
     assert "1/2 cells (iid/seed0)" in reach_note(cell_rows(cfg, cfg.cells(), results), cfg.matrix)
+    assert reach_note([r for r in cell_rows(cfg, cfg.cells(), results) if r["method"] != "original"],
+                      cfg.matrix).startswith("no original row")
     alt = summary["retrain_alt"]  # judged on its model, not on its messages
     assert alt["within_target"] == 0.5 and alt["test_gap"] == pytest.approx(0.0175)
     floor = noise_floor(cell_rows(cfg, cfg.cells(), results), cfg.matrix)

@@ -128,6 +128,8 @@ def reaching_cells(rows: list[dict], m: MatrixSection) -> set:
 
 def reach_note(rows: list[dict], m: MatrixSection) -> str:
     cells = {(r["scenario"], r["seed"]) for r in rows if r["method"] == "original"}
+    if not cells:
+        return "no original row: the cells where the original reaches retrain's test accuracy are not measured"
     short = sorted(f"{s}/seed{seed}" for s, seed in cells - reaching_cells(rows, m))
     return (f"the original's test accuracy is more than {m.test_tolerance} below retrain's in {len(short)}/{len(cells)} "
             "cells" + (f" ({', '.join(short)})" if short else "") + ": there a method must know the clean task better "
