@@ -215,3 +215,9 @@ def test_both_source_free_modes_share_one_repair():
     row = timed_method(timed_cfg, absent, absent_cfg, "source_free_absent", transport, trained, make, server,
                        reuse={})["row"]
     assert row["wall_repeats"] == 3 and server.tasks == 3
+
+    # one untimed-repeat run that takes the repair from the withdrawal's dict counts it in its wall time
+    once_cfg = build(Config, {**cfg_mapping, "experiment": {"repeat_below_s": 0.0}})
+    row = timed_method(once_cfg, coop, coop_cfg, "source_free_cooperative", transport, trained, make, InlineServer(),
+                       reuse=reuse)["row"]
+    assert row["wall_repeats"] == 1 and row["wall_s"] >= row["reused_s"] > 0

@@ -309,7 +309,10 @@ def test_both_modes_end_to_end_without_messages_to_the_remaining_clients(local_r
     assert 0 <= coop["client_flagged"] <= coop["client_samples"] and coop["refine_steps"] == 20
     # the same repair settings in both modes: the repair ran once and is counted in both wall times
     assert bool(coop.get("reused_s")) == (options[0] == options[1])
-    assert coop["wall_s"] >= coop.get("reused_s", 0.0)
+    # counted: the first run's wall time includes reused_s; the row's wall time is the median of the
+    # timed repeats (which redo the repair), so only median + spread is sure to reach it
+    # (tests/test_federated_parts.py checks a single run exactly)
+    assert coop["wall_s"] + coop.get("wall_s_spread", 0.0) >= coop.get("reused_s", 0.0)
 
 
 @pytest.mark.slow
