@@ -216,7 +216,7 @@ def test_both_source_free_modes_share_one_repair():
                        reuse={})["row"]
     assert row["wall_repeats"] == 3 and server.tasks == 3
 
-    # one untimed-repeat run that takes the repair from the withdrawal's dict counts it in its wall time
+    # a single timed run (no repeats) that takes the repair from the withdrawal's dict counts it in its wall time
     once_cfg = build(Config, {**cfg_mapping, "experiment": {"repeat_below_s": 0.0}})
     row = timed_method(once_cfg, coop, coop_cfg, "source_free_cooperative", transport, trained, make, InlineServer(),
                        reuse=reuse)["row"]
