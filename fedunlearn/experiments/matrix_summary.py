@@ -97,18 +97,16 @@ def summarize(cfg: Config, rows: list[dict]) -> list[dict]:
         if "backdoor_asr" in mine[0]:
             row["backdoor_asr_min"] = float(min(r["backdoor_asr"] for r in mine))
         if "within_target" in mine[0]:
-            hard = [r for r in mine if (r["scenario"], r["seed"]) in subtract_misses]
+            hard, reaching = within_over(mine, subtract_misses), within_over(mine, reached)
             speedups = [r["speedup"] for r in mine]
             row.update(speedup=float(np.median(speedups)), speedup_std=float(np.std(speedups)),
                        within_target=float(np.mean([r["within_target"] for r in mine])),
-                       within_target_where_subtract_misses=(float(np.mean([r["within_target"] for r in hard]))
-                                                            if hard else float("nan")),
-                       cells_where_subtract_misses=len(hard))
-            mine_reached = [r["within_target"] for r in mine if (r["scenario"], r["seed"]) in reached]
-            row.update(within_target_where_original_reaches=float(np.mean(mine_reached)) if mine_reached else None,
-                       cells_where_original_reaches=len(mine_reached))
+                       within_target_where_subtract_misses=float(np.mean(hard)) if hard else float("nan"),
+                       cells_where_subtract_misses=len(hard),
+                       within_target_where_original_reaches=float(np.mean(reaching)) if reaching else None,
+                       cells_where_original_reaches=len(reaching))
             if floored and method != RETRAIN_ALT:  # share over the cells whose targets retrain_alt meets (None: none)
-                ok = [r["within_target"] for r in mine if (r["scenario"], r["seed"]) in meetable]
+                ok = within_over(mine, meetable)
                 row.update(within_target_where_retrain_alt_meets=float(np.mean(ok)) if ok else None,
                            cells_where_retrain_alt_meets=len(ok),
                            within_noise_floor=float(np.mean([r["within_noise_floor"] for r in mine])))
@@ -116,14 +114,19 @@ def summarize(cfg: Config, rows: list[dict]) -> list[dict]:
     return out
 
 
+def within_over(rows: list[dict], cells: set) -> list[bool]:
+    """within_target of each of `rows` (one method's) whose (scenario, seed) is in `cells`."""
+    return [r["within_target"] for r in rows if (r["scenario"], r["seed"]) in cells]
+
+
 def reaching_cells(rows: list[dict], m: MatrixSection) -> set:
     """The cells whose original's test accuracy is at least retrain's less the tolerance. In the
     others the attacker's steps cost the original clean accuracy that retraining does not lose, and
     a method that starts from the original and distils from it (as every source-free one does) is
     asked to know the clean task better than any model the server holds at the end."""
-    test = {(r["scenario"], r["seed"], r["method"]): r["test_acc"] for r in rows if r["method"] in ("original", "retrain")}
-    return {(s, seed) for s, seed, method in test if method == "original" and (s, seed, "retrain") in test
-            and test[(s, seed, "original")] >= test[(s, seed, "retrain")] - m.test_tolerance}
+    original, retrain = ({(r["scenario"], r["seed"]): r["test_acc"] for r in rows if r["method"] == name}
+                         for name in ("original", "retrain"))
+    return {cell for cell, acc in original.items() if cell in retrain and acc >= retrain[cell] - m.test_tolerance}
 
 
 def reach_note(rows: list[dict], m: MatrixSection) -> str:
