@@ -30,6 +30,7 @@ from fedunlearn.unlearn.source_free.consolidate import ConsolidateConfig
 from fedunlearn.unlearn.source_free.forget import flag_unknown, local_fisher
 from fedunlearn.unlearn.source_free.generator import sample
 from fedunlearn.unlearn.source_free.pipeline import RepairConfig, predicted, refine
+from fedunlearn.unlearn.source_free.stamps import TriggerConfig
 from fedunlearn.unlearn.source_free.support import blended_teacher, class_support, local_ensemble
 
 COOPERATIVE = True
@@ -65,9 +66,8 @@ def unlearn(ctx: FedContext, cfg: Config) -> FedResult:
                                     {"max_confidence": cfg.max_confidence, "max_flagged": cfg.max_flagged})
         state, more = ctx.run_task(server_refine, ctx.make_model, ctx.global_state, state, generator, fisher,
                                    replace(cfg.consolidate, steps=cfg.refine_steps, forget_weight=cfg.forget_weight),
-                                   ctx.seed, reference, remaining_locals(ctx, cfg), cfg.check_samples, cfg.trigger.weight,
-                                   cfg.teacher, cfg.unsupported, cfg.trigger.hold, cfg.trigger.drop_to_target,
-                                   cfg.trigger.hold_shift)
+                                   ctx.seed, reference, remaining_locals(ctx, cfg), cfg.check_samples, cfg.teacher,
+                                   cfg.unsupported, cfg.trigger)
         stats.update(more)
         stats.update({f"client_{k}": v for k, v in metrics.items()})
     return FedResult(state, 0, [], stats)
@@ -75,9 +75,8 @@ def unlearn(ctx: FedContext, cfg: Config) -> FedResult:
 
 def server_refine(make_model, global_state: State, student_state: State, generator, fisher: dict,
                   cfg: ConsolidateConfig, seed: int, reference_state: State | None = None, locals_=None,
-                  check_samples: int = 1000, trigger_weight: float = 0.0, teacher_kind: str = "remaining",
-                  unsupported: str = "reference", trigger_hold: str = "invariant", drop_to_target: bool = False,
-                  hold_shift: float = 0.0):
+                  check_samples: int = 1000, teacher_kind: str = "remaining", unsupported: str = "reference",
+                  trigger: TriggerConfig = TriggerConfig()):
     """The second server task: `refine` with the client's Fisher statistics; returns (state, stats).
     With the remaining clients' local models, the teacher is the repair's: their ensemble alone
     (teacher_kind = "locals") or the same per-class blend."""
@@ -97,8 +96,7 @@ def server_refine(make_model, global_state: State, student_state: State, generat
                  else reference.to(device))
         teacher = blended_teacher(original.to(device), other, support, cfg.temperature)
     refined, stats = refine(student, original, generator.to(device), fisher, cfg, device, seed=seed, teacher=teacher,
-                            trigger_weight=trigger_weight, trigger_hold=trigger_hold, drop_to_target=drop_to_target,
-                            hold_shift=hold_shift)
+                            trigger=trigger)
     return to_state(refined), stats
 
 

@@ -276,23 +276,23 @@ def weighted(term, weight: float):
 
 
 def refine(student: nn.Module, original: nn.Module, generator: Generator, fisher: dict, cfg: ConsolidateConfig,
-           device, classes=None, seed: int = 0, teacher=None, trigger_weight: float = 0.0,
-           trigger_hold: str = "invariant", drop_to_target: bool = False,
-           hold_shift: float = 0.0) -> tuple[nn.Module, dict]:
+           device, classes=None, seed: int = 0, teacher=None,
+           trigger: TriggerConfig = TriggerConfig()) -> tuple[nn.Module, dict]:
     """Distil further from the original, holding the student near its current weights where the
     Fisher statistics `fisher` (from the departing client's flagged samples) say it matters, and,
-    with trigger_weight > 0, against the stamps the repair found (generator.stamps; hold.py), on
-    the samples hold.off_target_samples keeps with drop_to_target, as the repair did."""
+    with trigger.weight > 0, against the stamps the repair found (generator.stamps; hold.py, with the
+    repair's hold and hold_shift), on the samples hold.off_target_samples keeps with
+    trigger.drop_to_target, as the repair did."""
     classes = list(range(generator.num_classes)) if classes is None else list(classes)
     term = fisher_penalty(student.to(device), fisher)
     teacher = teacher or model_teacher(original, cfg.temperature)
     stamps = getattr(generator, "stamps", [])
-    if trigger_weight > 0 and stamps:
+    if trigger.weight > 0 and stamps:
         # --- trigger block: the repair's stamps, held during refinement too ---
         fisher_term, held = term, hold_term(stamps, teacher, generator, classes, cfg.batch_size, device,
-                                            trigger_hold, hold_shift)
-        term = lambda s: fisher_term(s) + (trigger_weight / max(cfg.forget_weight, 1e-12)) * held(s)  # noqa: E731
-    keep = off_target_samples(stamps) if trigger_weight > 0 and drop_to_target else None
+                                            trigger.hold, trigger.hold_shift)
+        term = lambda s: fisher_term(s) + (trigger.weight / max(cfg.forget_weight, 1e-12)) * held(s)  # noqa: E731
+    keep = off_target_samples(stamps) if trigger.weight > 0 and trigger.drop_to_target else None
     refined, stats = consolidate(student, teacher, generator, classes, cfg, device, forget_term=term, seed=seed + 3,
                                  keep=keep)
     return refined, {f"refine_{k.removeprefix('consolidate_')}": v for k, v in stats.items()}
